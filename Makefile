@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make train` and `make test` (see README.md).
+# TORCH picks the PyTorch that goes in first: the CPU build by default; `make train TORCH=`
+# keeps the torch of the python3 on your PATH (e.g. your CUDA build) by giving the venv
+# access to its site-packages.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.scaleq-installed
+VENV_FLAGS := $(if $(strip $(TORCH)),,--system-site-packages)
+PYTEST_ARGS ?=
+
+.PHONY: setup train test lint clean-runs
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes: a second `make` installs nothing.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel numpy
+	$(if $(strip $(TORCH)),$(PIP) install --quiet "$(TORCH)")
+	# torch-cluster builds from source against the torch above, so no build isolation.
+	$(PIP) install --no-build-isolation -e '.[test]'
+	touch $@
+
+train: $(STAMP)
+	$(PY) launch/train.py
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

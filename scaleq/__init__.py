@@ -1,0 +1,1 @@
+"""scaleq: E(n)-equivariant graph networks on large geometric graphs."""

@@ -1,0 +1,325 @@
+"""Typed run configuration: dataclasses, strict YAML loading, dotted command-line overrides.
+
+A YAML file maps onto :class:`Config`. Unknown keys and wrong types are errors that name the key
+and the file. ``extends: other.yaml`` (relative to the file) starts from another config and
+deep-merges this one over it. Overrides such as ``train.lr=1e-3`` are parsed as YAML values and
+applied before validation, so they are checked like the file. The ``model`` section holds
+``name`` plus that model's constructor arguments, checked against its signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from scaleq.data.graph import GraphBuilder, GraphKind
+from scaleq.models import MODELS
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+# Constructor arguments that come from the data, not from the config.
+DATA_DERIVED_ARGS = ("in_node_features", "in_edge_features", "dim")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names which."""
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    """How to create the dataset when ``data.path`` does not exist (only the N-body simulator)."""
+
+    source: Literal["nbody"] = "nbody"
+    particles: int = 5
+    train: int = 3000
+    train_drawn: int | None = None  # initial states drawn for training; EGNN draws 10000, keeps 3000
+    valid: int = 2000
+    test: int = 2000
+    steps: int = 5000
+    seed: int = 43
+
+    def __post_init__(self) -> None:
+        for name in ("particles", "train", "valid", "test", "steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.generate.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    path: str
+    delta: int = 10
+    input_frame: int | None = None
+    starts_per_trajectory: int | None = None
+    velocity: Literal["store", "backward", "forward"] = "backward"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    batch_size: int = 100
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    generate: GenerateConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.delta < 1:
+            raise ConfigError(f"data.delta must be >= 1, got {self.delta}")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(kw_only=True)
+class GraphConfig:
+    kind: GraphKind = "complete"
+    radius: float | None = None
+    max_num_neighbors: int = 64
+
+    def __post_init__(self) -> None:
+        try:
+            self.builder()
+        except ValueError as err:
+            raise ConfigError(f"graph: {err}") from err
+
+    def builder(self) -> GraphBuilder:
+        return GraphBuilder(kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "egnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ConfigError(f"model.name {self.name!r} is not one of {sorted(MODELS)}")
+        signature = _constructor_types(MODELS[self.name])
+        for key, value in self.options.items():
+            if key not in signature:
+                raise ConfigError(f"model: unknown key {key!r} for model {self.name!r} (known: {sorted(signature)})")
+            self.options[key] = _check_type(value, signature[key], f"model.{key}")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Weights of the auxiliary loss terms; the position MSE always has weight 1."""
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    kind: Literal["torch"] = "torch"
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = 100
+    lr: float = 5e-4
+    weight_decay: float = 1e-12
+    eval_every: int = 5
+    patience: int = 100  # epochs without a better validation MSE before stopping
+    grad_clip: float | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every_steps: int = 0  # also save mid-epoch (0: only at the end of each epoch)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.eval_every < 1 or self.patience < 1:
+            raise ConfigError("train.epochs, train.eval_every and train.patience must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass(kw_only=True)
+class Config:
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        raw["model"] = {"name": self.model.name, **self.model.options}
+        return raw
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (default: configs/default.yaml), apply overrides, validate."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    raw = _read_yaml(file, seen=())
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return config_from_dict(raw, str(file))
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "<config>") -> Config:
+    """Validate a plain dict (as read from YAML) into a Config; errors name ``where``."""
+    try:
+        model = raw.get("model", {})
+        if not isinstance(model, dict):
+            raise ConfigError(f"key 'model' must be a mapping, got {type(model).__name__}")
+        model = dict(model)
+        raw = {**raw, "model": {"name": model.pop("name", "egnn"), "options": model}}
+        return _build(Config, raw, "")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def save_config(config: Config, path: str | os.PathLike[str]) -> None:
+    """Write the fully resolved config (atomically), so the run can be repeated from it."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, target)
+
+
+def _read_yaml(file: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found")
+    if file.resolve() in seen:
+        raise ConfigError(f"{file}: 'extends' forms a cycle")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = _read_yaml(file.parent / str(parent), seen + (file.resolve(),))
+    return _deep_merge(base, raw)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"key '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"unknown key '{prefix}{key}' (known: {', '.join(names)})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key '{prefix}{f.name}'")
+            continue
+        values[f.name] = _check_type(raw[f.name], hints[f.name], f"{prefix}{f.name}")
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise ConfigError(str(err)) from None
+    except ValueError as err:
+        raise ConfigError(f"{prefix.rstrip('.')}: {err}") from None
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"key '{key}': {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"key '{key}' must be a mapping, got {type(value).__name__}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"key '{key}' must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if hint is float:
+        # PyYAML reads 5e-4 (no dot) as a string: accept anything that parses as a number.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"key '{key}' must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"key '{key}' must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"key '{key}': unsupported type {hint}")
+
+
+def _constructor_types(cls: type) -> dict[str, Any]:
+    """Keyword arguments of a model's constructor with their types, minus data-derived ones."""
+    hints = typing.get_type_hints(cls.__init__)
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        name: hints.get(name, Any)
+        for name, p in params.items()
+        if name != "self" and name not in DATA_DERIVED_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def build_model(config: ModelConfig, *, in_node_features: int, in_edge_features: int, dim: int) -> Any:
+    """Instantiate ``config.name`` with its options and the data-derived widths it asks for."""
+    cls = MODELS[config.name]
+    params = inspect.signature(cls.__init__).parameters
+    derived = {"in_node_features": in_node_features, "in_edge_features": in_edge_features, "dim": dim}
+    return cls(**{k: v for k, v in derived.items() if k in params}, **config.options)

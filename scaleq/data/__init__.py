@@ -1,0 +1,1 @@
+"""Stores, datasets, graphs and the N-body simulator."""

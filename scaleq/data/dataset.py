@@ -1,0 +1,175 @@
+"""Samples from a store: the graph at frame t and the target at frame t + delta.
+
+The sample index is a list of (trajectory, start frame) pairs built from the store's table at
+start-up (no data is read for it); each sample then reads just the frames it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from scaleq.data.store import NUM_FRAMES, StoreError, TrajectoryStore, open_store
+
+VelocitySource = Literal["store", "backward", "forward"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleSpec:
+    """Which frames make a sample, and how its velocity is found.
+
+    delta: target frame is t + delta.
+    input_frame: use only this start frame t of each trajectory (EGNN's N-body: 30); None: many.
+    starts_per_trajectory: draw this many start frames per trajectory at random with ``seed``
+        (FastEGNN's Water-3D: 15); None: every valid start frame.
+    velocity: 'store' reads stored velocities; 'backward' uses x[t] - x[t-1] and 'forward'
+        x[t+1] - x[t] (the published FastEGNN code), both per frame.
+    max_samples: keep only the first samples of the index (None: all).
+    """
+
+    delta: int
+    input_frame: int | None = None
+    starts_per_trajectory: int | None = None
+    velocity: VelocitySource = "backward"
+    max_samples: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.delta < 1:
+            raise ValueError(f"delta must be >= 1, got {self.delta}")
+        if self.input_frame is not None and self.starts_per_trajectory is not None:
+            raise ValueError("give input_frame or starts_per_trajectory, not both")
+        if self.velocity not in ("store", "backward", "forward"):
+            raise ValueError(f"velocity must be 'store', 'backward' or 'forward', got {self.velocity!r}")
+
+
+def build_index(store: TrajectoryStore, spec: SampleSpec) -> np.ndarray:
+    """All (trajectory, start frame) pairs of the store. Shape: [num_samples, 2] int64."""
+    first = 1 if spec.velocity == "backward" else 0
+    rng = np.random.default_rng(spec.seed)
+    pairs: list[np.ndarray] = []
+    for s, num_frames in enumerate(store.table[:, NUM_FRAMES]):
+        last = int(num_frames) - 1 - spec.delta  # the last start frame whose target exists
+        if spec.velocity == "forward":
+            last = min(last, int(num_frames) - 2)
+        if spec.input_frame is not None:
+            if not first <= spec.input_frame <= last:
+                raise StoreError(
+                    f"{store.path}: trajectory {s} has {num_frames} frames; input frame {spec.input_frame} "
+                    f"with delta {spec.delta} and {spec.velocity} velocities needs frames "
+                    f"{spec.input_frame - first}..{spec.input_frame + spec.delta}"
+                )
+            starts = np.array([spec.input_frame])
+        else:
+            starts = np.arange(first, last + 1)
+            if spec.starts_per_trajectory is not None and len(starts) > spec.starts_per_trajectory:
+                starts = np.sort(rng.choice(starts, spec.starts_per_trajectory, replace=False))
+        pairs.append(np.stack([np.full(len(starts), s), starts], axis=1))
+    index = np.concatenate(pairs).astype(np.int64)
+    if len(index) == 0:
+        raise StoreError(f"{store.path}: no trajectory is long enough for delta {spec.delta}")
+    return index[: spec.max_samples] if spec.max_samples is not None else index
+
+
+class TrajectoryDataset(torch.utils.data.Dataset):
+    """Samples as PyG ``Data``.
+
+    Fields (N nodes of the sample's trajectory, D dims, F store features):
+        pos [N, D] input coordinates, vel [N, D] input velocities, target [N, D] coordinates at
+        t + delta, h [N, 1 + F] invariant features [|v|, features / max |feature|],
+        node_attr [N, F] raw static features, horizon [1] time from input to target in the
+        velocity's units (so x + v * horizon is the Linear baseline), and, when the store has
+        static edges, bond_index [2, E] and bond_attr [E, Fe].
+    """
+
+    def __init__(self, store: TrajectoryStore | str | os.PathLike[str], spec: SampleSpec) -> None:
+        self.store = store if isinstance(store, TrajectoryStore) else open_store(store)
+        self.spec = spec
+        if spec.velocity == "store" and not self.store.has_velocities:
+            raise StoreError(f"{self.store.path}: velocity 'store' asked for, but the store has no 'velocities' array")
+        self.index = build_index(self.store, spec)
+        max_abs = np.asarray(self.store.statistics.get("node_features_max_abs") or [1.0] * self.store.num_node_features)
+        self.feature_scale = torch.as_tensor(np.where(max_abs > 0, max_abs, 1.0), dtype=torch.float32)
+        # Stored velocities are per unit time; finite differences are per frame.
+        self.horizon = spec.delta * (self.store.attrs.dt if spec.velocity == "store" else 1.0)
+
+    @property
+    def num_node_features(self) -> int:
+        """Width of ``h``."""
+        return 1 + self.store.num_node_features
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Data:
+        s, t = (int(v) for v in self.index[i])
+        delta, velocity = self.spec.delta, self.spec.velocity
+        if velocity == "store":
+            pos, target = self.store.frames(s, [t, t + delta])
+            vel = self.store.frames(s, [t], "velocities")[0]
+        elif velocity == "backward":
+            prev, pos, target = self.store.frames(s, [t - 1, t, t + delta])
+            vel = pos - prev
+        else:
+            pos, nxt, target = self.store.frames(s, [t, t + 1, t + delta])
+            vel = nxt - pos
+        pos_t, vel_t = torch.from_numpy(pos), torch.from_numpy(vel)
+        node_attr = torch.from_numpy(self.store.node_features(s))
+        h = torch.cat([vel_t.norm(dim=-1, keepdim=True), node_attr / self.feature_scale], dim=-1)
+        data = Data(
+            pos=pos_t,
+            vel=vel_t,
+            target=torch.from_numpy(target),
+            h=h,
+            node_attr=node_attr,
+            horizon=torch.tensor([self.horizon], dtype=torch.float32),
+            num_nodes=pos.shape[0],
+        )
+        if self.store.has_edges:
+            bond_index, bond_attr = self.store.edges(s)
+            data.bond_index = torch.from_numpy(bond_index)
+            data.bond_attr = torch.from_numpy(bond_attr)
+        return data
+
+
+class ShardedSampler(torch.utils.data.Sampler[int]):
+    """This rank's share of a (shuffled) sample order, resumable mid-epoch.
+
+    The order of epoch e is a permutation drawn from ``seed + e`` (the same on every rank); it is
+    padded to a multiple of ``world_size`` by repeating its start, as DistributedSampler does, and
+    rank r takes every world_size-th sample from r. ``start`` skips that many of this rank's
+    samples (the ones already trained on before a checkpoint).
+    """
+
+    def __init__(self, num_samples: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.world_size) - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator)
+        else:
+            order = torch.arange(self.num_samples)
+        padded = -(-self.num_samples // self.world_size) * self.world_size
+        order = torch.cat([order, order[: padded - self.num_samples]])
+        return iter(order[self.rank :: self.world_size][self.start :].tolist())

@@ -1,0 +1,122 @@
+"""Graphs built on the training device inside the step: complete graphs and radius graphs.
+
+Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. This is the
+only module that imports torch-cluster (torch-geometric 2.8 no longer routes to it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch_cluster
+from torch import Tensor
+from torch_geometric.data import Batch
+
+GraphKind = Literal["complete", "radius"]
+
+
+def complete_graph(batch: Tensor) -> Tensor:
+    """Every ordered pair of distinct nodes within each graph.
+
+    ``batch`` must be sorted (PyG batches are), so each graph's nodes are contiguous.
+
+    Shapes:
+        batch: [N] -> edge_index: [2, sum_b n_b (n_b - 1)]
+    """
+    counts = torch.bincount(batch)
+    first = torch.cumsum(counts, 0) - counts  # first node of each graph
+    size = counts[batch]  # [N] size of each node's graph
+    target = torch.repeat_interleave(torch.arange(batch.numel(), device=batch.device), size)
+    # position of each entry within its target's run, 0..size-1
+    run_start = torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
+    offset = torch.arange(target.numel(), device=batch.device) - run_start
+    source = first[batch[target]] + offset
+    keep = source != target
+    return torch.stack([source[keep], target[keep]])
+
+
+_warned_truncation = False
+
+
+def radius_graph(pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int) -> Tensor:
+    """Edges between nodes of one graph closer than ``radius`` (no self loops), via torch-cluster.
+
+    torch-cluster drops neighbours beyond its cap silently; we ask it for one more than
+    ``max_num_neighbors``, warn (once per process) when any node has more, and cut those
+    neighbourhoods to ``max_num_neighbors``.
+
+    Shapes:
+        pos: [N, D], batch: [N] -> edge_index: [2, E]
+    """
+    global _warned_truncation
+    edge_index = torch_cluster.radius_graph(
+        pos, r=radius, batch=batch, loop=False, max_num_neighbors=max_num_neighbors + 1, flow="source_to_target"
+    )
+    degree = torch.bincount(edge_index[1], minlength=pos.shape[0])
+    if edge_index.numel() and int(degree.max()) > max_num_neighbors:
+        if not _warned_truncation:
+            truncated = int((degree > max_num_neighbors).sum())
+            warnings.warn(
+                f"radius_graph: {truncated} of {pos.shape[0]} nodes have more than max_num_neighbors="
+                f"{max_num_neighbors} neighbours within r={radius}; their neighbourhoods are truncated "
+                "(raise graph.max_num_neighbors to keep them)",
+                stacklevel=2,
+            )
+            _warned_truncation = True
+        edge_index = _keep_first_per_target(edge_index, max_num_neighbors)
+    return edge_index
+
+
+def _keep_first_per_target(edge_index: Tensor, cap: int) -> Tensor:
+    """At most ``cap`` edges into each target (torch-cluster's own cap is off by one without loops)."""
+    order = torch.argsort(edge_index[1], stable=True)
+    target = edge_index[1, order]
+    counts = torch.bincount(target)
+    rank = torch.arange(target.numel(), device=target.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return edge_index[:, order[rank < cap]]
+
+
+def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
+    """Invariant edge attributes: products of the static node features of both ends and the
+    squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2]).
+
+    Shapes:
+        pos: [N, D], node_attr: [N, F], edge_index: [2, E] -> [E, F + 1]
+    """
+    source, target = edge_index
+    dist2 = (pos[target] - pos[source]).pow(2).sum(-1, keepdim=True)
+    return torch.cat([node_attr[target] * node_attr[source], dist2], dim=-1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphBuilder:
+    """Adds ``edge_index`` [2, E] and ``edge_attr`` [E, F + 1] to a batch, on its device."""
+
+    kind: GraphKind = "complete"
+    radius: float | None = None
+    max_num_neighbors: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("complete", "radius"):
+            raise ValueError(f"graph kind must be 'complete' or 'radius', got {self.kind!r}")
+        if self.kind == "radius" and (self.radius is None or self.radius <= 0):
+            raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
+        if self.max_num_neighbors < 1:
+            raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
+
+    def num_edge_features(self, num_node_attr: int) -> int:
+        return num_node_attr + 1
+
+    def __call__(self, batch: Batch) -> Batch:
+        pos, node_batch = batch.pos, batch.batch
+        if self.kind == "complete":
+            edge_index = complete_graph(node_batch)
+        else:
+            assert self.radius is not None
+            edge_index = radius_graph(pos, self.radius, node_batch, self.max_num_neighbors)
+        batch.edge_index = edge_index
+        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index)
+        return batch

@@ -1,0 +1,13 @@
+"""Models by name. A plain dict: adding a model is one import and one line."""
+
+from torch import nn
+
+from scaleq.models.baselines import LinearDynamics
+from scaleq.models.egnn import EGNN
+
+MODELS: dict[str, type[nn.Module]] = {
+    "egnn": EGNN,
+    "linear": LinearDynamics,
+}
+
+__all__ = ["MODELS", "EGNN", "LinearDynamics"]

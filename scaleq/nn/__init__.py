@@ -1,0 +1,1 @@
+"""Small shared blocks: MLP builders, scatter helpers, checkpointed layer stacks."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share (and users may call on their own models)."""

@@ -1,0 +1,83 @@
+import pytest
+
+from scaleq.config import DEFAULT_CONFIG, ConfigError, build_model, load_config
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = "data:\n  path: somewhere\n"
+
+
+def test_default_config_loads():
+    config = load_config()
+    assert config.model.name == "egnn" and config.data.input_frame == 30
+    assert config.train.epochs == 200  # from default.yaml over egnn_nbody.yaml
+    assert config.train.weight_decay == pytest.approx(1e-12)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, BASE + "train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'train\.lrr'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, BASE + "train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"key 'train\.epochs' must be an integer, got str 'many'"):
+        load_config(path)
+    path = write(tmp_path, BASE + "train:\n  progress: 1\n")
+    with pytest.raises(ConfigError, match=r"train\.progress' must be true or false"):
+        load_config(path)
+
+
+def test_literal_and_validation(tmp_path):
+    path = write(tmp_path, BASE + "data:\n  path: x\n  velocity: sideways\n")
+    with pytest.raises(ConfigError, match=r"data\.velocity' must be one of"):
+        load_config(path)
+    path = write(tmp_path, BASE + "graph:\n  kind: radius\n")
+    with pytest.raises(ConfigError, match="radius > 0"):
+        load_config(path)
+
+
+def test_missing_file_and_missing_key(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="missing key 'data'"):
+        load_config(write(tmp_path, "seed: 1\n"))
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    path = write(tmp_path, BASE)
+    config = load_config(path, ["train.lr=1e-3", "data.batch_size=7", "model.hidden=16"])
+    assert config.train.lr == pytest.approx(1e-3)
+    assert config.data.batch_size == 7 and config.model.options["hidden"] == 16
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.nope'"):
+        load_config(path, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["train.lr"])
+
+
+def test_model_options_checked_against_constructor(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'depth' for model 'egnn'"):
+        load_config(write(tmp_path, BASE + "model:\n  name: egnn\n  depth: 3\n"))
+    with pytest.raises(ConfigError, match=r"model\.hidden' must be an integer"):
+        load_config(write(tmp_path, BASE + "model:\n  hidden: wide\n"))
+    with pytest.raises(ConfigError, match="model.name 'gnn' is not one of"):
+        load_config(write(tmp_path, BASE + "model:\n  name: gnn\n"))
+    config = load_config(write(tmp_path, BASE + "model:\n  hidden: 8\n  layers: 2\n"))
+    model = build_model(config.model, in_node_features=2, in_edge_features=2, dim=3)
+    assert len(model.layers) == 2
+
+
+def test_extends_merges_deeply(tmp_path):
+    write(tmp_path, BASE + "train:\n  lr: 0.5\n  epochs: 3\n", name="base.yaml")
+    config = load_config(write(tmp_path, "extends: base.yaml\ntrain:\n  epochs: 9\n"))
+    assert config.train.lr == 0.5 and config.train.epochs == 9 and config.data.path == "somewhere"
+
+
+def test_default_config_file_exists():
+    assert DEFAULT_CONFIG.is_file()
