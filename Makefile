@@ -11,17 +11,19 @@ STAMP := $(VENV)/.scaleq-installed
 VENV_FLAGS := $(if $(strip $(TORCH)),,--system-site-packages)
 PYTEST_ARGS ?=
 
-.PHONY: setup train test lint clean-runs
+.PHONY: setup train test lint
 
 setup: $(STAMP)
 
-# Re-runs only when pyproject.toml changes: a second `make` installs nothing.
+# Re-runs only when pyproject.toml changes: a second `make` installs nothing. torch-cluster builds
+# from source against the torch installed first, so no build isolation; its C++ extensions
+# compile side by side on every core (setuptools reads DIST_EXTRA_CONFIG).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel numpy
 	$(if $(strip $(TORCH)),$(PIP) install --quiet "$(TORCH)")
-	# torch-cluster builds from source against the torch above, so no build isolation.
-	$(PIP) install --no-build-isolation -e '.[test]'
+	printf '[build_ext]\nparallel = %s\n' "$$(nproc)" > $(VENV)/build_ext.cfg
+	DIST_EXTRA_CONFIG=$(abspath $(VENV))/build_ext.cfg $(PIP) install --no-build-isolation -e '.[test]'
 	touch $@
 
 train: $(STAMP)

@@ -15,7 +15,7 @@ BASE = "data:\n  path: somewhere\n"
 def test_default_config_loads():
     config = load_config()
     assert config.model.name == "egnn" and config.data.input_frame == 30
-    assert config.train.epochs == 200  # from default.yaml over egnn_nbody.yaml
+    assert config.train.epochs == 100  # from default.yaml over egnn_nbody.yaml
     assert config.train.weight_decay == pytest.approx(1e-12)
 
 
