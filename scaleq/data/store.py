@@ -436,6 +436,9 @@ class ChunkCache:
 
     def put(self, key: tuple[str, int], block: np.ndarray) -> np.ndarray:
         if block.nbytes <= self.capacity:
+            old_block = self.blocks.pop(key, None)
+            if old_block is not None:  # a re-put replaces, it does not count twice
+                self.size -= old_block.nbytes
             self.blocks[key] = block
             self.size += block.nbytes
             while self.size > self.capacity:
