@@ -47,10 +47,10 @@ class _WireError(ValueError):
 @dataclass(frozen=True)
 class Feature:
     """One tf.train.Feature: ``kind`` is 'bytes', 'float' or 'int64'; ``values`` a list of
-    bytes (bytes_list) or a 1-D array (float32 / int64)."""
+    bytes (bytes_list, as memoryviews into the record) or a 1-D array (float32 / int64)."""
 
     kind: str
-    values: list[bytes] | np.ndarray
+    values: list[memoryview] | np.ndarray
 
 
 # -- protobuf wire format ------------------------------------------------------------------------
@@ -99,7 +99,8 @@ def _feature(buf: memoryview) -> Feature:
             continue  # unknown fields are skipped, as protobuf parsers do
         kind = _FEATURE_KINDS[number]
         if kind == "bytes":
-            values = [bytes(v) for n, w, v in _fields(value) if n == 1 and w == _LEN]
+            # memoryviews into the record: a 96 MB Water-3D trajectory is not copied here
+            values = [v for n, w, v in _fields(value) if n == 1 and w == _LEN]
         elif kind == "float":
             parts = [np.frombuffer(v, "<f4") for n, w, v in _fields(value) if n == 1]  # packed or not
             values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
