@@ -64,6 +64,7 @@ class DataConfig:
     batch_size: int = 100
     eval_batch_size: int | None = None
     num_workers: int = 0
+    node_features: list[str] | None = None  # store features to keep, by name (None: all)
     generate: GenerateConfig | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +74,8 @@ class DataConfig:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.node_features is not None and (not self.node_features or len(set(self.node_features)) != len(self.node_features)):
+            raise ConfigError(f"data.node_features must be a non-empty list of distinct names, got {self.node_features}")
 
 
 @dataclass(kw_only=True)

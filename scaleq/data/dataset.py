@@ -7,7 +7,7 @@ start-up (no data is read for it); each sample then reads just the frames it nee
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,23 +86,38 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         node_attr [N, F] raw static features, horizon [1] time from input to target in the
         velocity's units (so x + v * horizon is the Linear baseline), and, when the store has
         static edges, bond_index [2, E] and bond_attr [E, Fe].
+
+    ``node_features`` keeps only the store features of these names (``attrs.feature_names``), in
+    this order (e.g. ``["charge"]`` of an MD store's charge, element and type); None keeps all.
     """
 
-    def __init__(self, store: TrajectoryStore | str | os.PathLike[str], spec: SampleSpec) -> None:
+    def __init__(
+        self,
+        store: TrajectoryStore | str | os.PathLike[str],
+        spec: SampleSpec,
+        node_features: Sequence[str] | None = None,
+    ) -> None:
         self.store = store if isinstance(store, TrajectoryStore) else open_store(store)
         self.spec = spec
         if spec.velocity == "store" and not self.store.has_velocities:
             raise StoreError(f"{self.store.path}: velocity 'store' asked for, but the store has no 'velocities' array")
         self.index = build_index(self.store, spec)
+        self.columns = _feature_columns(self.store, node_features)
         max_abs = np.asarray(self.store.statistics.get("node_features_max_abs") or [1.0] * self.store.num_node_features)
+        max_abs = max_abs[self.columns] if self.columns is not None else max_abs
         self.feature_scale = torch.as_tensor(np.where(max_abs > 0, max_abs, 1.0), dtype=torch.float32)
         # Stored velocities are per unit time; finite differences are per frame.
         self.horizon = spec.delta * (self.store.attrs.dt if spec.velocity == "store" else 1.0)
 
     @property
+    def num_node_attr(self) -> int:
+        """Width of ``node_attr`` (the static features kept)."""
+        return len(self.columns) if self.columns is not None else self.store.num_node_features
+
+    @property
     def num_node_features(self) -> int:
         """Width of ``h``."""
-        return 1 + self.store.num_node_features
+        return 1 + self.num_node_attr
 
     def __len__(self) -> int:
         return len(self.index)
@@ -120,7 +135,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             pos, nxt, target = self.store.frames(s, [t, t + 1, t + delta])
             vel = nxt - pos
         pos_t, vel_t = torch.from_numpy(pos), torch.from_numpy(vel)
-        node_attr = torch.from_numpy(self.store.node_features(s))
+        features = self.store.node_features(s)
+        node_attr = torch.from_numpy(features[:, self.columns] if self.columns is not None else features)
         h = torch.cat([vel_t.norm(dim=-1, keepdim=True), node_attr / self.feature_scale], dim=-1)
         data = Data(
             pos=pos_t,
@@ -136,6 +152,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             data.bond_index = torch.from_numpy(bond_index)
             data.bond_attr = torch.from_numpy(bond_attr)
         return data
+
+
+def _feature_columns(store: TrajectoryStore, names: Sequence[str] | None) -> list[int] | None:
+    if names is None:
+        return None
+    available = list(store.attrs.feature_names)
+    unknown = [n for n in names if n not in available]
+    if unknown or not names:
+        raise StoreError(f"{store.path}: node features {list(names)} asked for; the store has {available}")
+    return [available.index(n) for n in names]
 
 
 class ShardedSampler(torch.utils.data.Sampler[int]):

@@ -107,6 +107,12 @@ def default_provenance(source: str, seed: int | None = None) -> dict[str, Any]:
     }
 
 
+def _columns(values: np.ndarray) -> np.ndarray:
+    """[..., D] values as a contiguous [D, M] array: reductions over its rows are ~10x faster than
+    over axis 0 of [M, D] (a Water-3D trajectory's statistics take ~0.3 s instead of ~4 s)."""
+    return np.ascontiguousarray(values.reshape(-1, values.shape[-1]).T)
+
+
 class _RunningMoments:
     """Streaming per-axis mean and std (float64 sums; enough for float32 data)."""
 
@@ -116,10 +122,10 @@ class _RunningMoments:
         self.sum_sq = np.zeros(dim)
 
     def add(self, values: np.ndarray) -> None:
-        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
-        self.count += flat.shape[0]
-        self.sum += flat.sum(0)
-        self.sum_sq += (flat * flat).sum(0)
+        columns = _columns(values)
+        self.count += columns.shape[1]
+        self.sum += columns.sum(1, dtype=np.float64)
+        self.sum_sq += np.einsum("ij,ij->i", columns, columns, dtype=np.float64)
 
     def result(self) -> dict[str, list[float]] | None:
         if self.count == 0:
@@ -345,8 +351,10 @@ class StoreWriter:
         self._buffers[name] = _AppendBuffer(array, shard[0])
 
     def _update_statistics(self, pos: np.ndarray, feats: np.ndarray) -> None:
-        self._pos_min = np.minimum(self._pos_min, pos.min(axis=(0, 1)))
-        self._pos_max = np.maximum(self._pos_max, pos.max(axis=(0, 1)))
+        columns = _columns(pos)
+        self._pos_min = np.minimum(self._pos_min, columns.min(1))
+        self._pos_max = np.maximum(self._pos_max, columns.max(1))
+        del columns
         if pos.shape[0] >= 2:
             disp = np.diff(pos, axis=0)
             self._displacement.add(disp)
@@ -436,6 +444,9 @@ class ChunkCache:
 
     def put(self, key: tuple[str, int], block: np.ndarray) -> np.ndarray:
         if block.nbytes <= self.capacity:
+            old_block = self.blocks.pop(key, None)
+            if old_block is not None:  # a re-put replaces, it does not count twice
+                self.size -= old_block.nbytes
             self.blocks[key] = block
             self.size += block.nbytes
             while self.size > self.capacity:

@@ -71,7 +71,7 @@ def open_datasets(config: Config) -> dict[str, TrajectoryDataset]:
             max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
             seed=config.seed,
         )
-        datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec)
+        datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec, node_features=data.node_features)
     return datasets
 
 
@@ -97,7 +97,7 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
     model = build_model(
         config.model,
         in_node_features=train_set.num_node_features,
-        in_edge_features=graph.num_edge_features(train_set.store.num_node_features),
+        in_edge_features=graph.num_edge_features(train_set.num_node_attr),
         dim=train_set.store.attrs.dim,
     )
     run_dir = run_dir or resolve_run_dir(config, resume)
