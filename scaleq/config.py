@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import GraphBuilder, GraphKind
+from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind
 from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -80,6 +80,8 @@ class GraphConfig:
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64
+    edge_drop: float = 0.0  # fraction of each graph's edges to drop (FastEGNN's p; 1.0: none left)
+    edge_drop_mode: EdgeDropMode = "shortest"  # 'shortest' keeps the shortest (published), 'random' redraws each step
 
     def __post_init__(self) -> None:
         try:
@@ -88,7 +90,10 @@ class GraphConfig:
             raise ConfigError(f"graph: {err}") from err
 
     def builder(self) -> GraphBuilder:
-        return GraphBuilder(kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors)
+        return GraphBuilder(
+            kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
+            edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
+        )
 
 
 @dataclass(kw_only=True)
