@@ -115,6 +115,19 @@ class ModelConfig:
 class LossConfig:
     """Weights of the auxiliary loss terms; the position MSE always has weight 1."""
 
+    # FastEGNN's MMD between virtual nodes and sampled predicted positions (0: off)
+    mmd_weight: float = 0.0  # lambda
+    mmd_sigma: float = 1.0  # kernel width
+    mmd_kernel: Literal["plain", "squared"] = "plain"  # exp(-|a-b| / 2 sigma^2) (published) or |a-b|^2
+    mmd_samples_per_virtual: int = 3  # real nodes sampled per graph: this times C (published: 3)
+
+    def __post_init__(self) -> None:
+        if self.mmd_weight < 0 or self.mmd_sigma <= 0 or self.mmd_samples_per_virtual < 1:
+            raise ConfigError(
+                "loss.mmd_weight must be >= 0, loss.mmd_sigma > 0 and loss.mmd_samples_per_virtual >= 1, got "
+                f"{self.mmd_weight}, {self.mmd_sigma}, {self.mmd_samples_per_virtual}"
+            )
+
 
 @dataclass(kw_only=True)
 class EngineConfig:
