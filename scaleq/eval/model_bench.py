@@ -1,11 +1,11 @@
 """Forward + backward time and peak memory of model variants on the same batches.
 
 The variants of FastEGNN's Table 1: EGNN, EGNN* (EGNN with every real edge dropped) and
-FastEGNN-<C, p>. Each variant is measured in a fresh process (``multiprocessing`` spawn), so that
-the peak memory of one does not hide inside another's: on CUDA the peak is
-``torch.cuda.max_memory_allocated``; on the CPU it is the growth of the process's peak resident
-set (``ru_maxrss``) during the first step over the resident set just before it (the batch and the
-model already built). Graphs are
+FastEGNN-<C, p>. Times: all variants in one process, round-robin, best of ``repeats`` rounds.
+Memory: each variant in a fresh process (``multiprocessing`` spawn), so that the peak of one does
+not hide inside another's: on CUDA ``torch.cuda.max_memory_allocated`` over what was allocated
+before the step; on the CPU the growth of the peak resident set (``ru_maxrss``) during one step
+over the resident set just before it (batch and model already built). Graphs are
 built and edges dropped once, before timing, as the published code preprocesses them.
 """
 
@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,7 +46,7 @@ class Workload:
     neighbours: float = 24.0
     hidden: int = 64
     layers: int = 4
-    repeats: int = 3
+    repeats: int = 5
     device: str = "cpu"
     seed: int = 0
 
@@ -80,8 +81,9 @@ def random_particles(work: Workload) -> Batch:
     return Batch.from_data_list(graphs)
 
 
-def measure(variant: Variant, work: Workload) -> dict[str, float | str | int]:
-    """Median forward+backward milliseconds and peak MB of one variant, in this process."""
+def prepare(variant: Variant, work: Workload) -> Callable[[], None]:
+    """Build the variant's graph (edges dropped once, as the published code preprocesses them)
+    and model; return one training step (forward, loss, backward) on that batch."""
     device = torch.device(work.device)
     torch.manual_seed(work.seed)
     batch = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=256, edge_drop=variant.edge_drop)(
@@ -101,27 +103,41 @@ def measure(variant: Variant, work: Workload) -> dict[str, float | str | int]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    # the first step carries the peak: measure its memory, then time the repeats
+    step.num_edges = int(batch.edge_index.shape[1])  # type: ignore[attr-defined]
+    return step
+
+
+def peak_memory(variant: Variant, work: Workload) -> float:
+    """MB that one step adds at its peak over what the process held before it (batch and model
+    built). Meant to run in a fresh process: on the CPU the peak resident set never goes down."""
+    step = prepare(variant, work)
+    device = torch.device(work.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = _resident_bytes()
-    step()
-    if device.type == "cuda":
+        step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
-    times = []
-    for _ in range(work.repeats):
-        start = time.perf_counter()
+        base = _resident_bytes()
         step()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return {
-        **asdict(variant), "nodes": int(batch.num_nodes), "edges": int(batch.edge_index.shape[1]),
-        "ms": 1000 * times[len(times) // 2], "peak_mb": peak / 2**20,
-    }
+        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    return peak / 2**20
+
+
+def step_times(variants: list[Variant], work: Workload) -> list[tuple[int, float]]:
+    """(edges, best milliseconds) per variant, timed round-robin in this process (one warm-up
+    round, then ``repeats`` rounds): every variant sees the same load from the rest of the
+    machine, and the best of the rounds is the least disturbed."""
+    steps = [prepare(v, work) for v in variants]
+    for step in steps:
+        step()
+    best = [math.inf] * len(steps)
+    for _ in range(work.repeats):
+        for k, step in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return [(step.num_edges, 1000 * t) for step, t in zip(steps, best)]  # type: ignore[attr-defined]
 
 
 def _resident_bytes() -> int:
@@ -133,22 +149,22 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _measure_star(args: tuple[Variant, Workload]) -> dict[str, float | str | int]:
-    return measure(*args)
+def _peak_memory_star(args: tuple[Variant, Workload]) -> float:
+    return peak_memory(*args)
 
 
-def run_variants(variants: list[Variant], work: Workload, fresh_process: bool = True) -> list[dict[str, float | str | int]]:
-    """Measure each variant (in its own spawned process unless ``fresh_process`` is False) and add
-    ``relative_time``: time over the first variant's (EGNN's, the paper's "Relative Time")."""
-    if fresh_process:
-        context = multiprocessing.get_context("spawn")
-        rows = []
-        for variant in variants:
-            with context.Pool(1) as pool:
-                rows.append(pool.map(_measure_star, [(variant, work)])[0])
-    else:
-        rows = [measure(v, work) for v in variants]
-    reference = float(rows[0]["ms"])
-    for row in rows:
-        row["relative_time"] = float(row["ms"]) / reference
-    return rows
+def run_variants(variants: list[Variant], work: Workload) -> list[dict[str, float | str | int]]:
+    """One row per variant: edges, best ms, ``relative_time`` (over the first variant's, EGNN's:
+    the paper's "Relative Time") and ``peak_mb`` (each measured in its own spawned process)."""
+    context = multiprocessing.get_context("spawn")
+    peaks = []
+    for variant in variants:
+        with context.Pool(1) as pool:
+            peaks.append(pool.map(_peak_memory_star, [(variant, work)])[0])
+    times = step_times(variants, work)
+    reference = times[0][1]
+    return [
+        {**asdict(v), "nodes": work.graphs * work.nodes, "edges": edges, "ms": ms, "relative_time": ms / reference,
+         "peak_mb": peak}
+        for v, (edges, ms), peak in zip(variants, times, peaks)
+    ]
