@@ -40,3 +40,22 @@ def test_fastegnn_nbody100_has_the_published_settings():
     assert config.model.options == {"hidden": 64, "layers": 4, "virtual_nodes": 3}
     assert (config.loss.mmd_sigma, config.loss.mmd_weight) == (1.5, 0.01)
     assert (config.train.lr, config.train.weight_decay, config.train.patience) == (5e-4, 1e-12, 100)
+
+
+def test_fastegnn_keys_are_checked(tmp_path):
+    from scaleq.config import ConfigError
+
+    base = tmp_path / "base.yaml"
+    base.write_text("data:\n  path: somewhere\nmodel:\n  name: fastegnn\n")
+    config = load_config(base, ["graph.edge_drop=1", "model.gravity=[0, -1, 0]", "loss.mmd_weight=0.5"])
+    assert config.graph.edge_drop == 1.0 and config.model.options["gravity"] == [0.0, -1.0, 0.0]
+    with pytest.raises(ConfigError, match=r"edge_drop must be in \[0, 1\]"):
+        load_config(base, ["graph.edge_drop=1.5"])
+    with pytest.raises(ConfigError, match=r"graph\.edge_drop_mode' must be one of"):
+        load_config(base, ["graph.edge_drop_mode=longest"])
+    with pytest.raises(ConfigError, match=r"loss\.mmd_sigma > 0"):
+        load_config(base, ["loss.mmd_sigma=0"])
+    with pytest.raises(ConfigError, match=r"loss\.mmd_kernel' must be one of"):
+        load_config(base, ["loss.mmd_kernel=laplace"])
+    with pytest.raises(ConfigError, match=r"model\.virtual_aggregation' must be one of"):
+        load_config(base, ["model.virtual_aggregation=sum"])
