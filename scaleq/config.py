@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import GraphBuilder, GraphKind
+from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind
 from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -83,6 +83,8 @@ class GraphConfig:
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64
+    edge_drop: float = 0.0  # fraction of each graph's edges to drop (FastEGNN's p; 1.0: none left)
+    edge_drop_mode: EdgeDropMode = "shortest"  # 'shortest' keeps the shortest (published), 'random' redraws each step
 
     def __post_init__(self) -> None:
         try:
@@ -91,7 +93,10 @@ class GraphConfig:
             raise ConfigError(f"graph: {err}") from err
 
     def builder(self) -> GraphBuilder:
-        return GraphBuilder(kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors)
+        return GraphBuilder(
+            kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
+            edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
+        )
 
 
 @dataclass(kw_only=True)
@@ -112,6 +117,19 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class LossConfig:
     """Weights of the auxiliary loss terms; the position MSE always has weight 1."""
+
+    # FastEGNN's MMD between virtual nodes and sampled predicted positions (0: off)
+    mmd_weight: float = 0.0  # lambda
+    mmd_sigma: float = 1.0  # kernel width
+    mmd_kernel: Literal["plain", "squared"] = "plain"  # exp(-|a-b| / 2 sigma^2) (published) or |a-b|^2
+    mmd_samples_per_virtual: int = 3  # real nodes sampled per graph: this times C (published: 3)
+
+    def __post_init__(self) -> None:
+        if self.mmd_weight < 0 or self.mmd_sigma <= 0 or self.mmd_samples_per_virtual < 1:
+            raise ConfigError(
+                "loss.mmd_weight must be >= 0, loss.mmd_sigma > 0 and loss.mmd_samples_per_virtual >= 1, got "
+                f"{self.mmd_weight}, {self.mmd_sigma}, {self.mmd_samples_per_virtual}"
+            )
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,5 @@
-"""Graphs built on the training device inside the step: complete graphs and radius graphs.
+"""Graphs built on the training device inside the step: complete graphs, radius graphs and edge
+dropping (FastEGNN).
 
 Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. This is the
 only module that imports torch-cluster (torch-geometric 2.8 no longer routes to it).
@@ -15,7 +16,10 @@ import torch_cluster
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from scaleq.nn.scatter import rank_within_groups
+
 GraphKind = Literal["complete", "radius"]
+EdgeDropMode = Literal["shortest", "random"]
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -91,13 +95,55 @@ def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
     return torch.cat([node_attr[target] * node_attr[source], dist2], dim=-1)
 
 
+def drop_edges(
+    edge_index: Tensor, pos: Tensor, batch: Tensor, p: float, mode: EdgeDropMode = "shortest",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Drop a fraction ``p`` of each graph's edges: graph b keeps floor((1 - p) E_b) of its E_b.
+
+    'shortest' keeps the shortest edges (FastEGNN's published preprocessing; ties keep the
+    earlier edge); 'random' keeps a uniformly random subset, drawn from ``generator`` (default:
+    torch's global RNG, which runs seed and checkpoints restore). p = 1 leaves no edges (EGNN* /
+    FastEGNN-<C, 1>). Kept edges stay in their input order; no per-graph loop.
+
+    Shapes:
+        edge_index: [2, E] (j -> i), pos: [N, D], batch: [N] -> edge_index: [2, E']
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"edge drop rate must be in [0, 1], got {p}")
+    if mode not in ("shortest", "random"):
+        raise ValueError(f"edge drop mode must be 'shortest' or 'random', got {mode!r}")
+    num_edges = edge_index.shape[1]
+    if p == 0.0 or num_edges == 0:
+        return edge_index
+    if p == 1.0:
+        return edge_index[:, :0]
+    source, target = edge_index
+    graph = batch[target]  # [E] graph of each edge
+    if mode == "shortest":
+        key = (pos[target] - pos[source]).pow(2).sum(-1)
+    else:
+        key = torch.rand(num_edges, generator=generator, device=pos.device)
+    num_graphs = int(batch.max()) + 1
+    per_graph = torch.bincount(graph, minlength=num_graphs)  # [B]
+    keep = ((1.0 - p) * per_graph.double() + 1e-9).floor().long()  # the epsilon absorbs 0.3 * 10 = 2.999...
+    return edge_index[:, rank_within_groups(key, graph, num_graphs) < keep[graph]]
+
+
 @dataclass(frozen=True, kw_only=True)
 class GraphBuilder:
-    """Adds ``edge_index`` [2, E] and ``edge_attr`` [E, F + 1] to a batch, on its device."""
+    """Adds ``edge_index`` [2, E] and ``edge_attr`` [E, F + 1] to a batch, on its device.
+
+    ``edge_drop`` > 0 then drops that fraction of each graph's edges (see :func:`drop_edges`).
+    In 'random' mode evaluation batches (``training=False``) draw from a generator reseeded at
+    every call, so validation numbers do not depend on what ran before.
+    """
 
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64
+    edge_drop: float = 0.0
+    edge_drop_mode: EdgeDropMode = "shortest"
 
     def __post_init__(self) -> None:
         if self.kind not in ("complete", "radius"):
@@ -106,17 +152,26 @@ class GraphBuilder:
             raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
         if self.max_num_neighbors < 1:
             raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
+        if not 0.0 <= self.edge_drop <= 1.0:
+            raise ValueError(f"edge_drop must be in [0, 1], got {self.edge_drop}")
+        if self.edge_drop_mode not in ("shortest", "random"):
+            raise ValueError(f"edge_drop_mode must be 'shortest' or 'random', got {self.edge_drop_mode!r}")
 
     def num_edge_features(self, num_node_attr: int) -> int:
         return num_node_attr + 1
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch, *, training: bool = True) -> Batch:
         pos, node_batch = batch.pos, batch.batch
         if self.kind == "complete":
             edge_index = complete_graph(node_batch)
         else:
             assert self.radius is not None
             edge_index = radius_graph(pos, self.radius, node_batch, self.max_num_neighbors)
+        if self.edge_drop > 0:
+            generator = None
+            if self.edge_drop_mode == "random" and not training:
+                generator = torch.Generator(device=pos.device).manual_seed(0)
+            edge_index = drop_edges(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator)
         batch.edge_index = edge_index
         batch.edge_attr = edge_features(pos, batch.node_attr, edge_index)
         return batch

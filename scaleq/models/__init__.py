@@ -4,10 +4,12 @@ from torch import nn
 
 from scaleq.models.baselines import LinearDynamics
 from scaleq.models.egnn import EGNN
+from scaleq.models.fastegnn import FastEGNN
 
 MODELS: dict[str, type[nn.Module]] = {
     "egnn": EGNN,
+    "fastegnn": FastEGNN,
     "linear": LinearDynamics,
 }
 
-__all__ = ["MODELS", "EGNN", "LinearDynamics"]
+__all__ = ["MODELS", "EGNN", "FastEGNN", "LinearDynamics"]

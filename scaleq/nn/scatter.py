@@ -24,3 +24,15 @@ def scatter_mean(src: Tensor, index: Tensor, size: int) -> Tensor:
     total = scatter_sum(src, index, size)
     count = scatter_count(index, size, src.dtype).view(size, *([1] * (src.dim() - 1)))
     return total / count
+
+
+def rank_within_groups(key: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """Rank of each entry among the entries of its group, by ascending ``key`` (ties: by position).
+    Two stable sorts, no per-group loop. Shapes: key [M], group [M] -> [M] int64 (0 = smallest)."""
+    order = torch.argsort(key, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]  # by group, then by key
+    counts = torch.bincount(group, minlength=num_groups)
+    first = torch.cumsum(counts, 0) - counts  # first sorted slot of each group
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device) - first[group[order]]
+    return rank

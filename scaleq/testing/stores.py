@@ -47,9 +47,10 @@ def tiny_store(path: Path, **kwargs: object) -> TrajectoryStore:
 
 
 def tiny_nbody_dataset(root: Path, particles: int = 5, train: int = 64, valid: int = 32, test: int = 32,
-                       seed: int = 7) -> Path:
-    """A short N-body dataset (frames up to 50) with the real simulator."""
-    params = NBodyParams(num_particles=particles, num_steps=5200)
+                       seed: int = 7, steps: int = 5200) -> Path:
+    """A short N-body dataset with the real simulator (frames up to 50 with the default ``steps``;
+    frame f is simulator step 100 (f + 1), so fewer steps make fewer, cheaper frames)."""
+    params = NBodyParams(num_particles=particles, num_steps=steps)
     splits = [SplitSpec("train", train), SplitSpec("valid", valid), SplitSpec("test", test)]
     write_nbody_dataset(root, params, splits, seed=seed)
     return root

@@ -54,9 +54,9 @@ def make_loader(dataset: TrajectoryDataset, batch_size: int, sampler: ShardedSam
     )
 
 
-def prepare_batch(batch: Batch, graph: GraphBuilder, device: torch.device) -> Batch:
+def prepare_batch(batch: Batch, graph: GraphBuilder, device: torch.device, training: bool = True) -> Batch:
     """Move to the device and build the graph there."""
-    return graph(batch.to(device, non_blocking=True))
+    return graph(batch.to(device, non_blocking=True), training=training)
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, loader: DataLoader, graph: GraphBuilder, engine: 
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
     for batch in loader:
-        batch = prepare_batch(batch, graph, engine.device)
+        batch = prepare_batch(batch, graph, engine.device, training=False)
         with engine.autocast():
             output = model(batch)
         totals[0] += squared_error_sum(output["pos"], batch.target).double()

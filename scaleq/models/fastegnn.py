@@ -1,0 +1,237 @@
+"""FastEGNN: EGNN with C learnable virtual nodes per graph (Zhang et al., ICML 2024).
+
+Each graph b gets C virtual nodes with coordinates Z_b [C, D] (initialised at the centre of mass
+of the input frame) and features S_b [C, H] (initialised from ONE learnable parameter S [C, H]
+shared by all graphs: it is what makes the virtual nodes distinct and ordered). One layer, as the
+published code does it (j -> i; c indexes virtual nodes of i's graph; xbar = mean of the CURRENT
+real coordinates of the graph):
+
+    m_ij = phi_e(h_i, h_j, |x_i - x_j|^2, e_ij)                       real-real message
+    M    = (Z - xbar)(Z - xbar)^T  [C, C]                              virtual-global Gram message
+    m_ic = phi_ev(h_i, s_c, d(x_i, z_c), M[c, :])                      real-virtual message
+    x_i <- x_i + mean_j (x_i - x_j) phi_x(m_ij)
+               + mean_c (x_i - z_c) phi_xv(m_ic)
+               + phi_v(h_i) v_i^0  [+ phi_g(h_i) g]                    (velocity, optional gravity g)
+    z_c <- z_c + mean_{i in graph} (z_c - x_i) phi_X(m_ic)             (x before this layer's update)
+    h_i <- h_i + phi_h(h_i, mean_j m_ij, concat_c m_ic)
+    s_c <- s_c + phi_hv(s_c, mean_{i in graph} m_ic)
+
+d(x, z) is the plain distance |x - z| (published code; ``virtual_distance="squared"`` uses
+|x - z|^2 as the paper writes). ``virtual_aggregation="concat"`` concatenates m_ic over the
+ordered virtual nodes (published); ``"mean"`` averages them (the later DistEGNN code). The real
+neighbour messages are MEANED into h (EGNN sums them). Graphs may have different sizes and nodes
+need not be sorted by graph: everything per graph is an index_add over ``batch``.
+
+The gravity term adds a fixed vector, so a model with ``gravity`` is only equivariant under
+rotations about the gravity axis (and reflections that keep it), as is the data it is used for.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.mlp import cat_features, mlp, small_init_
+from scaleq.nn.scatter import scatter_mean
+
+VirtualDistance = Literal["plain", "squared"]
+VirtualAggregation = Literal["concat", "mean"]
+
+
+def coordinate_head(hidden: int) -> nn.Sequential:
+    """phi_x-style head: Linear-SiLU-Linear(H, 1, bias=False) with xavier gain 0.001, as EGNN's."""
+    head = mlp(hidden, hidden, 1, bias_last=False)
+    small_init_(head[-1])
+    return head
+
+
+def pair_distance(diff: Tensor, kind: VirtualDistance) -> Tensor:
+    """|diff| or |diff|^2 over the last axis, keepdim. The plain norm has a zero-safe gradient:
+    at the first layer every z_c sits at the centre of mass and may coincide with a node."""
+    squared = diff.pow(2).sum(-1, keepdim=True)
+    if kind == "squared":
+        return squared
+    positive = squared > 0
+    return torch.where(positive, squared.where(positive, torch.ones_like(squared)).sqrt(), torch.zeros_like(squared))
+
+
+class FastEGNNLayer(nn.Module):
+    """One FastEGNN layer over real nodes and C virtual nodes per graph.
+
+    Args:
+        hidden: H. edge_dim: width Fe of the real edge attributes. virtual_nodes: C.
+        velocity: add phi_v(h_i) v_i^0. gravity: add phi_g(h_i) g with this fixed vector g.
+        virtual_distance, virtual_aggregation: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        edge_dim: int,
+        virtual_nodes: int,
+        *,
+        velocity: bool = True,
+        gravity: bool = False,
+        virtual_distance: VirtualDistance = "plain",
+        virtual_aggregation: VirtualAggregation = "concat",
+    ) -> None:
+        super().__init__()
+        self.virtual_distance = virtual_distance
+        self.virtual_aggregation = virtual_aggregation
+        c = virtual_nodes
+        self.phi_e = mlp(2 * hidden + 1 + edge_dim, hidden, hidden, act_last=True)
+        self.phi_ev = mlp(2 * hidden + 1 + c, hidden, hidden, act_last=True)
+        self.phi_x = coordinate_head(hidden)
+        self.phi_xv = coordinate_head(hidden)
+        self.phi_zv = coordinate_head(hidden)  # the paper's phi_X: moves virtual coordinates
+        self.phi_v = mlp(hidden, hidden, 1) if velocity else None
+        self.phi_g = mlp(hidden, hidden, 1) if gravity else None
+        virtual_width = c * hidden if virtual_aggregation == "concat" else hidden
+        self.phi_h = mlp(2 * hidden + virtual_width, hidden, hidden)
+        self.phi_hv = mlp(2 * hidden, hidden, hidden)
+
+    def forward(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        z: Tensor,
+        s: Tensor,
+        *,
+        vel: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor,
+        batch: Tensor,
+        gravity: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """
+        Shapes:
+            h: [N, H], pos: [N, D], z: [B, C, D] virtual coordinates, s: [B, C, H] virtual
+            features, vel: [N, D] input velocity, edge_index: [2, E] (j -> i), edge_attr: [E, Fe],
+            batch: [N] graph of each node, gravity: [D] -> (h, pos, z, s) with the same shapes
+        """
+        n, num_graphs = pos.shape[0], z.shape[0]
+        # real-real messages
+        source, target = edge_index
+        diff = pos[target] - pos[source]  # [E, D] x_i - x_j
+        m = self.phi_e(cat_features([h[target], h[source], diff.pow(2).sum(-1, keepdim=True), edge_attr]))  # [E, H]
+
+        # virtual-global Gram message, from the current centre of mass of each graph
+        centre = scatter_mean(pos, batch, num_graphs)  # [B, D]
+        offset = z - centre[:, None, :]  # [B, C, D]
+        gram = (offset[:, :, None, :] * offset[:, None, :, :]).sum(-1)  # [B, C, C]; elementwise: stays fp32
+
+        # real-virtual messages, one per (node, virtual node of its graph)
+        virtual_diff = pos[:, None, :] - z[batch]  # [N, C, D] x_i - z_c
+        dist = pair_distance(virtual_diff, self.virtual_distance)  # [N, C, 1]
+        c = z.shape[1]
+        m_v = self.phi_ev(cat_features([h[:, None, :].expand(-1, c, -1), s[batch], dist, gram[batch]]))  # [N, C, H]
+
+        # coordinates: real-real, real-virtual, velocity, gravity (published order); virtual from old x
+        new_pos = pos + scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, n)
+        new_pos = new_pos + (virtual_diff * self.phi_xv(m_v).to(pos.dtype)).mean(1)
+        if self.phi_v is not None:
+            new_pos = new_pos + self.phi_v(h).to(pos.dtype) * vel
+        if self.phi_g is not None and gravity is not None:
+            new_pos = new_pos + self.phi_g(h).to(pos.dtype) * gravity
+        z = z + scatter_mean(-virtual_diff * self.phi_zv(m_v).to(pos.dtype), batch, num_graphs)  # z_c - x_i
+
+        # features: real from the mean of real messages and the ordered (or averaged) virtual ones
+        virtual_in = m_v.flatten(1) if self.virtual_aggregation == "concat" else m_v.mean(1)  # [N, C*H] or [N, H]
+        real_in = scatter_mean(m.to(h.dtype), target, n)  # [N, H]
+        h_new = h + self.phi_h(cat_features([h, real_in, virtual_in])).to(h.dtype)
+        s = s + self.phi_hv(cat_features([s, scatter_mean(m_v.to(s.dtype), batch, num_graphs)])).to(s.dtype)
+        return h_new, new_pos, z, s
+
+
+class FastEGNN(nn.Module):
+    """Embedding, L FastEGNN layers; predicted coordinates plus the virtual nodes.
+
+    Args:
+        in_node_features: width of ``batch.h``. in_edge_features: width of ``batch.edge_attr``.
+        dim: D (only to check ``gravity``).
+        hidden: H. layers: L. virtual_nodes: C.
+        velocity: use the velocity term.
+        gravity: a fixed vector g (length D, e.g. [0, -1, 0] for Water-3D) for the term
+            phi_g(h_i) g; None: no gravity term (and full E(n) equivariance).
+        virtual_distance: 'plain' |x_i - z_c| (published code) or 'squared' (paper).
+        virtual_aggregation: 'concat' over ordered virtual nodes (published) or 'mean' (DistEGNN).
+        gradient_checkpointing: checkpoint every k layers (0: off).
+
+    Outputs: ``pos`` [N, D] predicted coordinates, ``virtual_pos`` [B * C, D] and ``virtual_h``
+    [B * C, H] virtual coordinates and features, graph-major (rows b * C .. b * C + C - 1 belong
+    to graph b; ``.view(B, C, -1)`` recovers the per-graph sets).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_node_features: int,
+        in_edge_features: int,
+        dim: int = 3,
+        hidden: int = 64,
+        layers: int = 4,
+        virtual_nodes: int = 3,
+        velocity: bool = True,
+        gravity: list[float] | None = None,
+        virtual_distance: VirtualDistance = "plain",
+        virtual_aggregation: VirtualAggregation = "concat",
+        gradient_checkpointing: int = 0,
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or layers < 1 or virtual_nodes < 1:
+            raise ValueError(
+                f"FastEGNN needs hidden, layers and virtual_nodes >= 1, got {hidden}, {layers}, {virtual_nodes}"
+            )
+        if gravity is not None and len(gravity) != dim:
+            raise ValueError(f"FastEGNN gravity must have {dim} components (one per axis), got {list(gravity)}")
+        if virtual_distance not in ("plain", "squared"):
+            raise ValueError(f"virtual_distance must be 'plain' or 'squared', got {virtual_distance!r}")
+        if virtual_aggregation not in ("concat", "mean"):
+            raise ValueError(f"virtual_aggregation must be 'concat' or 'mean', got {virtual_aggregation!r}")
+        self.virtual_nodes = virtual_nodes
+        self.embed = nn.Linear(in_node_features, hidden)
+        self.virtual_features = nn.Parameter(torch.randn(virtual_nodes, hidden))  # S, shared by all graphs
+        self.register_buffer(
+            "gravity", None if gravity is None else torch.tensor(gravity, dtype=torch.float32), persistent=False
+        )
+        self.layers = nn.ModuleList(
+            FastEGNNLayer(
+                hidden, in_edge_features, virtual_nodes, velocity=velocity, gravity=gravity is not None,
+                virtual_distance=virtual_distance, virtual_aggregation=virtual_aggregation,
+            )
+            for _ in range(layers)
+        )
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """
+        Shapes:
+            batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E],
+            batch.edge_attr: [E, Fe], batch.batch: [N]
+            -> {"pos": [N, D], "virtual_pos": [B * C, D], "virtual_h": [B * C, H]}
+        """
+        pos, graph = batch.pos, batch.batch
+        num_graphs = int(batch.num_graphs)
+        h = self.embed(batch.h).to(pos.dtype)  # the residual streams keep coordinate precision
+        centre = scatter_mean(pos, graph, num_graphs)  # [B, D] centre of mass of the input frame
+        z = centre[:, None, :].expand(-1, self.virtual_nodes, -1).contiguous()  # [B, C, D]
+        s = self.virtual_features.to(pos.dtype)[None].expand(num_graphs, -1, -1)  # [B, C, H]
+        gravity = None if self.gravity is None else self.gravity.to(pos.dtype)
+        steps = [
+            functools.partial(
+                _layer_step, layer, vel=batch.vel, edge_index=batch.edge_index, edge_attr=batch.edge_attr,
+                batch=graph, gravity=gravity,
+            )
+            for layer in self.layers
+        ]
+        h, pos, z, s = run_layers(steps, (h, pos, z, s), self.gradient_checkpointing)
+        return {"pos": pos, "virtual_pos": z.reshape(-1, z.shape[-1]), "virtual_h": s.reshape(-1, s.shape[-1])}
+
+
+def _layer_step(layer: FastEGNNLayer, h: Tensor, pos: Tensor, z: Tensor, s: Tensor, **inputs: Tensor | None) -> tuple[Tensor, ...]:
+    return layer(h, pos, z, s, **inputs)

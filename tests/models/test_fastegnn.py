@@ -1,0 +1,140 @@
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from scaleq.data.graph import GraphBuilder
+from scaleq.models import FastEGNN
+from scaleq.testing.equivariance import Transform, check_equivariance, random_orthogonal
+from scaleq.testing.stores import random_batch
+
+OUTPUTS = {"pos": "node_position", "virtual_pos": "position", "virtual_h": "invariant"}
+NODES = (5, 9, 3, 7)  # mixed graph sizes
+
+
+def make_batch(edge_drop=0.0, kind="complete"):
+    builder = GraphBuilder(kind=kind, radius=1.5 if kind == "radius" else None, edge_drop=edge_drop)
+    return builder(random_batch(num_graphs=len(NODES), nodes=NODES))
+
+
+def double(batch):
+    return batch.apply(lambda x: x.double() if x.is_floating_point() else x)
+
+
+def make_model(**kwargs):
+    torch.manual_seed(0)
+    options = {"in_node_features": 2, "in_edge_features": 2, "hidden": 16, "layers": 3, **kwargs}
+    model = FastEGNN(**options)
+    # the published coordinate heads start at gain 0.001; scale them up so the check sees real updates
+    for layer in model.layers:
+        for head in (layer.phi_x, layer.phi_xv, layer.phi_zv):
+            torch.nn.init.normal_(head[-1].weight, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"virtual_distance": "squared", "virtual_aggregation": "mean"},
+        {"velocity": False, "virtual_nodes": 1},
+    ],
+    ids=["published", "alternatives", "no-velocity-C1"],
+)
+def test_fastegnn_is_equivariant(dtype, options):
+    model = make_model(**options)
+    report = check_equivariance(model, make_batch(), OUTPUTS, dtype=dtype)
+    assert max(report.errors.values()) < (1e-9 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("edge_drop", [0.5, 1.0])
+def test_equivariant_with_dropped_and_no_real_edges(dtype, edge_drop):
+    batch = make_batch(edge_drop=edge_drop, kind="radius")
+    if edge_drop == 1.0:
+        assert batch.edge_index.shape[1] == 0
+    check_equivariance(make_model(), batch, OUTPUTS, dtype=dtype)
+
+
+def test_outputs_have_documented_shapes_and_virtual_nodes_move_apart():
+    model = make_model(virtual_nodes=3)
+    batch = make_batch()
+    out = model(batch)
+    b, c = len(NODES), 3
+    assert out["pos"].shape == (sum(NODES), 3)
+    assert out["virtual_pos"].shape == (b * c, 3) and out["virtual_h"].shape == (b * c, 16)
+    z = out["virtual_pos"].view(b, c, 3)
+    # all start at the centre of mass; the shared learnable S makes them distinct after the layers
+    assert (z[:, 0] - z[:, 1]).norm(dim=-1).min() > 1e-4
+
+
+def test_virtual_nodes_start_at_the_centre_of_mass():
+    model = make_model(layers=1)
+    for layer in model.layers:  # with every coordinate head at zero, z stays where it started
+        layer.phi_zv[-1].weight.data.zero_()
+    batch = make_batch()
+    z = model(batch)["virtual_pos"].view(len(NODES), 3, 3)
+    for b in range(len(NODES)):
+        torch.testing.assert_close(z[b], batch.pos[batch.batch == b].mean(0).expand(3, 3))
+
+
+def test_each_graph_is_independent_of_the_others_in_its_batch():
+    model = make_model().double()
+    raw = double(random_batch(num_graphs=len(NODES), nodes=NODES))
+    together = model(GraphBuilder(kind="complete")(raw.clone()))
+    alone = model(GraphBuilder(kind="complete")(Batch.from_data_list([raw.get_example(1)])))
+    torch.testing.assert_close(together["pos"][raw.batch == 1], alone["pos"])
+    torch.testing.assert_close(together["virtual_pos"].view(len(NODES), 3, 3)[1], alone["virtual_pos"])
+
+
+def test_gravity_term_is_equivariant_about_its_axis_only():
+    model = make_model(gravity=[0.0, -1.0, 0.0]).double()
+    for layer in model.layers:
+        torch.nn.init.normal_(layer.phi_g[-1].weight, std=0.3)
+    batch = double(make_batch())
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        reference = model(batch)
+        angle = 0.7
+        about_y = torch.tensor(
+            [[torch.cos(torch.tensor(angle)), 0, torch.sin(torch.tensor(angle))], [0, 1, 0],
+             [-torch.sin(torch.tensor(angle)), 0, torch.cos(torch.tensor(angle))]], dtype=torch.float64,
+        )
+        mirror_x = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))  # keeps the y axis
+        for rotation in (about_y, mirror_x @ about_y):
+            g = Transform(rotation, torch.randn(3, generator=generator, dtype=torch.float64),
+                          torch.randperm(batch.num_nodes, generator=generator))
+            moved = model(g.apply_to_batch(batch))
+            torch.testing.assert_close(moved["pos"], g.apply_to_output(reference["pos"], "node_position"))
+            torch.testing.assert_close(moved["virtual_pos"], g.apply_to_output(reference["virtual_pos"], "position"))
+        # a general rotation moves the gravity axis: the outputs are then NOT equivariant
+        general = random_orthogonal(3, generator, torch.float64, reflect=False)
+        g = Transform(general, torch.zeros(3, dtype=torch.float64), torch.arange(batch.num_nodes))
+        moved = model(g.apply_to_batch(batch))
+        assert not torch.allclose(moved["pos"], g.apply_to_output(reference["pos"], "node_position"), atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = make_batch()
+    grads = []
+    for every in (0, 1, 2):
+        model = make_model(gradient_checkpointing=every)
+        out = model(batch)
+        loss = (out["pos"] - batch.target).pow(2).mean() + out["virtual_pos"].pow(2).mean()
+        loss.backward()
+        grads.append(torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], grads[2])
+
+
+def test_bf16_autocast_keeps_coordinates_fp32():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = make_model()(make_batch())
+    assert out["pos"].dtype == torch.float32 and out["virtual_pos"].dtype == torch.float32
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="gravity must have 3 components"):
+        FastEGNN(in_node_features=2, in_edge_features=2, gravity=[0.0, -1.0])
+    with pytest.raises(ValueError, match="virtual_nodes >= 1"):
+        FastEGNN(in_node_features=2, in_edge_features=2, virtual_nodes=0)
