@@ -11,23 +11,21 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class MetricsLogger:
-    """Appends one CSV row per record (columns fixed by the first record) and mirrors every
-    value to TensorBoard under ``<run_dir>/tensorboard``."""
+    """Appends one CSV row per record, with the columns fixed up front (values a record lacks,
+    such as the validation MSE between evaluations, stay empty), and mirrors every value to
+    TensorBoard under ``<run_dir>/tensorboard``."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, columns: list[str]) -> None:
         self.csv_path = run_dir / "metrics.csv"
+        self.columns = ["step", *columns]
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        self.columns: list[str] | None = None
-        if self.csv_path.exists():  # resuming: keep the rows written before
-            with self.csv_path.open() as f:
-                header = f.readline().strip()
-            self.columns = header.split(",") if header else None
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if self.columns is None:
-            self.columns = ["step", *values]
+        if not self.csv_path.exists():  # resuming keeps the rows written before
             with self.csv_path.open("w", newline="") as f:
                 csv.writer(f).writerow(self.columns)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        unknown = set(values) - set(self.columns)
+        assert not unknown, f"metrics {sorted(unknown)} are not among the CSV columns {self.columns}"
         with self.csv_path.open("a", newline="") as f:
             csv.writer(f).writerow([step if c == "step" else values.get(c, "") for c in self.columns])
         for key, value in values.items():

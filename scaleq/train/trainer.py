@@ -32,6 +32,7 @@ from scaleq.train.checkpoint import TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
 LAST, BEST = "last.pt", "best.pt"
+METRIC_COLUMNS = ["epoch", "train_loss", "val_mse", "test_mse", "lr", "epoch_seconds"]
 
 
 @dataclass
@@ -127,7 +128,7 @@ class Trainer:
     def fit(self) -> FitResult:
         cfg, engine, state = self.config.train, self.engine, self.state
         main = engine.is_main
-        logger = MetricsLogger(self.run_dir) if main else None
+        logger = MetricsLogger(self.run_dir, METRIC_COLUMNS) if main else None
         stopped_early = False
         epochs = tqdm(
             range(state.epoch, cfg.epochs), initial=state.epoch, total=cfg.epochs, desc="epochs",

@@ -35,6 +35,8 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path, nbody):
     header = rows[0].split(",")
     losses = [float(r.split(",")[header.index("train_loss")]) for r in rows[1:]]
     assert losses[-1] < 0.5 * losses[0]
+    val = [r.split(",")[header.index("val_mse")] for r in rows[1:]]
+    assert [v != "" for v in val] == [(epoch + 1) % 2 == 0 for epoch in range(20)]  # eval_every 2
     assert summary.test_mse < summary.linear_test_mse
     for name in ("config.yaml", "summary.json", "loss_curves.png", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name
