@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import GraphBuilder, GraphKind
+from scaleq.data.graph import GraphBuilder, GraphKind, LocalKind
 from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -80,6 +80,11 @@ class GraphConfig:
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64
+    # A second, local graph for hierarchical models (EGHN's E-Pool), as batch.local_index:
+    # 'bonds' (the store's static edges), 'knn' (local_k nearest), 'radius' (local_radius) or 'none'.
+    local: LocalKind = "none"
+    local_k: int = 4
+    local_radius: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -88,7 +93,10 @@ class GraphConfig:
             raise ConfigError(f"graph: {err}") from err
 
     def builder(self) -> GraphBuilder:
-        return GraphBuilder(kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors)
+        return GraphBuilder(
+            kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
+            local=self.local, local_k=self.local_k, local_radius=self.local_radius,
+        )
 
 
 @dataclass(kw_only=True)
@@ -109,6 +117,13 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class LossConfig:
     """Weights of the auxiliary loss terms; the position MSE always has weight 1."""
+
+    # EGHN: lambda * ||rownorm(S^T A_local S) - I||_F per graph, averaged (published lambda: 2)
+    connectivity_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.connectivity_weight < 0:
+            raise ConfigError(f"loss.connectivity_weight must be >= 0, got {self.connectivity_weight}")
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,5 @@
-"""Graphs built on the training device inside the step: complete graphs and radius graphs.
+"""Graphs built on the training device inside the step: complete graphs and radius graphs, and
+optionally a second, local graph (bonds, k-nearest neighbours or radius) for hierarchical models.
 
 Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. This is the
 only module that imports torch-cluster (torch-geometric 2.8 no longer routes to it).
@@ -16,6 +17,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 GraphKind = Literal["complete", "radius"]
+LocalKind = Literal["bonds", "knn", "radius", "none"]
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -79,6 +81,15 @@ def _keep_first_per_target(edge_index: Tensor, cap: int) -> Tensor:
     return edge_index[:, order[rank < cap]]
 
 
+def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
+    """Edges from each node's k nearest neighbours in its graph to it (no self loops).
+
+    Shapes:
+        pos: [N, D], batch: [N] (sorted) -> edge_index: [2, E], E <= N k
+    """
+    return torch_cluster.knn_graph(pos, k=k, batch=batch, loop=False, flow="source_to_target")
+
+
 def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
     """Invariant edge attributes: products of the static node features of both ends and the
     squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2]).
@@ -93,11 +104,17 @@ def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
 
 @dataclass(frozen=True, kw_only=True)
 class GraphBuilder:
-    """Adds ``edge_index`` [2, E] and ``edge_attr`` [E, F + 1] to a batch, on its device."""
+    """Adds ``edge_index`` [2, E] and ``edge_attr`` [E, F + 1] to a batch, on its device, and with
+    ``local`` other than 'none' a local graph ``local_index`` [2, E_local]: the store's static
+    bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the neighbours within
+    ``local_radius`` ('radius'), all in the input frame."""
 
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64
+    local: LocalKind = "none"
+    local_k: int = 4
+    local_radius: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("complete", "radius"):
@@ -106,6 +123,12 @@ class GraphBuilder:
             raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
         if self.max_num_neighbors < 1:
             raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
+        if self.local not in ("bonds", "knn", "radius", "none"):
+            raise ValueError(f"local graph must be 'bonds', 'knn', 'radius' or 'none', got {self.local!r}")
+        if self.local == "knn" and self.local_k < 1:
+            raise ValueError(f"a k-nearest local graph needs local_k >= 1, got {self.local_k}")
+        if self.local == "radius" and (self.local_radius is None or self.local_radius <= 0):
+            raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
 
     def num_edge_features(self, num_node_attr: int) -> int:
         return num_node_attr + 1
@@ -119,4 +142,14 @@ class GraphBuilder:
             edge_index = radius_graph(pos, self.radius, node_batch, self.max_num_neighbors)
         batch.edge_index = edge_index
         batch.edge_attr = edge_features(pos, batch.node_attr, edge_index)
+        if self.local == "bonds":
+            if getattr(batch, "bond_index", None) is None:
+                raise ValueError("graph.local is 'bonds' but the batch has no bond_index: the store has no "
+                                 "'edge_index' array (use graph.local 'knn' or 'radius')")
+            batch.local_index = batch.bond_index
+        elif self.local == "knn":
+            batch.local_index = knn_graph(pos, self.local_k, node_batch)
+        elif self.local == "radius":
+            assert self.local_radius is not None
+            batch.local_index = radius_graph(pos, self.local_radius, node_batch, self.max_num_neighbors)
         return batch

@@ -3,11 +3,13 @@
 from torch import nn
 
 from scaleq.models.baselines import LinearDynamics
+from scaleq.models.eghn import EGHN
 from scaleq.models.egnn import EGNN
 
 MODELS: dict[str, type[nn.Module]] = {
     "egnn": EGNN,
+    "eghn": EGHN,
     "linear": LinearDynamics,
 }
 
-__all__ = ["MODELS", "EGNN", "LinearDynamics"]
+__all__ = ["MODELS", "EGNN", "EGHN", "LinearDynamics"]
