@@ -217,6 +217,10 @@ def _read_yaml(file: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if parent is None:
         return raw
     base = _read_yaml(file.parent / str(parent), seen + (file.resolve(),))
+    model, base_model = raw.get("model"), base.get("model")
+    if isinstance(model, dict) and isinstance(base_model, dict):
+        if model.get("name", base_model.get("name", "egnn")) != base_model.get("name", "egnn"):
+            base = {**base, "model": {}}  # another model: the parent's model options do not apply
     return _deep_merge(base, raw)
 
 
