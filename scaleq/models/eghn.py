@@ -44,13 +44,20 @@ UNPOOL_CHANNELS = 4  # [cluster displacement, x - cluster position, v - cluster 
 OFFSET_CHANNEL = 1  # x - cluster position: the decoder's last layer starts by copying it
 
 
+def exact_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in the inputs' own precision, also under bf16 autocast (which would otherwise run
+    matmuls in bf16): coordinates, vectors and pooling weights stay fp32 (or fp64)."""
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return a @ b
+
+
 def normalised_gram(z: Tensor) -> Tensor:
     """Invariants of a set of vectors: the Gram matrix, flattened and scaled to unit Frobenius norm.
 
     Shapes:
         z: [M, D, c] -> [M, c * c]
     """
-    gram = z.transpose(1, 2) @ z  # [M, c, c]
+    gram = exact_matmul(z.transpose(1, 2), z)  # [M, c, c]
     return F.normalize(gram.flatten(1), dim=-1)
 
 
@@ -82,7 +89,7 @@ class EMMPLayer(nn.Module):
         z_hat = torch.cat([z[target], z[source]], dim=-1)  # [E, D, 2m] = [Z_i, Z_j]
         m = self.phi_m(cat_features([h[target], h[source], edge_attr, normalised_gram(z_hat)]))  # [E, H]
         mix = self.phi_mix(m).to(z.dtype).view(-1, 2 * self.channels, self.channels)  # [E, 2m, m]
-        z = z + scatter_mean(z_hat @ mix, target, z.shape[0])  # M_ij = Zhat_ij H_ij, [E, D, m]
+        z = z + scatter_mean(exact_matmul(z_hat, mix), target, z.shape[0])  # M_ij = Zhat_ij H_ij, [E, D, m]
         aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
         h = h + self.phi_h(cat_features([h, aggregated])).to(h.dtype)
         return h, z
@@ -112,7 +119,7 @@ class UnPoolLayer(nn.Module):
             s: [N, S], z: [N, D, c] -> (s [N, H], z [N, D, c + 1])
         """
         u = self.phi(cat_features([s, normalised_gram(z)]))  # [N, H]
-        vector = z @ self.phi_w(u).to(z.dtype).unsqueeze(-1)  # [N, D, 1]
+        vector = exact_matmul(z, self.phi_w(u).to(z.dtype).unsqueeze(-1))  # [N, D, 1]
         return self.phi_s(u).to(s.dtype), torch.cat([z, vector], dim=-1)
 
 
@@ -145,12 +152,12 @@ class Clusters:
     def pool(self, x: Tensor) -> Tensor:
         """Assignment-weighted means (Eq. 9-10). Shapes: x [N, *] -> [B, K, *]."""
         dense = self.to_dense(x.flatten(1))  # [B, N_max, F]
-        pooled = self.dense_s.transpose(1, 2) @ dense / self.mass.unsqueeze(-1)  # [B, K, F]
+        pooled = exact_matmul(self.dense_s.transpose(1, 2), dense) / self.mass.unsqueeze(-1)  # [B, K, F]
         return pooled.view(self.num_graphs, -1, *x.shape[1:])
 
     def unpool(self, y: Tensor) -> Tensor:
         """sum_k s_ik y_k (Eq. 12-13). Shapes: y [B, K, *] -> [N, *]."""
-        dense = self.dense_s @ y.flatten(2)  # [B, N_max, F]
+        dense = exact_matmul(self.dense_s, y.flatten(2))  # [B, N_max, F]
         return dense.flatten(0, 1)[self.slot].view(-1, *y.shape[2:])
 
     def pooled_adjacency(self, edge_index: Tensor) -> Tensor:
@@ -161,7 +168,7 @@ class Clusters:
         """
         source, target = edge_index
         a_s = scatter_sum(self.s[source], target, self.s.shape[0])  # (A S)_i = sum_{j -> i} s_j, [N, K]
-        return self.dense_s.transpose(1, 2) @ self.to_dense(a_s)
+        return exact_matmul(self.dense_s.transpose(1, 2), self.to_dense(a_s))
 
 
 def complete_cluster_graph(num_graphs: int, clusters: int, device: torch.device) -> Tensor:
@@ -252,8 +259,8 @@ class EGHN(nn.Module):
         dx = moved - pos  # [N, D]
 
         # E-Pool: EMMP on the local graph, then soft assignments
-        centre = scatter_mean(pos, node_batch, num_graphs)[node_batch]  # [N, D]
-        z = torch.stack([pos - centre, dx, vel], dim=-1)  # [N, D, 3]
+        graph_centre = scatter_mean(pos, node_batch, num_graphs)  # [B, D]
+        z = torch.stack([pos - graph_centre[node_batch], dx, vel], dim=-1)  # [N, D, 3]
         source, target = local_index
         local_attr = (pos[target] - pos[source]).pow(2).sum(-1, keepdim=True)  # [E_local, 1]
         steps = [functools.partial(_emmp_step, layer, edge_index=local_index, edge_attr=local_attr) for layer in self.pooling]
@@ -261,8 +268,9 @@ class EGHN(nn.Module):
         logits = self.assign(h_pool)  # [N, K]; the softmax runs in fp32 at least (bf16 logits)
         s = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(pos.dtype)
         clusters = Clusters(s, node_batch, num_graphs)
-        z_high = clusters.pool(z + torch.stack([centre, torch.zeros_like(pos), torch.zeros_like(pos)], dim=-1))
-        cluster_pos, cluster_vel = z_high[..., 0], z_high[..., 2]  # [B, K, D] each
+        z_high = clusters.pool(z)  # [B, K, D, 3]; weights sum to 1, so the centre can be added after
+        cluster_pos = z_high[..., 0] + graph_centre.unsqueeze(1)  # [B, K, D]
+        cluster_vel = z_high[..., 2]  # [B, K, D]
         cluster_h = clusters.pool(h)  # [B, K, H]: the pooling block's input features (Eq. 10)
 
         # high level: EGNN over the K clusters of each graph, edge feature = rownorm(S^T A_global S)

@@ -6,7 +6,7 @@ from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
 from scaleq.losses import training_loss
 from scaleq.models import EGHN
-from scaleq.models.eghn import EMMPLayer, UnPoolLayer
+from scaleq.models.eghn import Clusters, EMMPLayer, UnPoolLayer
 from scaleq.models.egnn import EGNNLayer
 from scaleq.testing.equivariance import check_equivariance
 
@@ -172,6 +172,23 @@ def test_bf16_autocast_keeps_coordinates_fp32():
         out = model(make_batch(graphs()))
     assert out["pos"].dtype == torch.float32 and out["cluster_pos"].dtype == torch.float32
     assert torch.isfinite(out["pos"]).all()
+
+
+def test_pooling_keeps_full_precision_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1, 1])  # unsorted on purpose
+    s = torch.softmax(torch.randn(10, 3, generator=g), -1)
+    x = 100 * torch.randn(10, 3, generator=g)
+    clusters = Clusters(s, batch, 3)
+    pooled, unpooled = clusters.pool(x), clusters.unpool(torch.randn(3, 3, 2, generator=g))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(clusters.pool(x), pooled)
+        assert clusters.unpool(pooled).dtype == torch.float32
+    for b in range(3):  # against the definition, graph by graph
+        nodes = batch == b
+        expected = s[nodes].T @ x[nodes] / s[nodes].sum(0).unsqueeze(-1)
+        torch.testing.assert_close(pooled[b], expected)
+    assert unpooled.shape == (10, 2)
 
 
 def test_missing_local_graph_is_a_clear_error():
