@@ -102,25 +102,27 @@ class UnPoolLayer(nn.Module):
 
     Args:
         channels: vectors per node at this layer's input. scalars: width of its scalar input.
-        hidden: H.
+        hidden: H. last: the last layer returns its scalar input unchanged (nothing reads new
+            scalars, and parameters without gradients upset DDP).
     """
 
-    def __init__(self, channels: int, scalars: int, hidden: int) -> None:
+    def __init__(self, channels: int, scalars: int, hidden: int, *, last: bool = False) -> None:
         super().__init__()
         self.phi = mlp(channels * channels + scalars, hidden, hidden, act_last=True)
         self.phi_w = mlp(hidden, hidden, channels)
         small_init_(self.phi_w[-1])
         nn.init.zeros_(self.phi_w[-1].bias)
-        self.phi_s = mlp(hidden, hidden, hidden)
+        self.phi_s = None if last else mlp(hidden, hidden, hidden)
 
     def forward(self, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """
         Shapes:
-            s: [N, S], z: [N, D, c] -> (s [N, H], z [N, D, c + 1])
+            s: [N, S], z: [N, D, c] -> (s [N, H] ([N, S] when last), z [N, D, c + 1])
         """
         u = self.phi(cat_features([s, normalised_gram(z)]))  # [N, H]
         vector = exact_matmul(z, self.phi_w(u).to(z.dtype).unsqueeze(-1))  # [N, D, 1]
-        return self.phi_s(u).to(s.dtype), torch.cat([z, vector], dim=-1)
+        s = s if self.phi_s is None else self.phi_s(u).to(s.dtype)
+        return s, torch.cat([z, vector], dim=-1)
 
 
 class Clusters:
@@ -226,7 +228,8 @@ class EGHN(nn.Module):
         self.assign = mlp(hidden, hidden, clusters)
         self.high = nn.ModuleList(EGNNLayer(hidden, 1) for _ in range(interaction_layers))
         self.decoder = nn.ModuleList(
-            UnPoolLayer(UNPOOL_CHANNELS + i, 2 * hidden if i == 0 else hidden, hidden) for i in range(decoder_layers)
+            UnPoolLayer(UNPOOL_CHANNELS + i, 2 * hidden if i == 0 else hidden, hidden, last=i == decoder_layers - 1)
+            for i in range(decoder_layers)
         )
         # The decoder's output vector starts as (x_i - sum_k s_ik X_k), so the prediction starts at
         # x_i + sum_k s_ik (X'_k - X_k): the input moved with its clusters, not the cluster centre.

@@ -166,6 +166,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[2])
 
 
+def test_every_parameter_gets_a_gradient():
+    """DDP without find_unused_parameters needs every parameter in the graph of the loss."""
+    batch = make_batch(graphs())
+    model = make_model(decoder_layers=3)
+    loss, _ = training_loss(model(batch), batch, LossConfig())
+    loss.backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_bf16_autocast_keeps_coordinates_fp32():
     model = make_model()
     with torch.autocast("cpu", dtype=torch.bfloat16):
