@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind
+from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -85,6 +85,11 @@ class GraphConfig:
     max_num_neighbors: int = 64
     edge_drop: float = 0.0  # fraction of each graph's edges to drop (FastEGNN's p; 1.0: none left)
     edge_drop_mode: EdgeDropMode = "shortest"  # 'shortest' keeps the shortest (published), 'random' redraws each step
+    # A second, local graph for hierarchical models (EGHN's E-Pool), as batch.local_index:
+    # 'bonds' (the store's static edges), 'knn' (local_k nearest), 'radius' (local_radius) or 'none'.
+    local: LocalKind = "none"
+    local_k: int = 4
+    local_radius: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -96,6 +101,7 @@ class GraphConfig:
         return GraphBuilder(
             kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
             edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
+            local=self.local, local_k=self.local_k, local_radius=self.local_radius,
         )
 
 
@@ -123,6 +129,8 @@ class LossConfig:
     mmd_sigma: float = 1.0  # kernel width
     mmd_kernel: Literal["plain", "squared"] = "plain"  # exp(-|a-b| / 2 sigma^2) (published) or |a-b|^2
     mmd_samples_per_virtual: int = 3  # real nodes sampled per graph: this times C (published: 3)
+    # EGHN: lambda * ||rownorm(S^T A_local S) - I||_F per graph, averaged (published lambda: 2)
+    connectivity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mmd_weight < 0 or self.mmd_sigma <= 0 or self.mmd_samples_per_virtual < 1:
@@ -130,6 +138,8 @@ class LossConfig:
                 "loss.mmd_weight must be >= 0, loss.mmd_sigma > 0 and loss.mmd_samples_per_virtual >= 1, got "
                 f"{self.mmd_weight}, {self.mmd_sigma}, {self.mmd_samples_per_virtual}"
             )
+        if self.connectivity_weight < 0:
+            raise ConfigError(f"loss.connectivity_weight must be >= 0, got {self.connectivity_weight}")
 
 
 @dataclass(kw_only=True)
@@ -223,6 +233,10 @@ def _read_yaml(file: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if parent is None:
         return raw
     base = _read_yaml(file.parent / str(parent), seen + (file.resolve(),))
+    model, base_model = raw.get("model"), base.get("model")
+    if isinstance(model, dict) and isinstance(base_model, dict):
+        if model.get("name", base_model.get("name", "egnn")) != base_model.get("name", "egnn"):
+            base = {**base, "model": {}}  # another model: the parent's model options do not apply
     return _deep_merge(base, raw)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Batch
 
@@ -72,25 +73,50 @@ def mmd_virtual(
     return (virtual_term - 2 * cross_term).mean()
 
 
-def training_loss(output: dict[str, Tensor], batch: Batch, config: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss and its named parts (each detached for logging): the position MSE, plus
-    ``mmd_weight`` times :func:`mmd_virtual` when that weight is positive.
+def connectivity_loss(pooled_adjacency: Tensor) -> Tensor:
+    """EGHN's connectivity loss: || rownorm(S^T A_local S) - I ||_F per graph, averaged over graphs.
+
+    Rows are scaled to unit L2 norm (as the published code; the paper only says "row-wise
+    normalisation"); the loss is smallest when every cluster's local edges stay inside it.
 
     Shapes:
-        output["pos"]: [N, D], batch.target: [N, D], output["virtual_pos"]: [B * C, D] -> loss []
+        pooled_adjacency: [B, K, K] -> []
+    """
+    rows = F.normalize(pooled_adjacency.to(torch.promote_types(pooled_adjacency.dtype, torch.float32)), p=2, dim=-1)
+    eye = torch.eye(rows.shape[-1], dtype=rows.dtype, device=rows.device)
+    return torch.linalg.matrix_norm(rows - eye, ord="fro").mean()
+
+
+def training_loss(output: dict[str, Tensor], batch: Batch, config: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss and its named parts (each detached for logging): the position MSE, plus
+    ``mmd_weight`` times :func:`mmd_virtual` (FastEGNN) and ``connectivity_weight`` times
+    :func:`connectivity_loss` (EGHN) when those weights are positive.
+
+    Shapes:
+        output["pos"]: [N, D], batch.target: [N, D], output["virtual_pos"]: [B * C, D] (with
+        mmd_weight > 0), output["pooled_adjacency"]: [B, K, K] (with connectivity_weight > 0) -> loss []
     """
     mse = position_mse(output["pos"], batch.target)
-    parts = {"mse": mse.detach()}
-    if config.mmd_weight <= 0:
-        return mse, parts
-    if "virtual_pos" not in output:
-        raise ValueError(
-            f"loss.mmd_weight = {config.mmd_weight} needs a model with virtual nodes (e.g. fastegnn); this model "
-            f"returns only {sorted(output)}: set loss.mmd_weight to 0"
+    loss, parts = mse, {"mse": mse.detach()}
+    if config.mmd_weight > 0:
+        if "virtual_pos" not in output:
+            raise ValueError(
+                f"loss.mmd_weight = {config.mmd_weight} needs a model with virtual nodes (e.g. fastegnn); this model "
+                f"returns only {sorted(output)}: set loss.mmd_weight to 0"
+            )
+        mmd = mmd_virtual(
+            output["pos"], output["virtual_pos"], batch.batch, int(batch.num_graphs), sigma=config.mmd_sigma,
+            kind=config.mmd_kernel, samples_per_virtual=config.mmd_samples_per_virtual,
         )
-    mmd = mmd_virtual(
-        output["pos"], output["virtual_pos"], batch.batch, int(batch.num_graphs), sigma=config.mmd_sigma,
-        kind=config.mmd_kernel, samples_per_virtual=config.mmd_samples_per_virtual,
-    )
-    parts["mmd"] = mmd.detach()
-    return mse + config.mmd_weight * mmd, parts
+        loss = loss + config.mmd_weight * mmd
+        parts["mmd"] = mmd.detach()
+    if config.connectivity_weight > 0:
+        if "pooled_adjacency" not in output:
+            raise ValueError(
+                f"loss.connectivity_weight = {config.connectivity_weight} needs a model that returns "
+                f"'pooled_adjacency' (e.g. eghn); this model returns only {sorted(output)}"
+            )
+        connectivity = connectivity_loss(output["pooled_adjacency"])
+        loss = loss + config.connectivity_weight * connectivity
+        parts["connectivity"] = connectivity.detach()
+    return loss, parts

@@ -1,5 +1,6 @@
-"""Graphs built on the training device inside the step: complete graphs, radius graphs and edge
-dropping (FastEGNN).
+"""Graphs built on the training device inside the step: complete graphs, radius graphs, edge
+dropping (FastEGNN), and optionally a second, local graph (bonds, k-nearest neighbours or radius)
+for hierarchical models (EGHN).
 
 Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. This is the
 only module that imports torch-cluster (torch-geometric 2.8 no longer routes to it).
@@ -20,6 +21,7 @@ from scaleq.nn.scatter import rank_within_groups
 
 GraphKind = Literal["complete", "radius"]
 EdgeDropMode = Literal["shortest", "random"]
+LocalKind = Literal["bonds", "knn", "radius", "none"]
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -83,6 +85,15 @@ def _keep_first_per_target(edge_index: Tensor, cap: int) -> Tensor:
     return edge_index[:, order[rank < cap]]
 
 
+def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
+    """Edges from each node's k nearest neighbours in its graph to it (no self loops).
+
+    Shapes:
+        pos: [N, D], batch: [N] (sorted) -> edge_index: [2, E], E <= N k
+    """
+    return torch_cluster.knn_graph(pos, k=k, batch=batch, loop=False, flow="source_to_target")
+
+
 def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
     """Invariant edge attributes: products of the static node features of both ends and the
     squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2]).
@@ -137,6 +148,10 @@ class GraphBuilder:
     ``edge_drop`` > 0 then drops that fraction of each graph's edges (see :func:`drop_edges`).
     In 'random' mode evaluation batches (``training=False``) draw from a generator reseeded at
     every call, so validation numbers do not depend on what ran before.
+
+    With ``local`` other than 'none' it also adds a local graph ``local_index`` [2, E_local]: the
+    store's static bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the
+    neighbours within ``local_radius`` ('radius'), all in the input frame.
     """
 
     kind: GraphKind = "complete"
@@ -144,6 +159,9 @@ class GraphBuilder:
     max_num_neighbors: int = 64
     edge_drop: float = 0.0
     edge_drop_mode: EdgeDropMode = "shortest"
+    local: LocalKind = "none"
+    local_k: int = 4
+    local_radius: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("complete", "radius"):
@@ -156,6 +174,12 @@ class GraphBuilder:
             raise ValueError(f"edge_drop must be in [0, 1], got {self.edge_drop}")
         if self.edge_drop_mode not in ("shortest", "random"):
             raise ValueError(f"edge_drop_mode must be 'shortest' or 'random', got {self.edge_drop_mode!r}")
+        if self.local not in ("bonds", "knn", "radius", "none"):
+            raise ValueError(f"local graph must be 'bonds', 'knn', 'radius' or 'none', got {self.local!r}")
+        if self.local == "knn" and self.local_k < 1:
+            raise ValueError(f"a k-nearest local graph needs local_k >= 1, got {self.local_k}")
+        if self.local == "radius" and (self.local_radius is None or self.local_radius <= 0):
+            raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
 
     def num_edge_features(self, num_node_attr: int) -> int:
         return num_node_attr + 1
@@ -174,4 +198,14 @@ class GraphBuilder:
             edge_index = drop_edges(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator)
         batch.edge_index = edge_index
         batch.edge_attr = edge_features(pos, batch.node_attr, edge_index)
+        if self.local == "bonds":
+            if getattr(batch, "bond_index", None) is None:
+                raise ValueError("graph.local is 'bonds' but the batch has no bond_index: the store has no "
+                                 "'edge_index' array (use graph.local 'knn' or 'radius')")
+            batch.local_index = batch.bond_index
+        elif self.local == "knn":
+            batch.local_index = knn_graph(pos, self.local_k, node_batch)
+        elif self.local == "radius":
+            assert self.local_radius is not None
+            batch.local_index = radius_graph(pos, self.local_radius, node_batch, self.max_num_neighbors)
         return batch

@@ -3,13 +3,15 @@
 from torch import nn
 
 from scaleq.models.baselines import LinearDynamics
+from scaleq.models.eghn import EGHN
 from scaleq.models.egnn import EGNN
 from scaleq.models.fastegnn import FastEGNN
 
 MODELS: dict[str, type[nn.Module]] = {
     "egnn": EGNN,
     "fastegnn": FastEGNN,
+    "eghn": EGHN,
     "linear": LinearDynamics,
 }
 
-__all__ = ["MODELS", "EGNN", "FastEGNN", "LinearDynamics"]
+__all__ = ["MODELS", "EGNN", "FastEGNN", "EGHN", "LinearDynamics"]

@@ -30,7 +30,7 @@ from torch_geometric.data import Batch
 OutputKind = Literal["node_position", "node_vector", "node_invariant", "position", "vector", "invariant"]
 POSITION_FIELDS = ("pos", "target")
 VECTOR_FIELDS = ("vel",)
-INDEX_FIELDS = ("edge_index", "bond_index")
+INDEX_FIELDS = ("edge_index", "bond_index", "local_index")
 
 
 def random_orthogonal(dim: int, generator: torch.Generator, dtype: torch.dtype, reflect: bool) -> Tensor:

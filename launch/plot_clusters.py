@@ -1,0 +1,38 @@
+"""Plot a trained hierarchical model's clusters (EGHN): one sample coloured by cluster, to PNG.
+
+    python launch/plot_clusters.py --run runs/eghn_protein                  # first test sample
+    python launch/plot_clusters.py --run runs/eghn_nbody --split valid --index 3 --out clusters.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from scaleq.config import ConfigError  # noqa: E402
+from scaleq.data.store import StoreError  # noqa: E402
+from scaleq.eval.clusters import cluster_plot_from_run  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="run directory (holds config.yaml and checkpoints/)")
+    parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    parser.add_argument("--index", type=int, default=0, help="sample of the split")
+    parser.add_argument("--checkpoint", default="best.pt", help="file in <run>/checkpoints/")
+    parser.add_argument("--out", type=Path, default=None, help="PNG (default: <run>/clusters_<split>_<index>.png)")
+    args = parser.parse_args(argv)
+    try:
+        path = cluster_plot_from_run(args.run, args.out, split=args.split, index=args.index, checkpoint=args.checkpoint)
+    except (ConfigError, StoreError, ValueError, IndexError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

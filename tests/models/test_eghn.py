@@ -1,0 +1,224 @@
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from scaleq.config import LossConfig
+from scaleq.data.graph import GraphBuilder
+from scaleq.losses import training_loss
+from scaleq.models import EGHN
+from scaleq.models.eghn import Clusters, EMMPLayer, UnPoolLayer
+from scaleq.models.egnn import EGNNLayer
+from scaleq.testing.equivariance import check_equivariance
+
+OUTPUTS = {
+    "pos": "node_position",
+    "assignments": "node_invariant",
+    "cluster_pos": "position",
+    "pooled_adjacency": "invariant",
+}
+SIZES = (7, 11, 5, 9)
+
+
+def chain_graph(n, generator):
+    """A random chain molecule: bonds i <-> i + 1 plus one ring closure."""
+    forward = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    bonds = torch.cat([forward, forward.flip(0), torch.tensor([[0, n - 1], [n - 1, 0]])], dim=1)
+    return Data(
+        pos=torch.cumsum(torch.randn(n, 3, generator=generator), 0),
+        vel=torch.randn(n, 3, generator=generator) * 0.3,
+        h=torch.rand(n, 2, generator=generator),
+        node_attr=torch.rand(n, 1, generator=generator),
+        target=torch.randn(n, 3, generator=generator),
+        horizon=torch.tensor([1.0]),
+        bond_index=bonds,
+        num_nodes=n,
+    )
+
+
+def graphs(sizes=SIZES, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [chain_graph(n, generator) for n in sizes]
+
+
+def make_batch(data_list, local="bonds"):
+    builder = GraphBuilder(kind="radius", radius=6.0, local=local, local_k=3)
+    return builder(Batch.from_data_list(data_list))
+
+
+def make_model(**kwargs):
+    torch.manual_seed(0)
+    options = {"hidden": 16, "clusters": 3, "interaction_layers": 2, "pooling_layers": 2, "decoder_layers": 2, **kwargs}
+    model = EGHN(in_node_features=2, in_edge_features=2, **options)
+    # the coordinate / mixing heads start near zero; scale them up so the checks see real updates
+    for module in model.modules():
+        if isinstance(module, EGNNLayer):
+            torch.nn.init.normal_(module.phi_x[-1].weight, std=0.3)
+        elif isinstance(module, EMMPLayer):
+            torch.nn.init.normal_(module.phi_mix[-1].weight, std=0.3)
+        elif isinstance(module, UnPoolLayer):
+            torch.nn.init.normal_(module.phi_w[-1].weight, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("local", ["bonds", "knn"])
+def test_eghn_and_its_pooled_quantities_are_equivariant(dtype, local):
+    batch = make_batch(graphs(), local)
+    report = check_equivariance(make_model(), batch, OUTPUTS, dtype=dtype)
+    assert set(report.errors) == set(OUTPUTS)
+
+
+def test_check_sees_a_broken_pooling():
+    """Pooling without the division by the column sum, S^T X, is not translation-equivariant: the
+    check must say so, which shows that it looks at the cluster positions at all."""
+    model = make_model().double()
+
+    def unnormalised(batch):
+        out = model(batch)
+        weighted = out["assignments"].unsqueeze(-1) * batch.pos.unsqueeze(1)  # [N, K, D]
+        pooled = torch.zeros(int(batch.num_graphs), 3, 3, dtype=batch.pos.dtype).index_add_(0, batch.batch, weighted)
+        return {**out, "cluster_pos": pooled}
+
+    with pytest.raises(AssertionError, match="cluster_pos"):
+        check_equivariance(unnormalised, make_batch(graphs()), OUTPUTS)
+
+
+def test_batch_of_different_sizes_equals_each_graph_alone():
+    data = graphs()
+    model = make_model().double().eval()
+    whole = model(_double(make_batch(data)))
+    start = 0
+    for b, graph in enumerate(data):
+        alone = model(_double(make_batch([graph])))
+        n = graph.num_nodes
+        torch.testing.assert_close(whole["pos"][start : start + n], alone["pos"], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(whole["assignments"][start : start + n], alone["assignments"], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(whole["cluster_pos"][b], alone["cluster_pos"][0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(whole["pooled_adjacency"][b], alone["pooled_adjacency"][0], rtol=1e-10, atol=1e-12)
+        start += n
+
+
+def _double(batch):
+    for key in batch.keys():
+        if torch.is_tensor(batch[key]) and batch[key].is_floating_point():
+            batch[key] = batch[key].double()
+    return batch
+
+
+def test_pooled_quantities_match_a_dense_reference():
+    data = graphs()
+    batch = _double(make_batch(data))
+    out = make_model().double().eval()(batch)
+    s = out["assignments"]
+    for b in range(len(data)):
+        nodes = (batch.batch == b).nonzero().flatten()
+        s_b = s[nodes]  # [n, K]
+        adjacency = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)
+        local = {int(v): i for i, v in enumerate(nodes)}
+        for j, i in batch.local_index.t().tolist():
+            if j in local:
+                adjacency[local[i], local[j]] += 1.0
+        torch.testing.assert_close(out["pooled_adjacency"][b], s_b.T @ adjacency @ s_b)
+        # the pooled positions are weighted means of the E-Pool block's position channel: with the
+        # mixing heads at zero that channel is the input position itself
+    model = EGHN(in_node_features=2, in_edge_features=2, hidden=8, clusters=3, interaction_layers=1,
+                 pooling_layers=1, decoder_layers=1).double()
+    torch.nn.init.zeros_(model.pooling[0].phi_mix[-1].weight)
+    out = model(batch)
+    for b in range(len(data)):
+        nodes = (batch.batch == b).nonzero().flatten()
+        s_b = out["assignments"][nodes]
+        expected = (s_b.T @ batch.pos[nodes]) / s_b.sum(0).unsqueeze(-1)
+        torch.testing.assert_close(out["cluster_pos"][b], expected)
+
+
+def test_assignments_are_distributions():
+    out = make_model()(make_batch(graphs()))
+    assert out["assignments"].shape == (sum(SIZES), 3)
+    torch.testing.assert_close(out["assignments"].sum(-1), torch.ones(sum(SIZES)))
+    assert out["pooled_adjacency"].shape == (len(SIZES), 3, 3)
+
+
+def test_prediction_starts_near_the_input_positions():
+    """With the published small initialisation the model starts close to x + (cluster motion)."""
+    torch.manual_seed(0)
+    batch = make_batch(graphs())
+    model = EGHN(in_node_features=2, in_edge_features=2, hidden=16, clusters=3)
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.embed.weight)  # silence the velocity terms too
+        for layer in [*model.external, *model.high]:
+            torch.nn.init.zeros_(layer.phi_v[-1].weight)
+            torch.nn.init.zeros_(layer.phi_v[-1].bias)
+        pos = model(batch)["pos"]
+    assert (pos - batch.pos).abs().max() < 1e-2 * batch.pos.abs().max()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = make_batch(graphs())
+    grads = []
+    for every in (0, 1, 2):
+        model = make_model(gradient_checkpointing=every)
+        loss, _ = training_loss(model(batch), batch, LossConfig(connectivity_weight=2.0))
+        loss.backward()
+        grads.append(torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], grads[2])
+
+
+def test_every_parameter_gets_a_gradient():
+    """DDP without find_unused_parameters needs every parameter in the graph of the loss."""
+    batch = make_batch(graphs())
+    model = make_model(decoder_layers=3)
+    loss, _ = training_loss(model(batch), batch, LossConfig())
+    loss.backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_bf16_autocast_keeps_coordinates_fp32():
+    model = make_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(make_batch(graphs()))
+    assert out["pos"].dtype == torch.float32 and out["cluster_pos"].dtype == torch.float32
+    assert torch.isfinite(out["pos"]).all()
+
+
+def test_pooling_keeps_full_precision_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.tensor([2, 0, 1, 1, 0, 2, 2, 0, 1, 1])  # unsorted on purpose
+    s = torch.softmax(torch.randn(10, 3, generator=g), -1)
+    x = 100 * torch.randn(10, 3, generator=g)
+    clusters = Clusters(s, batch, 3)
+    pooled, unpooled = clusters.pool(x), clusters.unpool(torch.randn(3, 3, 2, generator=g))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(clusters.pool(x), pooled)
+        assert clusters.unpool(pooled).dtype == torch.float32
+    for b in range(3):  # against the definition, graph by graph
+        nodes = batch == b
+        expected = s[nodes].T @ x[nodes] / s[nodes].sum(0).unsqueeze(-1)
+        torch.testing.assert_close(pooled[b], expected)
+    assert unpooled.shape == (10, 2)
+
+
+def test_missing_local_graph_is_a_clear_error():
+    batch = GraphBuilder(kind="complete")(Batch.from_data_list(graphs()))
+    with pytest.raises(ValueError, match="graph.local"):
+        make_model()(batch)
+
+
+def test_training_on_a_fixed_batch_lowers_the_loss():
+    torch.manual_seed(1)
+    batch = make_batch(graphs())
+    batch.target = batch.pos + 0.5 * batch.vel  # a learnable map: constant-velocity motion
+    model = EGHN(in_node_features=2, in_edge_features=2, hidden=16, clusters=3, interaction_layers=2,
+                 pooling_layers=1, decoder_layers=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    config = LossConfig(connectivity_weight=0.5)
+    losses = []
+    for _ in range(60):
+        loss, parts = training_loss(model(batch), batch, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(parts["mse"]))
+    assert losses[-1] < 0.2 * losses[0]
