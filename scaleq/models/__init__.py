@@ -3,11 +3,13 @@
 from torch import nn
 
 from scaleq.models.baselines import LinearDynamics
+from scaleq.models.dusego import DuSEGO
 from scaleq.models.egnn import EGNN
 
 MODELS: dict[str, type[nn.Module]] = {
     "egnn": EGNN,
+    "dusego": DuSEGO,
     "linear": LinearDynamics,
 }
 
-__all__ = ["MODELS", "EGNN", "LinearDynamics"]
+__all__ = ["MODELS", "DuSEGO", "EGNN", "LinearDynamics"]
