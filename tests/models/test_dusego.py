@@ -211,7 +211,7 @@ def test_deep_stacks_train_without_nan(layers):
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
 
