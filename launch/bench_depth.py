@@ -29,8 +29,8 @@ from scaleq.eval.depth_sweep import (  # noqa: E402
     memory_table,
     plot_sweep,
     with_changes,
-    write_csv,
 )
+from scaleq.eval.diagnostics import write_rows  # noqa: E402
 
 # --quick: a small dataset of its own and a short schedule, a few minutes on 2 CPU cores
 QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_accuracy:
             print(f"training {2 * len(args.depths) * len(deltas)} models ({config.train.epochs} epochs each) ...")
             accuracy = accuracy_sweep(config, args.depths, deltas, args.out)
-            write_csv(accuracy, args.out / "depth_accuracy.csv")
+            write_rows(accuracy, args.out / "depth_accuracy.csv")
         if not args.skip_memory:
             device = torch.device("cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu")
             print(f"measuring peak memory on {device} ...")
             memory = memory_sweep(config, args.depths, args.memory_graphs, device)
-            write_csv(memory, args.out / "depth_memory.csv")
+            write_rows(memory, args.out / "depth_memory.csv")
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

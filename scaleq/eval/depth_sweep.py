@@ -1,5 +1,6 @@
-"""Depth sweep: EGNN against DuSEGO-EGNN at several depths (the DuSEGO paper's Table 2), and
-peak training memory against depth with and without gradient checkpointing.
+"""Depth experiments: EGNN against DuSEGO-EGNN at several depths (the DuSEGO paper's Table 2),
+peak training memory against depth with and without gradient checkpointing, and per-layer
+Dirichlet energies and gradient norms before and after training (its Fig. 4).
 
 Accuracy: every (model, depth, delta) is trained with the project's Trainer on the same data
 (read from the store once per delta and kept in memory), and reports the test MSE at the
@@ -10,13 +11,11 @@ Memory: one forward and backward pass on one batch. On CUDA, ``torch.cuda.max_me
 above what was allocated before the pass (exact). On the CPU there is no allocator statistic, so
 each measurement runs in a fresh process and reports the rise of its peak resident set size
 (Linux VmHWM, reset just before the pass; large allocations go straight to mmap so that freed
-memory is returned): an approximation good to a few MiB.
+memory is returned; all measurements in one process): an approximation good to a few MiB.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import inspect
 import math
 import multiprocessing
@@ -31,6 +30,7 @@ from torch_geometric.data import Batch, Data
 
 from scaleq.config import Config, build_model, config_from_dict
 from scaleq.distributed import make_engine
+from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
 from scaleq.models import MODELS
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.run import open_datasets, prepare_data
@@ -68,15 +68,21 @@ def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
     return config_from_dict(raw, "<depth sweep>")
 
 
-def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path) -> dict[str, float]:
-    """Train one model; its test MSE at the best-validation epoch (NaN when training diverged)."""
+def build_for(config: Config, sample: Data) -> torch.nn.Module:
+    """The config's model with the widths of ``sample``, after seeding (same seed, same weights)."""
+    seed_everything(config.seed)
+    return build_model(config.model, in_node_features=sample.h.shape[1],
+                       in_edge_features=config.graph.builder().num_edge_features(sample.node_attr.shape[1]),
+                       dim=sample.pos.shape[1])
+
+
+def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path,
+                   model: torch.nn.Module | None = None) -> dict[str, float]:
+    """Train ``model`` (default: a fresh one from the config) in place with the project's Trainer;
+    its test MSE at the best-validation epoch, NaN when training diverged."""
     engine = make_engine(config.engine.kind, device=config.train.device, precision=config.train.precision,
                          grad_clip=config.train.grad_clip)
-    seed_everything(config.seed)
-    sample = datasets["train"][0]
-    model = build_model(config.model, in_node_features=sample.h.shape[1],
-                        in_edge_features=config.graph.builder().num_edge_features(sample.node_attr.shape[1]),
-                        dim=sample.pos.shape[1])
+    model = model if model is not None else build_for(config, datasets["train"][0])
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
@@ -125,41 +131,50 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _cpu_peak_worker(section: dict[str, Any], widths: dict[str, int], batch: Batch, queue: Any) -> None:
+def _cpu_peak_worker(sections: list[dict[str, Any]], widths: dict[str, int], batch: Batch, queue: Any) -> None:
     torch.set_num_threads(1)
-    raw = {"data": {"path": "-"}, "model": section}
-    model = build_model(config_from_dict(raw).model, **widths)
-    with torch.no_grad():
-        model(batch)  # first-call allocations (thread pools, lazy kernels) are not activations
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current resident size
-    except OSError:
-        pass
-    before = _rss_kib("VmRSS")
-    _forward_backward(model, batch)
-    queue.put(1024 * (_rss_kib("VmHWM") - before))
-
-
-def peak_memory(section: dict[str, Any], widths: dict[str, int], batch: Batch, device: torch.device) -> int:
-    """Bytes a forward and backward pass of the model ``section`` needs above its inputs."""
-    if device.type == "cuda":
-        raw = {"data": {"path": "-"}, "model": section}
-        model = build_model(config_from_dict(raw).model, **widths).to(device)
-        batch = batch.to(device)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    peaks = []
+    for section in sections:
+        model = build_model(config_from_dict({"data": {"path": "-"}, "model": section}).model, **widths)
+        with torch.no_grad():
+            model(batch)  # first-call allocations (thread pools, lazy kernels) are not activations
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident size
+        except OSError:
+            pass
+        before = _rss_kib("VmRSS")
         _forward_backward(model, batch)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
+        peaks.append(1024 * (_rss_kib("VmHWM") - before))
+        del model
+    queue.put(peaks)
+
+
+def peak_memory(sections: list[dict[str, Any]], widths: dict[str, int], batch: Batch, device: torch.device) -> list[int]:
+    """Bytes a forward and backward pass of each model ``section`` needs above its inputs."""
+    if device.type == "cuda":
+        peaks = []
+        for section in sections:
+            model = build_model(config_from_dict({"data": {"path": "-"}, "model": section}).model, **widths).to(device)
+            on_device = batch.to(device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            _forward_backward(model, on_device)
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+            del model, on_device
+        return peaks
+    # one fresh process for all CPU measurements: its resident size starts small and, with large
+    # blocks mapped and unmapped directly, falls back between measurements
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # glibc: big blocks via mmap, returned on free
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the child starts
     try:
-        process = context.Process(target=_cpu_peak_worker, args=(section, widths, batch, queue))
+        process = context.Process(target=_cpu_peak_worker, args=(sections, widths, batch, queue))
         process.start()
+        peaks = queue.get()
         process.join()
     finally:
         if saved is None:
@@ -167,8 +182,8 @@ def peak_memory(section: dict[str, Any], widths: dict[str, int], batch: Batch, d
         else:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     if process.exitcode != 0:
-        raise RuntimeError(f"memory measurement of {section} failed (exit code {process.exitcode})")
-    return int(queue.get(timeout=5))
+        raise RuntimeError(f"memory measurement failed (exit code {process.exitcode})")
+    return [int(p) for p in peaks]
 
 
 def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: torch.device,
@@ -180,30 +195,17 @@ def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: tor
     batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
     widths = {"in_node_features": batch.h.shape[1], "in_edge_features": batch.edge_attr.shape[1],
               "dim": batch.pos.shape[1]}
+    grid = [(kind, layers, ck) for kind in kinds for layers in depths for ck in (0, 1)]
+    peaks = peak_memory([model_section(config, *job) for job in grid], widths, batch, device)
     rows = []
-    for kind in kinds:
-        for layers in depths:
-            for checkpointing in (0, 1):
-                section = model_section(config, kind, layers, checkpointing)
-                peak = peak_memory(copy.deepcopy(section), widths, batch, device)
-                rows.append({"model": kind, "layers": layers, "checkpointing": checkpointing,
-                             "peak_mib": peak / 2**20, "device": device.type, "graphs": batch.num_graphs})
-                print(f"  {kind:7s} L={layers:3d} checkpointing={checkpointing}  peak {peak / 2**20:8.1f} MiB", flush=True)
+    for (kind, layers, checkpointing), peak in zip(grid, peaks):
+        rows.append({"model": kind, "layers": layers, "checkpointing": checkpointing,
+                     "peak_mib": peak / 2**20, "device": device.type, "graphs": batch.num_graphs})
+        print(f"  {kind:7s} L={layers:3d} checkpointing={checkpointing}  peak {peak / 2**20:8.1f} MiB", flush=True)
     return rows
 
 
 # -- output ---------------------------------------------------------------------------------------
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """All rows under the union of their keys, written atomically."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def accuracy_table(rows: list[dict[str, Any]], frame_steps: int = 100) -> str:
@@ -273,8 +275,41 @@ def plot_sweep(accuracy: list[dict[str, Any]], memory: list[dict[str, Any]], png
         ax.set_ylabel(f"peak memory (MiB, {memory[0]['device']})")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure(fig, png)
+
+
+# -- per-layer diagnostics of trained and untrained stacks (the paper's Fig. 4) -------------------
+
+
+def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs: int, graphs: int,
+                    out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Dirichlet energies and gradient norms per layer of EGNN and of DuSEGO-EGNN for each alpha
+    (gamma1 = gamma2 = 1, as in Fig. 4), at initialisation and, if ``epochs`` > 0, after training
+    for that many epochs. Returns (energy rows, gradient rows)."""
+    prepare_data(config.data, progress=config.train.progress)
+    datasets = {split: InMemoryDataset(d) for split, d in open_datasets(config).items()}
+    test = datasets["test"]
+    batch = Batch.from_data_list([test[i] for i in range(min(graphs, len(test)))])
+    batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
+    variants = [("EGNN", model_section(config, "egnn", layers))]
+    variants += [(f"DuSEGO-EGNN alpha={a:g}", {**model_section(config, "dusego", layers), "alpha": a, "gamma1": 1.0,
+                                               "gamma2": 1.0}) for a in alphas]
+    energies: list[dict[str, Any]] = []
+    gradients: list[dict[str, Any]] = []
+    trained = with_changes(config, train={"epochs": max(epochs, 1), "device": "cpu"})
+    for name, section in variants:
+        run = with_changes(trained, model=section)
+        model = build_for(run, test[0])
+        stages = [("init", None)]
+        if epochs > 0:
+            stages.append(("trained", out_dir / "runs" / name.replace(" ", "_").replace("=", "")))
+        for stage, run_dir in stages:
+            extra: dict[str, Any] = {}
+            if run_dir is not None:
+                extra = train_and_test(run, datasets, run_dir, model=model)
+                print(f"  {name}: trained {epochs} epochs, test MSE {extra['test_mse']:.5f}", flush=True)
+                model = model.cpu()
+            tag = {"model": name, "stage": stage, "layers": layers, "test_mse": extra.get("test_mse", math.nan)}
+            energies += [{**tag, **row} for row in dirichlet_energies(model, batch)]
+            gradients += [{**tag, **row} for row in gradient_norms(model, batch)]
+    return energies, gradients
