@@ -134,12 +134,13 @@ def plot_per_layer(rows: list[dict[str, Any]], keys: Sequence[tuple[str, str]], 
 
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     series = list(dict.fromkeys((r["model"], r.get("stage", "")) for r in rows))
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(m for m, _ in series))}  # one per model
     for ax, (key, label) in zip(axes[0], keys):
         for model, stage in series:
             pts = [(r["layer"], r[key]) for r in rows if (r["model"], r.get("stage", "")) == (model, stage)
                    and math.isfinite(r[key]) and r[key] > 0]
             if pts:
-                ax.plot(*zip(*pts), marker=".", label=f"{model} {stage}".strip(),
+                ax.plot(*zip(*pts), marker=".", label=f"{model} {stage}".strip(), color=colours[model],
                         linestyle="--" if stage == "trained" else "-")
         ax.set_xlabel("layer n")
         ax.set_ylabel(label)

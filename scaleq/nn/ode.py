@@ -10,9 +10,10 @@ one vector in order, so positions fill its first half and velocities its second 
     p_n = p_{n-1} + dt a(q_{n-1}, p_{n-1})
     q_n = q_{n-1} + dt p_n
 
-torchdiffeq has no such solver, so :func:`register_symplectic_euler` adds one to its solver table
-(``torchdiffeq._impl.odeint.SOLVERS``, the table ``odeint`` and ``odeint_adjoint`` look methods up
-in; GraphCON's GRAND variant registers its solver the same way). Every other fixed-grid method of
+torchdiffeq has no such solver (GraphCON's GRAND-based variant brings its own too), so
+:func:`register_symplectic_euler` adds one to torchdiffeq's solver table
+(``torchdiffeq._impl.odeint.SOLVERS``, where ``odeint`` and ``odeint_adjoint`` look methods up;
+a private module, unchanged since torchdiffeq 0.2.0). Every other fixed-grid method of
 torchdiffeq (``euler``, ``midpoint``, ``rk4``, ...) works on the same first-order system.
 """
 
