@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from scaleq.config import build_model, config_from_dict
+from scaleq.config import build_model, config_from_dict, load_config
 from scaleq.data.graph import GraphBuilder
+from scaleq.data.nbody import NBodyParams
 from scaleq.models import EGNN, MODELS, DuSEGO
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
@@ -217,6 +220,16 @@ def test_deep_stacks_train_without_nan(layers):
 
 
 # -- configuration --------------------------------------------------------------------------------
+
+
+def test_the_nbody_config_reaches_frame_50():
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "configs" / "dusego_nbody.yaml", ["data.delta=20"])
+    assert config.model.name == "dusego" and config.model.options["hidden"] == 64
+    steps = config.data.generate.steps
+    assert config.data.input_frame + config.data.delta <= NBodyParams(num_steps=steps).num_frames - 1
+    model = build_model(config.model, in_node_features=2, in_edge_features=2, dim=3)
+    assert isinstance(model, DuSEGO) and model.num_steps == 4
 
 
 def test_registered_and_built_from_a_config():
