@@ -1,16 +1,19 @@
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from torch_geometric.data import Batch
 
 from scaleq.config import build_model, config_from_dict, load_config
+from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.nbody import NBodyParams
 from scaleq.models import EGNN, MODELS, DuSEGO
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
 from scaleq.testing.equivariance import check_equivariance, random_orthogonal
-from scaleq.testing.stores import random_batch
+from scaleq.testing.stores import random_batch, tiny_nbody_dataset
 
 OUTPUTS = {"pos": "node_position", "h": "node_invariant", "vel": "node_vector"}
 
@@ -201,22 +204,32 @@ def test_gradient_checkpointing_gives_the_same_gradients(solver):
         torch.testing.assert_close(grad, results[0][1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture(scope="module")
+def nbody_batches(tmp_path_factory):
+    root = tiny_nbody_dataset(tmp_path_factory.mktemp("nbody"), train=64, valid=1, test=1)
+    dataset = TrajectoryDataset(root / "train.zarr", SampleSpec(delta=10, input_frame=30, velocity="store"))
+    graphs = GraphBuilder(kind="complete")
+    return [graphs(Batch.from_data_list([dataset[i] for i in range(k, k + 32)])) for k in (0, 32)]
+
+
 @pytest.mark.parametrize("layers", [16, 32, 64])
-def test_deep_stacks_train_without_nan(layers):
-    batch = make_batch()
+def test_deep_stacks_train_without_nan(layers, nbody_batches):
+    """The paper's setting (5-body data, H = 64, Adam lr 5e-4) with the default dt: no NaN and no
+    blow-up (at dt = 0.5, 64 layers jump from 0.13 to 25 after the first step)."""
     torch.manual_seed(0)
-    model = DuSEGO(in_node_features=2, in_edge_features=2, hidden=16, layers=layers)
+    model = DuSEGO(in_node_features=2, in_edge_features=2, hidden=64, layers=layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     losses = []
-    for _ in range(6):
+    for step in range(6):
+        batch = nbody_batches[step % 2]
         loss = (model(batch)["pos"] - batch.target).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         optimizer.step()
         losses.append(loss.item())
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < losses[0]
+    assert all(math.isfinite(v) for v in losses)
+    assert max(losses) < 5 * losses[0]
 
 
 # -- configuration --------------------------------------------------------------------------------
