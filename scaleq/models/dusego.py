@@ -34,8 +34,8 @@ Choices the paper leaves open (each a constructor argument):
 - The backbone's own velocity term (EGNN's phi_v(h) v^0) always sees the INPUT velocity, as in
   EGNN; the ODE velocity Y is a separate state.
 
-Special case worth knowing: dt = 1, alpha = 1, gamma1 = 1, sigma_pos = identity gives
-X_n = F_x(X_{n-1}, H_{n-1}): the coordinates follow the plain first-order backbone exactly.
+Special case worth knowing: dt = alpha = gamma1 = gamma2 = 1 with identity sigma and sigma_pos
+gives X_n = F_x(X_{n-1}, H_{n-1}) and H_n = F_h(X_{n-1}, H_{n-1}): plain EGNN, exactly (tested).
 
 Solvers: ``"imex"`` is the loop above. ``"odeint"`` integrates the same first-order system
 (X, H, Y, U)' = (Y, U, a_X, a_H) with torchdiffeq over each layer's interval [t_{n-1}, t_n]
