@@ -3,6 +3,7 @@
 from torch import nn
 
 from scaleq.models.baselines import LinearDynamics
+from scaleq.models.dusego import DuSEGO
 from scaleq.models.eghn import EGHN
 from scaleq.models.egnn import EGNN
 from scaleq.models.fastegnn import FastEGNN
@@ -11,7 +12,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "egnn": EGNN,
     "fastegnn": FastEGNN,
     "eghn": EGHN,
+    "dusego": DuSEGO,
     "linear": LinearDynamics,
 }
 
-__all__ = ["MODELS", "EGNN", "FastEGNN", "EGHN", "LinearDynamics"]
+__all__ = ["MODELS", "DuSEGO", "EGNN", "EGHN", "FastEGNN", "LinearDynamics"]

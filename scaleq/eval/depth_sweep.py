@@ -1,0 +1,315 @@
+"""Depth experiments: EGNN against DuSEGO-EGNN at several depths (the DuSEGO paper's Table 2),
+peak training memory against depth with and without gradient checkpointing, and per-layer
+Dirichlet energies and gradient norms before and after training (its Fig. 4).
+
+Accuracy: every (model, depth, delta) is trained with the project's Trainer on the same data
+(read from the store once per delta and kept in memory), and reports the test MSE at the
+best-validation epoch; a run whose loss becomes NaN or infinite is reported as NaN, as in the
+paper's table.
+
+Memory: one forward and backward pass on one batch. On CUDA, ``torch.cuda.max_memory_allocated``
+above what was allocated before the pass (exact). On the CPU there is no allocator statistic, so
+each measurement runs in a fresh process and reports the rise of its peak resident set size
+(Linux VmHWM, reset just before the pass; large allocations go straight to mmap so that freed
+memory is returned; all measurements in one process): an approximation good to a few MiB.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch_geometric.data import Batch, Data
+
+from scaleq.config import Config, build_model, config_from_dict
+from scaleq.distributed import make_engine
+from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
+from scaleq.models import MODELS
+from scaleq.train.checkpoint import seed_everything
+from scaleq.train.run import open_datasets, prepare_data
+from scaleq.train.trainer import Trainer, prepare_batch
+
+KINDS = ("egnn", "dusego")
+
+
+class InMemoryDataset(torch.utils.data.Dataset):
+    """Every sample of a dataset read once and kept (N-body splits are a few MB)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.items: list[Data] = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Data:
+        return self.items[i]
+
+
+def model_section(config: Config, kind: str, layers: int, checkpointing: int = 0) -> dict[str, Any]:
+    """The ``model:`` section for ``kind`` at ``layers``: the config's options that the model
+    accepts (so EGNN shares hidden/velocity with DuSEGO and ignores the ODE's keys)."""
+    accepted = inspect.signature(MODELS[kind].__init__).parameters
+    options = {k: v for k, v in config.model.options.items() if k in accepted}
+    return {**options, "name": kind, "layers": layers, "gradient_checkpointing": checkpointing}
+
+
+def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``config`` with whole sections or single keys replaced, validated again."""
+    raw = config.to_dict()
+    for key, value in sections.items():
+        raw[key] = value if key == "model" else {**raw.get(key, {}), **value}
+    return config_from_dict(raw, "<depth sweep>")
+
+
+def build_for(config: Config, sample: Data) -> torch.nn.Module:
+    """The config's model with the widths of ``sample``, after seeding (same seed, same weights)."""
+    seed_everything(config.seed)
+    return build_model(config.model, in_node_features=sample.h.shape[1],
+                       in_edge_features=config.graph.builder().num_edge_features(sample.node_attr.shape[1]),
+                       dim=sample.pos.shape[1])
+
+
+def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path,
+                   model: torch.nn.Module | None = None) -> dict[str, float]:
+    """Train ``model`` (default: a fresh one from the config) in place with the project's Trainer;
+    its test MSE at the best-validation epoch, NaN when training diverged."""
+    engine = make_engine(config.engine.kind, device=config.train.device, precision=config.train.precision,
+                         grad_clip=config.train.grad_clip)
+    model = model if model is not None else build_for(config, datasets["train"][0])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        result = Trainer(config, engine, model, datasets, run_dir).fit()
+        test, val, epoch = result.test_mse, result.best_val_mse, result.best_epoch + 1
+    except FloatingPointError:
+        test = val = math.nan
+        epoch = -1
+    if not math.isfinite(val):
+        test = math.nan  # a run that never produced a finite validation MSE has no result
+    return {"test_mse": test, "val_mse": val, "best_epoch": epoch, "seconds": time.perf_counter() - started}
+
+
+def accuracy_sweep(config: Config, depths: Sequence[int], deltas: Sequence[int], out_dir: Path,
+                   kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+    """Test MSE for every kind x depth x delta; one row each."""
+    prepare_data(config.data, progress=config.train.progress)
+    rows = []
+    for delta in deltas:
+        at_delta = with_changes(config, data={"delta": delta})
+        datasets = {split: InMemoryDataset(d) for split, d in open_datasets(at_delta).items()}
+        for kind in kinds:
+            for layers in depths:
+                run = with_changes(at_delta, model=model_section(at_delta, kind, layers))
+                result = train_and_test(run, datasets, out_dir / "runs" / f"{kind}_L{layers}_delta{delta}")
+                row = {"model": kind, "layers": layers, "delta": delta, **result}
+                print(f"  {kind:7s} L={layers:3d} delta={delta:3d}  test MSE {row['test_mse']:.5f}"
+                      f"  ({row['seconds']:.0f} s)", flush=True)
+                rows.append(row)
+    return rows
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _forward_backward(model: torch.nn.Module, batch: Batch) -> None:
+    loss = (model(batch)["pos"] - batch.target).pow(2).mean()
+    loss.backward()
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _cpu_peak_worker(sections: list[dict[str, Any]], widths: dict[str, int], batch: Batch, queue: Any) -> None:
+    torch.set_num_threads(1)
+    peaks = []
+    for section in sections:
+        model = build_model(config_from_dict({"data": {"path": "-"}, "model": section}).model, **widths)
+        with torch.no_grad():
+            model(batch)  # first-call allocations (thread pools, lazy kernels) are not activations
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident size
+        except OSError:
+            pass
+        before = _rss_kib("VmRSS")
+        _forward_backward(model, batch)
+        peaks.append(1024 * (_rss_kib("VmHWM") - before))
+        del model
+    queue.put(peaks)
+
+
+def peak_memory(sections: list[dict[str, Any]], widths: dict[str, int], batch: Batch, device: torch.device) -> list[int]:
+    """Bytes a forward and backward pass of each model ``section`` needs above its inputs."""
+    if device.type == "cuda":
+        peaks = []
+        for section in sections:
+            model = build_model(config_from_dict({"data": {"path": "-"}, "model": section}).model, **widths).to(device)
+            on_device = batch.to(device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            _forward_backward(model, on_device)
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+            del model, on_device
+        return peaks
+    # one fresh process for all CPU measurements: its resident size starts small and, with large
+    # blocks mapped and unmapped directly, falls back between measurements
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the child starts
+    try:
+        process = context.Process(target=_cpu_peak_worker, args=(sections, widths, batch, queue))
+        process.start()
+        peaks = queue.get()
+        process.join()
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_")
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    if process.exitcode != 0:
+        raise RuntimeError(f"memory measurement failed (exit code {process.exitcode})")
+    return [int(p) for p in peaks]
+
+
+def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: torch.device,
+                 kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+    """Peak memory of one training pass on ``graphs`` samples, per kind x depth x checkpointing."""
+    prepare_data(config.data, progress=config.train.progress)
+    dataset = open_datasets(config)["train"]
+    batch = Batch.from_data_list([dataset[i] for i in range(min(graphs, len(dataset)))])
+    batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
+    widths = {"in_node_features": batch.h.shape[1], "in_edge_features": batch.edge_attr.shape[1],
+              "dim": batch.pos.shape[1]}
+    grid = [(kind, layers, ck) for kind in kinds for layers in depths for ck in (0, 1)]
+    peaks = peak_memory([model_section(config, *job) for job in grid], widths, batch, device)
+    rows = []
+    for (kind, layers, checkpointing), peak in zip(grid, peaks):
+        rows.append({"model": kind, "layers": layers, "checkpointing": checkpointing,
+                     "peak_mib": peak / 2**20, "device": device.type, "graphs": batch.num_graphs})
+        print(f"  {kind:7s} L={layers:3d} checkpointing={checkpointing}  peak {peak / 2**20:8.1f} MiB", flush=True)
+    return rows
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def accuracy_table(rows: list[dict[str, Any]], frame_steps: int = 100) -> str:
+    """Test MSE x 1e-3 by model and depth (rows) and horizon (columns), like the paper's Table 2."""
+    deltas = sorted({r["delta"] for r in rows})
+    header = f"{'model':<22s}" + "".join(f"{f'{d * frame_steps} ts':>12s}" for d in deltas)
+    lines = ["test MSE (x 1e-3)", header]
+    for kind in dict.fromkeys(r["model"] for r in rows):
+        for layers in sorted({r["layers"] for r in rows if r["model"] == kind}):
+            name = f"{'DuSEGO-EGNN' if kind == 'dusego' else kind.upper()}-layers={layers}"
+            cells = []
+            for d in deltas:
+                match = [r["test_mse"] for r in rows if (r["model"], r["layers"], r["delta"]) == (kind, layers, d)]
+                value = match[0] if match else math.nan
+                cells.append(f"{'NaN' if not math.isfinite(value) else f'{value * 1e3:.2f}':>12s}")
+            lines.append(f"{name:<22s}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    depths = sorted({r["layers"] for r in rows})
+    lines = [f"peak memory of one training pass (MiB, {rows[0]['device']}, {rows[0]['graphs']} graphs)",
+             f"{'model':<26s}" + "".join(f"{f'L={d}':>9s}" for d in depths)]
+    for kind in dict.fromkeys(r["model"] for r in rows):
+        for ck in (0, 1):
+            cells = [next((f"{r['peak_mib']:9.1f}" for r in rows if (r["model"], r["layers"], r["checkpointing"])
+                           == (kind, d, ck)), f"{'-':>9s}") for d in depths]
+            lines.append(f"{kind + (' + checkpointing' if ck else ''):<26s}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot_sweep(accuracy: list[dict[str, Any]], memory: list[dict[str, Any]], png: Path) -> None:
+    """Left: test MSE against depth per model and horizon (NaN runs marked x on the axis);
+    right: peak memory against depth with and without checkpointing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = int(bool(accuracy)) + int(bool(memory))
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    axes = list(axes[0])
+    if accuracy:
+        ax = axes.pop(0)
+        for kind in dict.fromkeys(r["model"] for r in accuracy):
+            for delta in sorted({r["delta"] for r in accuracy}):
+                pts = sorted((r["layers"], r["test_mse"]) for r in accuracy if (r["model"], r["delta"]) == (kind, delta))
+                good = [(d, v) for d, v in pts if math.isfinite(v)]
+                line = ax.plot(*zip(*good), marker="o", label=f"{kind} delta={delta}")[0] if good else None
+                bad = [d for d, v in pts if not math.isfinite(v)]
+                if bad:
+                    ax.scatter(bad, [ax.get_ylim()[1] if good else 1.0] * len(bad), marker="x",
+                               color=line.get_color() if line else "red", label=f"{kind} delta={delta}: NaN")
+        ax.set_xlabel("layers")
+        ax.set_ylabel("test MSE")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if memory:
+        ax = axes.pop(0)
+        for kind in dict.fromkeys(r["model"] for r in memory):
+            for ck in (0, 1):
+                pts = sorted((r["layers"], r["peak_mib"]) for r in memory if (r["model"], r["checkpointing"]) == (kind, ck))
+                ax.plot(*zip(*pts), marker="o", linestyle="--" if ck else "-",
+                        label=f"{kind}{' + checkpointing' if ck else ''}")
+        ax.set_xlabel("layers")
+        ax.set_ylabel(f"peak memory (MiB, {memory[0]['device']})")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    save_figure(fig, png)
+
+
+# -- per-layer diagnostics of trained and untrained stacks (the paper's Fig. 4) -------------------
+
+
+def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs: int, graphs: int,
+                    out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Dirichlet energies and gradient norms per layer of EGNN and of DuSEGO-EGNN for each alpha
+    (gamma1 = gamma2 = 1, as in Fig. 4), at initialisation and, if ``epochs`` > 0, after training
+    for that many epochs. Returns (energy rows, gradient rows)."""
+    prepare_data(config.data, progress=config.train.progress)
+    datasets = {split: InMemoryDataset(d) for split, d in open_datasets(config).items()}
+    test = datasets["test"]
+    batch = Batch.from_data_list([test[i] for i in range(min(graphs, len(test)))])
+    batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
+    variants = [("EGNN", model_section(config, "egnn", layers))]
+    variants += [(f"DuSEGO-EGNN alpha={a:g}", {**model_section(config, "dusego", layers), "alpha": a, "gamma1": 1.0,
+                                               "gamma2": 1.0}) for a in alphas]
+    energies: list[dict[str, Any]] = []
+    gradients: list[dict[str, Any]] = []
+    trained = with_changes(config, train={"epochs": max(epochs, 1), "device": "cpu"})
+    for name, section in variants:
+        run = with_changes(trained, model=section)
+        model = build_for(run, test[0])
+        stages = [("init", None)]
+        if epochs > 0:
+            stages.append(("trained", out_dir / "runs" / name.replace(" ", "_").replace("=", "")))
+        for stage, run_dir in stages:
+            extra: dict[str, Any] = {}
+            if run_dir is not None:
+                extra = train_and_test(run, datasets, run_dir, model=model)
+                print(f"  {name}: trained {epochs} epochs, test MSE {extra['test_mse']:.5f}", flush=True)
+                model = model.cpu()
+            tag = {"model": name, "stage": stage, "layers": layers, "test_mse": extra.get("test_mse", math.nan)}
+            energies += [{**tag, **row} for row in dirichlet_energies(model, batch)]
+            gradients += [{**tag, **row} for row in gradient_norms(model, batch)]
+    return energies, gradients
