@@ -15,35 +15,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scaleq.data.cli import add_store_arguments, run_converter, store_options  # noqa: E402
 from scaleq.data.md import convert_md  # noqa: E402
-from scaleq.data.store import StoreError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", type=Path, required=True, help="topology file (PSF, GRO, PDB, TPR, ...)")
     parser.add_argument("--trajectory", type=Path, required=True, help="trajectory file (DCD, XTC, TRR, ...)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for train.zarr, valid.zarr, test.zarr")
     parser.add_argument("--selection", default="backbone", help="MDAnalysis atom selection (default: backbone)")
     parser.add_argument("--stride", type=int, default=1, help="keep every stride-th frame")
     parser.add_argument("--split", type=float, nargs=3, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VALID", "TEST"),
                         help="fractions of the frames, in time order (default 0.6 0.2 0.2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing stores")
-    parser.add_argument("--rows-per-chunk", type=int, default=None,
-                        help="rows (atoms x frames) per chunk (default: whole frames, >= 64 KiB)")
-    parser.add_argument("--chunks-per-shard", type=int, default=64, help="chunks grouped in one shard file")
-    parser.add_argument("--compression", choices=["zstd", "blosc", "none"], default="zstd")
+    add_store_arguments(parser, rows="atoms x frames")
     args = parser.parse_args(argv)
-    try:
-        paths = convert_md(args.topology, args.trajectory, args.out, selection=args.selection, stride=args.stride,
-                           split=tuple(args.split), overwrite=args.overwrite, rows_per_chunk=args.rows_per_chunk,
-                           chunks_per_shard=args.chunks_per_shard, compression=args.compression, progress=True)
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    return 0
+    return run_converter(lambda: convert_md(
+        args.topology, args.trajectory, args.out, selection=args.selection, stride=args.stride,
+        split=tuple(args.split), progress=True, **store_options(args),
+    ))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scaleq.data.cli import run_converter  # noqa: E402
 from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset  # noqa: E402
-from scaleq.data.store import StoreError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     splits = [SplitSpec("train", args.train, max(args.train, args.train_drawn)), SplitSpec("valid", args.valid),
               SplitSpec("test", args.test)]
-    try:
-        paths = write_nbody_dataset(args.out, NBodyParams(num_particles=args.particles, num_steps=args.steps), splits,
-                                    seed=args.seed, overwrite=args.overwrite, progress=True)
-    except (StoreError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    return 0
+    return run_converter(lambda: write_nbody_dataset(
+        args.out, NBodyParams(num_particles=args.particles, num_steps=args.steps), splits, seed=args.seed,
+        overwrite=args.overwrite, progress=True,
+    ))
 
 
 if __name__ == "__main__":

@@ -14,30 +14,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scaleq.data.store import StoreError  # noqa: E402
-from scaleq.data.tfrecord import TFRecordError  # noqa: E402
+from scaleq.data.cli import add_store_arguments, run_converter, store_options  # noqa: E402
 from scaleq.data.water3d import convert_water3d  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, required=True, help="directory with {train,valid,test}.tfrecord + metadata.json")
-    parser.add_argument("--out", type=Path, required=True, help="directory for train.zarr, valid.zarr, test.zarr")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing stores")
-    parser.add_argument("--rows-per-chunk", type=int, default=None,
-                        help="rows (particles x frames) per chunk (default: whole frames, >= 64 KiB)")
-    parser.add_argument("--chunks-per-shard", type=int, default=64, help="chunks grouped in one shard file")
-    parser.add_argument("--compression", choices=["zstd", "blosc", "none"], default="zstd")
+    add_store_arguments(parser, rows="particles x frames")
     args = parser.parse_args(argv)
-    try:
-        paths = convert_water3d(args.src, args.out, overwrite=args.overwrite, rows_per_chunk=args.rows_per_chunk,
-                                chunks_per_shard=args.chunks_per_shard, compression=args.compression, progress=True)
-    except (StoreError, TFRecordError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    return 0
+    return run_converter(lambda: convert_water3d(args.src, args.out, progress=True, **store_options(args)))
 
 
 if __name__ == "__main__":
