@@ -113,7 +113,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         resume = True
     engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics)
     summary = run(config, resume=resume, engine=engine, run_dir=run_dir)
-    ray.train.report({"done": 1, **dataclasses.asdict(summary)})
+    # Result.metrics are those of the last report with a checkpoint: attach the final one.
+    _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)})
 
 
 def _report(is_main: bool, path: Path, metrics: dict[str, Any]) -> None:
@@ -128,7 +129,7 @@ def _report(is_main: bool, path: Path, metrics: dict[str, Any]) -> None:
                 copy = shutil.copytree if item.is_dir() else shutil.copy2
                 copy(item, Path(tmp) / item.name)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float)}, checkpoint=checkpoint)
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str)}, checkpoint=checkpoint)
 
 
 def _restore(source: Path, target: Path) -> None:
