@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from scaleq.distributed.process_group import free_port
@@ -31,3 +32,47 @@ def test_single_process_engine_has_one_rank_and_identity_reductions():
     values = torch.tensor([1.0, 2.0])
     assert torch.equal(engine.all_reduce_sum(values), values)
     assert engine.broadcast_object("x") == "x"
+
+
+def test_gradient_accumulation_of_two_halves_equals_one_whole_batch_step():
+    from scaleq.distributed import TorchEngine
+    from scaleq.losses import position_mse
+    from scaleq.testing.distributed import rank_shard
+
+    model = tiny_model()
+    engine = TorchEngine(device="cpu", gradient_accumulation=2)
+    wrapped = engine.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for half in (0, 1):
+        shard = rank_shard(half, 2)
+        engine.backward(position_mse(wrapped(shard)["pos"], shard.target))
+        engine.step()
+        if half == 0:  # no optimizer step after the first micro-batch
+            assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    reference = tiny_model()
+    expected = one_step(reference, torch.optim.SGD(reference.parameters(), lr=0.1), whole_batch())
+    for name, value in expected.items():
+        torch.testing.assert_close(model.state_dict()[name], value, atol=ATOL, rtol=0)
+
+
+def test_activation_checkpointing_is_set_on_the_model_from_outside():
+    from scaleq.distributed import TorchEngine
+
+    model = tiny_model()
+    TorchEngine(device="cpu", activation_checkpointing=1).wrap(model, None)
+    assert model.gradient_checkpointing == 1
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        TorchEngine(device="cpu", activation_checkpointing=1).wrap(torch.nn.Linear(2, 2), None)
+
+
+def test_engine_config_rejects_bad_keys_with_their_names():
+    from scaleq.config import ConfigError, config_from_dict
+
+    base = {"data": {"path": "x"}}
+    with pytest.raises(ConfigError, match="engine.zero_stage must be 0, 1, 2 or 3"):
+        config_from_dict({**base, "engine": {"kind": "deepspeed", "zero_stage": 4}})
+    with pytest.raises(ConfigError, match="need engine.kind: deepspeed"):
+        config_from_dict({**base, "engine": {"zero_stage": 2}})
+    with pytest.raises(ConfigError, match="engine.kind"):
+        config_from_dict({**base, "engine": {"kind": "horovod"}})
+    assert config_from_dict({**base, "engine": {"kind": "deepspeed", "zero_stage": 3}}).engine.zero_stage == 3
