@@ -1,13 +1,22 @@
-"""Train a model from a config.
+"""Train a model from a config: one process, torchrun, the deepspeed launcher or Ray Train.
 
     python launch/train.py                                   # the embedded default (5-body EGNN)
     python launch/train.py --config configs/egnn_nbody.yaml train.lr=1e-3 data.batch_size=50
     python launch/train.py --config C --resume               # continue runs/<name> from last.pt
+    torchrun --nproc_per_node 2 launch/train.py --config C   # DDP (or engine.kind=deepspeed)
+    deepspeed --num_gpus 2 launch/train.py --config C engine.kind=deepspeed engine.zero_stage=2
+    ray job submit -- python launch/train.py                 # Ray Train workers on a running cluster
+    python launch/train.py --launcher ray engine.workers=4   # start or join a Ray cluster
+
+The launcher is noticed, not configured: torchrun and deepspeed set RANK/WORLD_SIZE/LOCAL_RANK
+(the engine reads them), `ray job submit` marks its entrypoint's environment. --launcher local
+trains in this process even inside a Ray job.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,16 +31,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue <out_dir>/<name> from its last checkpoint")
+    parser.add_argument("--launcher", choices=["auto", "local", "ray"], default="auto",
+                        help="auto: Ray Train inside `ray job submit`, else this process (and its torchrun/"
+                             "deepspeed siblings); ray: start or join a Ray cluster ($RAY_ADDRESS)")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
+            from scaleq.distributed.ray_launcher import run_with_ray
+
+            metrics = run_with_ray(config, resume=args.resume, address=args.ray_address)
+            print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
+                  f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
+            return 0
         summary = run(config, resume=args.resume)
     except (ConfigError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(summary.describe())
+    if os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
+        print(summary.describe())
     return 0
+
+
+def _inside_ray_job() -> bool:
+    from scaleq.distributed.ray_launcher import inside_ray_job  # Ray itself is imported only when used
+
+    return inside_ray_job()
 
 
 if __name__ == "__main__":

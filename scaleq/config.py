@@ -144,7 +144,42 @@ class LossConfig:
 
 @dataclass(kw_only=True)
 class EngineConfig:
-    kind: Literal["torch"] = "torch"
+    """How a step is taken (``kind``) and, under Ray, how many workers take it.
+
+    torch: one process, or DistributedDataParallel when launched with several ranks (torchrun,
+    the deepspeed launcher, Ray Train workers). deepspeed: ``deepspeed.initialize`` with a config
+    generated from this section and ``train`` (ZeRO stage, bf16 autocast, accumulation, clipping,
+    Adam/AdamW). ``data.batch_size`` is per rank: the global batch is batch_size x ranks x
+    gradient_accumulation.
+    """
+
+    kind: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    offload_optimizer: bool = False  # DeepSpeed: optimizer states on the CPU (ZeRO >= 1)
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    activation_checkpointing: int = 0  # checkpoint every k layers (> 0 overrides model.gradient_checkpointing)
+    # Ray Train (``ray job submit -- python launch/train.py`` or ``--launcher ray``)
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used when use_gpu
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = 0  # worker-group restarts from the last checkpoint (-1: unlimited)
+    ray_storage: str | None = None  # RunConfig.storage_path (default: <out_dir>/ray)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.zero_stage <= 3:
+            raise ConfigError(f"engine.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.gradient_accumulation < 1:
+            raise ConfigError(f"engine.gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
+        if self.activation_checkpointing < 0:
+            raise ConfigError(f"engine.activation_checkpointing must be >= 0, got {self.activation_checkpointing}")
+        if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
+            raise ConfigError("engine.workers must be >= 1 and engine.cpus_per_worker/gpus_per_worker > 0")
+        if self.max_failures < -1:
+            raise ConfigError(f"engine.max_failures must be >= -1, got {self.max_failures}")
+        if self.kind == "torch" and (self.zero_stage or self.offload_optimizer):
+            raise ConfigError("engine.zero_stage and engine.offload_optimizer need engine.kind: deepspeed")
 
 
 @dataclass(kw_only=True)
@@ -152,6 +187,7 @@ class TrainConfig:
     epochs: int = 100
     lr: float = 5e-4
     weight_decay: float = 1e-12
+    optimizer: Literal["adam", "adamw"] = "adam"  # adam: L2 weight decay (the papers); adamw: decoupled
     eval_every: int = 5
     patience: int = 100  # epochs without a better validation MSE before stopping
     grad_clip: float | None = None

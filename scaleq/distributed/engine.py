@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ class Engine(ABC):
     rank: int = 0
     world_size: int = 1
     precision: str = "fp32"
+    # Set by a launcher (Ray) to hear of every end-of-epoch checkpoint: (path, metrics).
+    on_checkpoint: Callable[[Path, dict[str, Any]], None] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -53,6 +55,18 @@ class Engine(ABC):
     def all_reduce_sum(self, values: Tensor) -> Tensor:
         """Sum over ranks (identity for one process)."""
         return values
+
+    def barrier(self) -> None:  # noqa: B027 - nothing to wait for in one process
+        """Wait until every rank gets here (e.g. while rank 0 prepares the data)."""
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (identity for one process)."""
+        return value
+
+    def checkpoint_saved(self, path: Path, metrics: dict[str, Any]) -> None:
+        """Called on every rank after the end-of-epoch checkpoint ``path`` is complete."""
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path, metrics)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:

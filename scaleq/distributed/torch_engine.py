@@ -1,4 +1,12 @@
-"""Plain PyTorch engine: one process (CPU or one GPU)."""
+"""Plain PyTorch engine: one process (CPU or one GPU), or DistributedDataParallel over several ranks.
+
+Several ranks come from torchrun / the deepspeed launcher (env vars) or from Ray Train (process
+group already up); see :mod:`scaleq.distributed.process_group`. DDP averages gradients over
+ranks, so with equal-sized shards (the N-body sets: equal batch sizes of equal-sized graphs) a
+step equals one process's step on the whole batch. With ragged graphs each rank's loss is the
+mean over its own nodes and the average of those means weights nodes slightly unevenly, as
+every data-parallel trainer that averages per-rank losses does.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +14,76 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from scaleq.distributed.engine import Engine
+from scaleq.distributed.process_group import join, launched_ranks
 from scaleq.train.checkpoint import atomic_torch_save
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but CUDA is not available here")
+    if name == "cuda":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
 
 
+def set_activation_checkpointing(model: nn.Module, every: int) -> None:
+    """engine.activation_checkpointing > 0 sets the model's own ``gradient_checkpointing``."""
+    if every <= 0:
+        return
+    if not hasattr(model, "gradient_checkpointing"):
+        raise ValueError(
+            f"engine.activation_checkpointing={every}, but {type(model).__name__} has no gradient_checkpointing"
+        )
+    model.gradient_checkpointing = every
+
+
 class TorchEngine(Engine):
-    def __init__(self, *, device: str = "auto", precision: str = "fp32", grad_clip: float | None = None) -> None:
-        self.device = pick_device(device)
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        grad_clip: float | None = None,
+        gradient_accumulation: int = 1,
+        activation_checkpointing: int = 0,
+    ) -> None:
+        self.device = pick_device(device, launched_ranks().local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        ranks, self._owns_group = join(self.device)
+        self.rank, self.world_size = ranks.rank, ranks.world_size
         self.precision = precision
         self.grad_clip = grad_clip
+        self.accumulation = gradient_accumulation
+        self.activation_checkpointing = activation_checkpointing
+        self._micro = 0
         self._model: nn.Module | None = None
+        self._wrapped: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
 
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
+        set_activation_checkpointing(model, self.activation_checkpointing)
         self._model = model.to(self.device)
         self._optimizer = optimizer
-        return self._model
+        if self.distributed:
+            # Some parameters get no gradient (e.g. the last layer's feature update when only
+            # coordinates are read out), hence find_unused_parameters.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._wrapped = DistributedDataParallel(self._model, device_ids=ids, find_unused_parameters=True)
+        else:
+            self._wrapped = self._model
+        return self._wrapped
 
     @property
     def module(self) -> nn.Module:
@@ -39,20 +91,26 @@ class TorchEngine(Engine):
         return self._model
 
     def backward(self, loss: Tensor) -> None:
-        loss.backward()
+        (loss / self.accumulation if self.accumulation > 1 else loss).backward()
 
     def step(self) -> None:
         assert self._optimizer is not None, "wrap() with an optimizer first"
+        self._micro += 1
+        if self._micro % self.accumulation:
+            return
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self._optimizer.step()
         self._optimizer.zero_grad(set_to_none=True)
 
     def save(self, path: Path, extra: dict[str, Any]) -> None:
-        state = {"model": self.module.state_dict(), "extra": extra}
-        if self._optimizer is not None:
-            state["optimizer"] = self._optimizer.state_dict()
-        atomic_torch_save(state, path)
+        """Rank 0 writes (every rank holds the same weights); the others wait for it."""
+        if self.is_main:
+            state = {"model": self.module.state_dict(), "extra": extra}
+            if self._optimizer is not None:
+                state["optimizer"] = self._optimizer.state_dict()
+            atomic_torch_save(state, path)
+        self.barrier()
 
     def load(self, path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -60,3 +118,26 @@ class TorchEngine(Engine):
         if self._optimizer is not None and "optimizer" in state:
             self._optimizer.load_state_dict(state["optimizer"])
         return state["extra"]
+
+    def all_reduce_sum(self, values: Tensor) -> Tensor:
+        if not self.distributed:
+            return values
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast_object(self, value: Any) -> Any:
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False

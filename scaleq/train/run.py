@@ -12,7 +12,7 @@ from scaleq.config import Config, DataConfig, build_model, save_config
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 from scaleq.data.store import StoreError
-from scaleq.distributed import Engine, make_engine
+from scaleq.distributed import Engine, engine_from_config
 from scaleq.models.baselines import LinearDynamics
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.trainer import BEST, Trainer, evaluate
@@ -85,11 +85,11 @@ def resolve_run_dir(config: Config, resume: bool) -> Path:
 
 
 def run(config: Config, *, resume: bool = False, engine: Engine | None = None, run_dir: Path | None = None) -> RunSummary:
-    engine = engine or make_engine(
-        config.engine.kind, device=config.train.device, precision=config.train.precision, grad_clip=config.train.grad_clip
-    )
+    owns_engine = engine is None
+    engine = engine or engine_from_config(config)
     if engine.is_main:
         prepare_data(config.data, progress=config.train.progress)
+    engine.barrier()  # the other ranks open the data once rank 0 has made it
     seed_everything(config.seed)
     datasets = open_datasets(config)
     train_set = datasets["train"]
@@ -100,7 +100,7 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
         in_edge_features=graph.num_edge_features(train_set.num_node_attr),
         dim=train_set.store.attrs.dim,
     )
-    run_dir = run_dir or resolve_run_dir(config, resume)
+    run_dir = engine.broadcast_object(run_dir or resolve_run_dir(config, resume))  # rank 0's choice
     if engine.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -125,6 +125,8 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
         tmp = run_dir / ".summary.json.tmp"
         tmp.write_text(json.dumps(asdict(summary), indent=2))
         os.replace(tmp, run_dir / "summary.json")
+    if owns_engine:
+        engine.close()
     return summary
 
 

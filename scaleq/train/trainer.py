@@ -33,6 +33,7 @@ from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
 LAST, BEST = "last.pt", "best.pt"
 METRIC_COLUMNS = ["epoch", "train_loss", "val_mse", "test_mse", "lr", "epoch_seconds"]
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Trainer:
         self.run_dir = run_dir
         self.graph = config.graph.builder()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+        optimizer = OPTIMIZERS[config.train.optimizer](params, lr=config.train.lr, weight_decay=config.train.weight_decay)
         self.model = engine.wrap(model, optimizer)
         data = config.data
         eval_batch = data.eval_batch_size or data.batch_size
@@ -145,6 +146,7 @@ class Trainer:
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 values["epoch_seconds"] = time.perf_counter() - started
                 self.save(LAST)
+                engine.checkpoint_saved(self.run_dir / "checkpoints" / LAST, values)
                 if main and logger is not None:
                     logger.log(state.step, values)
                     epochs.set_postfix(loss=f"{train_loss:.3g}", best_val=f"{state.best_val_mse:.3g}")

@@ -1,0 +1,215 @@
+"""DeepSpeed engine: ZeRO stages 0-3, bf16 autocast, accumulation, clipping, DeepSpeed checkpoints.
+
+The DeepSpeed config is generated from ours (:func:`deepspeed_config`), so one YAML drives both
+engines. The optimizer comes from that config (Adam or AdamW with train.lr and
+train.weight_decay); the torch optimizer the loop offers to :meth:`DeepSpeedEngine.wrap` is
+not used. bf16 is torch autocast inside DeepSpeed: weights, gradients and optimizer states stay
+fp32, and so do the coordinates in the models.
+
+Checkpoints are DeepSpeed's own (every rank writes its ZeRO shards) in ``<name>.ds/<tag>/``
+next to a small pointer file ``<name>`` (e.g. ``checkpoints/last.pt``) that rank 0 writes
+atomically after every rank has finished. The pointer is the commit: a crash while shards are
+written leaves the previous pointer, which names the previous complete tag. DeepSpeed's own
+``latest`` file is written the same way (tmp + rename), so its tools (zero_to_fp32.py) work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from scaleq.distributed.engine import Engine
+from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
+from scaleq.distributed.torch_engine import pick_device, set_activation_checkpointing
+from scaleq.train.checkpoint import atomic_torch_save
+
+POINTER_FORMAT = "scaleq-deepspeed-checkpoint"
+
+
+def deepspeed_config(
+    *,
+    micro_batch_size: int,
+    zero_stage: int = 0,
+    offload_optimizer: bool = False,
+    gradient_accumulation: int = 1,
+    grad_clip: float | None = None,
+    precision: str = "fp32",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    device_type: str = "cpu",
+) -> dict[str, Any]:
+    """The DeepSpeed JSON config for our engine and train settings."""
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    params: dict[str, Any] = {
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        # DeepSpeed's "Adam" means AdamW unless told otherwise; ours means Adam with L2 decay.
+        "adam_w_mode": optimizer == "adamw",
+        # torch's Adam on the CPU (DeepSpeed's fused kernels are GPU code); CPU offload uses
+        # DeepSpeed's CPU Adam.
+        "torch_adam": device_type == "cpu" and not offload_optimizer,
+    }
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation,
+        "gradient_clipping": float(grad_clip or 0.0),
+        "optimizer": {"type": "AdamW" if optimizer == "adamw" else "Adam", "params": params},
+        "zero_optimization": zero,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return config
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class DeepSpeedEngine(Engine):
+    def __init__(
+        self,
+        *,
+        micro_batch_size: int,
+        device: str = "auto",
+        precision: str = "fp32",
+        grad_clip: float | None = None,
+        gradient_accumulation: int = 1,
+        activation_checkpointing: int = 0,
+        zero_stage: int = 0,
+        offload_optimizer: bool = False,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        config_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self._owns_group = not dist.is_initialized()
+        if self._owns_group:
+            single_process_env()  # a lone process still needs RANK/MASTER_* (else DeepSpeed looks for MPI)
+        self.device = pick_device(device, launched_ranks().local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        # Reuses an existing process group (Ray Train, torchrun + our own join) or makes one.
+        deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.precision = precision
+        self.activation_checkpointing = activation_checkpointing
+        self.config = _merge(
+            deepspeed_config(
+                micro_batch_size=micro_batch_size, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
+                gradient_accumulation=gradient_accumulation, grad_clip=grad_clip, precision=precision,
+                optimizer=optimizer, lr=lr, weight_decay=weight_decay, device_type=self.device.type,
+            ),
+            config_overrides or {},
+        )
+        self._ds: Any = None
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
+        set_activation_checkpointing(model, self.activation_checkpointing)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self._ds, _, _, _ = deepspeed.initialize(model=model.to(self.device), model_parameters=params, config=self.config)
+        return self._ds
+
+    @property
+    def module(self) -> nn.Module:
+        assert self._ds is not None, "wrap() first"
+        return self._ds.module
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._ds.optimizer
+
+    def backward(self, loss: Tensor) -> None:
+        self._ds.backward(loss)
+
+    def step(self) -> None:
+        """DeepSpeed steps the optimizer only at accumulation boundaries, clips and zeroes."""
+        self._ds.step()
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to add: the DeepSpeed engine's forward applies its torch_autocast section."""
+        return contextlib.nullcontext()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, path: Path, extra: dict[str, Any]) -> None:
+        """Every rank writes its shards into a fresh tag; then rank 0 commits the pointer."""
+        folder = path.with_name(path.name + ".ds")
+        previous = self._pointer(path)
+        tag = f"step{self._ds.global_steps}-{os.urandom(3).hex()}"
+        tag = self.broadcast_object(tag)
+        self._ds.save_checkpoint(str(folder), tag=tag, client_state={"extra": extra}, save_latest=False)
+        self.barrier()
+        if self.is_main:
+            _atomic_write_text(folder / "latest", tag)
+            atomic_torch_save({"format": POINTER_FORMAT, "folder": folder.name, "tag": tag}, path)
+            if previous is not None and previous["tag"] != tag:
+                shutil.rmtree(folder / previous["tag"], ignore_errors=True)
+        self.barrier()
+
+    def load(self, path: Path) -> dict[str, Any]:
+        pointer = self._pointer(path)
+        if pointer is None:
+            raise ValueError(f"{path}: not a DeepSpeed checkpoint pointer (written by engine.kind: torch?)")
+        folder = path.parent / pointer["folder"]
+        loaded, client = self._ds.load_checkpoint(str(folder), tag=pointer["tag"])
+        if loaded is None:
+            raise FileNotFoundError(f"{folder / pointer['tag']}: DeepSpeed could not load this checkpoint")
+        return client["extra"]
+
+    @staticmethod
+    def _pointer(path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        pointer = torch.load(path, map_location="cpu", weights_only=False)
+        return pointer if isinstance(pointer, dict) and pointer.get("format") == POINTER_FORMAT else None
+
+    # -- collectives -------------------------------------------------------------------------
+    def all_reduce_sum(self, values: Tensor) -> Tensor:
+        if self.world_size == 1:
+            return values
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def broadcast_object(self, value: Any) -> Any:
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self._ds is not None:
+            self._ds.destroy()
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,73 @@
+"""Which rank this process is, from its launcher, and the process group that joins the ranks.
+
+torchrun and the deepspeed launcher set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
+Ray Train creates the process group itself before the training function starts. Both end here:
+after :func:`join`, ``torch.distributed`` is initialised whenever there is more than one rank.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_ranks() -> Ranks:
+    """This process's place: from an existing process group, else from the launcher's env vars."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), local)
+    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), local)
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl between GPUs, gloo on the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def join(device: torch.device) -> tuple[Ranks, bool]:
+    """Initialise the default process group when launched with several ranks.
+
+    Returns the ranks and whether this call created the group (then the caller destroys it).
+    """
+    ranks = launched_ranks()
+    if not ranks.distributed or dist.is_initialized():
+        return ranks, False
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE={ranks.world_size} but {', '.join(missing)} is not set: start several ranks with "
+            "torchrun, the deepspeed launcher or Ray (launch/train.py --launcher ray)"
+        )
+    dist.init_process_group(backend=backend_for(device), rank=ranks.rank, world_size=ranks.world_size)
+    return ranks, True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def single_process_env() -> None:
+    """The env vars a lone rank needs where a library insists on a process group (DeepSpeed)."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))

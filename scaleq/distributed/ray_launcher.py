@@ -1,0 +1,145 @@
+"""Run the training loop in Ray Train workers (TorchTrainer), on one machine or a cluster.
+
+Each worker runs the same :func:`scaleq.train.run.run` as a plain process; Ray has already made
+the process group, so the engine (torch DDP or DeepSpeed) joins it. Every end-of-epoch checkpoint
+is reported with ``ray.train.report`` and lands in ``RunConfig(storage_path, name)``. A worker
+that dies makes Ray restart the group (``FailureConfig(max_failures)``); the new workers find the
+last reported checkpoint with ``ray.train.get_checkpoint()`` and continue from it. Rerunning with
+``--resume`` uses the same RunConfig name and storage path, which is how Ray Train V2 resumes.
+
+Paths are made absolute on the driver: workers run in Ray's own working directories. The run
+directory must be on a filesystem every node sees (one machine, or a shared mount).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scaleq.config import Config, config_from_dict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Set in the entrypoint of `ray job submit` (the job supervisor passes the job's config in it).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def inside_ray_job() -> bool:
+    """True in a process started by `ray job submit -- ...`."""
+    return RAY_JOB_ENV in os.environ
+
+
+def runtime_env() -> dict[str, Any]:
+    """Workers import scaleq from this checkout."""
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def connect(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS); with neither, join the cluster running on
+    this machine or start one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env=runtime_env())
+
+
+def absolute_paths(config: Config) -> Config:
+    data = dataclasses.replace(config.data, path=str(Path(config.data.path).resolve()))
+    engine = config.engine
+    if engine.ray_storage is not None:
+        engine = dataclasses.replace(engine, ray_storage=str(Path(engine.ray_storage).resolve()))
+    return dataclasses.replace(config, data=data, engine=engine, out_dir=str(Path(config.out_dir).resolve()))
+
+
+def make_trainer(config: Config, *, resume: bool = False) -> Any:
+    """A TorchTrainer for ``config`` (call ``.fit()``); ScalingConfig etc. from ``config.engine``."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from scaleq.train.run import prepare_data, resolve_run_dir
+
+    config = absolute_paths(config)
+    prepare_data(config.data, progress=config.train.progress)  # once, on the driver
+    run_dir = resolve_run_dir(config, resume)
+    e = config.engine
+    resources = {"CPU": e.cpus_per_worker, **({"GPU": e.gpus_per_worker} if e.use_gpu else {})}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir), "resume": resume},
+        scaling_config=ScalingConfig(
+            num_workers=e.workers, use_gpu=e.use_gpu, resources_per_worker=resources,
+            placement_strategy=e.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=e.ray_storage or str(Path(config.out_dir) / "ray"),
+            failure_config=FailureConfig(max_failures=e.max_failures),
+        ),
+    )
+
+
+def run_with_ray(config: Config, *, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics."""
+    connect(address)
+    result = make_trainer(config, resume=resume).fit()
+    return dict(result.metrics or {})
+
+
+# -- inside each worker ----------------------------------------------------------------------
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    import ray.train
+    import ray.train.torch
+
+    from scaleq.distributed import engine_from_config
+    from scaleq.train.run import run
+
+    config = config_from_dict(loop_config["config"], "<ray train_loop_config>")
+    run_dir = Path(loop_config["run_dir"])
+    engine = engine_from_config(config, device=str(ray.train.torch.get_device()))
+    resume = loop_config["resume"]
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure, or a rerun of the same RunConfig
+        if engine.is_main:
+            with checkpoint.as_directory() as folder:
+                _restore(Path(folder), run_dir / "checkpoints")
+        engine.barrier()
+        resume = True
+    engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics)
+    summary = run(config, resume=resume, engine=engine, run_dir=run_dir)
+    # Result.metrics are those of the last report with a checkpoint: attach the final one.
+    _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)})
+
+
+def _report(is_main: bool, path: Path, metrics: dict[str, Any]) -> None:
+    """Every worker reports; rank 0 attaches a copy of the checkpoint (``last.pt`` and, for
+    DeepSpeed, ``last.pt.ds/``) so that later writes to the run directory cannot change it."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="scaleq-ckpt-") as tmp:
+        checkpoint = None
+        if is_main:
+            for item in path.parent.glob(path.name + "*"):
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, Path(tmp) / item.name)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str)}, checkpoint=checkpoint)
+
+
+def _restore(source: Path, target: Path) -> None:
+    """Copy a reported checkpoint into the run directory: folders (DeepSpeed shards) first, the
+    pointer file (``last.pt``) last and atomically, so a crash here leaves no half-made checkpoint."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in sorted(source.iterdir(), key=lambda p: p.is_file()):
+        if item.is_dir():
+            shutil.copytree(item, target / item.name, dirs_exist_ok=True)
+        else:
+            tmp = target / f".{item.name}.restore-{os.getpid()}"
+            shutil.copy2(item, tmp)
+            os.replace(tmp, target / item.name)

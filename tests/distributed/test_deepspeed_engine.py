@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from scaleq.distributed.process_group import free_port
+from scaleq.testing.distributed import engine_step, one_step, spawn, tiny_model, whole_batch
+
+pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
+
+# Adam's first step is lr * g / (|g| + eps): with the usual eps = 1e-8 it is lr * sign(g) and would
+# not notice a gradient of the wrong scale. eps = 1e-3 (about the gradients' size) makes the step
+# depend on the gradient's magnitude. fp32: the split sums gradients in another order.
+EPS, LR, ATOL = 1e-3, 1e-2, 2e-6
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_two_ranks_step_equals_one_process_on_the_whole_batch(tmp_path, stage):
+    out = tmp_path / f"zero{stage}.pt"
+    options = {
+        "micro_batch_size": 4, "zero_stage": stage, "lr": LR, "weight_decay": 0.0,
+        "config_overrides": {"optimizer": {"params": {"eps": EPS}}},
+    }
+    spawn(engine_step, 2, free_port(), "deepspeed", options, str(out))
+    result = torch.load(out, weights_only=False)
+    assert result["sum_of_ranks"] == 3.0
+
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = one_step(model, torch.optim.Adam(model.parameters(), lr=LR, eps=EPS), whole_batch())
+    moved = 0
+    for name, value in expected.items():
+        torch.testing.assert_close(result["params"][name], value, atol=ATOL, rtol=0)
+        moved += int(not torch.equal(value, before[name]))
+    assert moved > len(expected) // 2
+
+
+def test_generated_config_maps_our_keys():
+    from scaleq.distributed.deepspeed_engine import deepspeed_config
+
+    config = deepspeed_config(micro_batch_size=8, zero_stage=3, gradient_accumulation=4, grad_clip=1.5,
+                              precision="bf16", optimizer="adamw", lr=2e-3, weight_decay=0.01)
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["gradient_accumulation_steps"] == 4 and config["gradient_clipping"] == 1.5
+    assert config["optimizer"]["type"] == "AdamW" and config["optimizer"]["params"]["adam_w_mode"] is True
+    assert config["optimizer"]["params"]["lr"] == 2e-3 and config["optimizer"]["params"]["weight_decay"] == 0.01
+    assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    plain = deepspeed_config(micro_batch_size=8)
+    assert plain["optimizer"]["params"]["adam_w_mode"] is False and "torch_autocast" not in plain

@@ -1,0 +1,97 @@
+import csv
+from pathlib import Path
+
+import pytest
+
+from scaleq.config import config_from_dict
+from tests.distributed.conftest import tiny_raw
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture
+def local_ray(ray_tmpdir):
+    from scaleq.distributed.ray_launcher import runtime_env
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env(), log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def epochs_logged(run_dir):
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_torch_trainer_two_workers_trains_then_resumes_from_its_checkpoint(tmp_path, nbody_small, local_ray):
+    from scaleq.distributed.ray_launcher import run_with_ray
+
+    first = run_with_ray(config_from_dict(tiny_raw(tmp_path, nbody_small, epochs=1)))
+    assert first["done"] == 1 and first["epochs_run"] == 1
+    run_dir = Path(first["run_dir"])
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+    ray_dir = tmp_path / "runs" / "ray" / run_dir.name
+    assert any(p.name.startswith("checkpoint") for p in ray_dir.iterdir())
+
+    resumed = run_with_ray(config_from_dict(tiny_raw(tmp_path, nbody_small, epochs=2)), resume=True)
+    assert resumed["run_dir"] == first["run_dir"] and resumed["epochs_run"] == 2
+    # the second run trained only epoch 2: it started from the reported checkpoint of epoch 1
+    assert epochs_logged(run_dir) == [1, 2]
+
+
+def test_killed_worker_is_restarted_and_the_run_completes(tmp_path, nbody_small, local_ray):
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from scaleq.distributed.ray_launcher import run_with_ray
+
+    config = config_from_dict({**tiny_raw(tmp_path, nbody_small, epochs=4), "engine": {"max_failures": 1}})
+    storage = tmp_path / "runs" / "ray" / "tiny"
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if storage.exists() and any(p.name.startswith("checkpoint") for p in storage.iterdir()):
+                for proc in psutil.Process().children(recursive=True):
+                    try:
+                        if "RayTrainWorker" in " ".join(proc.cmdline()):
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed.append(proc.pid)
+                            return
+                    except psutil.Error:
+                        continue
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    metrics = run_with_ray(config)
+    killer.join()
+    assert killed, "no Ray Train worker was found to kill"
+    assert metrics["done"] == 1 and metrics["epochs_run"] == 4
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_simulated_two_node_cluster_runs_one_worker_per_node(tmp_path, nbody_small, ray_tmpdir):
+    from ray.cluster_utils import Cluster
+
+    from scaleq.distributed.ray_launcher import run_with_ray, runtime_env
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, runtime_env=runtime_env(), log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        # STRICT_SPREAD: one worker per node, or the run cannot be placed at all
+        raw = {**tiny_raw(tmp_path, nbody_small, epochs=1), "engine": {"placement_strategy": "STRICT_SPREAD"}}
+        metrics = run_with_ray(config_from_dict(raw))
+        assert metrics["done"] == 1 and metrics["epochs_run"] == 1
+        assert metrics["test_mse"] < metrics["linear_test_mse"] * 10  # a real number came back
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
