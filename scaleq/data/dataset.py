@@ -167,13 +167,17 @@ def _feature_columns(store: TrajectoryStore, names: Sequence[str] | None) -> lis
 class ShardedSampler(torch.utils.data.Sampler[int]):
     """This rank's share of a (shuffled) sample order, resumable mid-epoch.
 
-    The order of epoch e is a permutation drawn from ``seed + e`` (the same on every rank); it is
-    padded to a multiple of ``world_size`` by repeating its start, as DistributedSampler does, and
-    rank r takes every world_size-th sample from r. ``start`` skips that many of this rank's
-    samples (the ones already trained on before a checkpoint).
+    The order of epoch e is a permutation drawn from ``seed + e`` (the same on every rank), and
+    rank r takes every world_size-th sample from r. With ``pad`` (training) the order is first
+    padded to a multiple of ``world_size`` by repeating its start, as DistributedSampler does, so
+    every rank takes the same number of steps; without it (evaluation) every sample is seen
+    exactly once across the ranks, whose shares may then differ by one. ``start`` skips that
+    many of this rank's samples (the ones already trained on before a checkpoint).
     """
 
-    def __init__(self, num_samples: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = True
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.num_samples = num_samples
@@ -181,14 +185,19 @@ class ShardedSampler(torch.utils.data.Sampler[int]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.pad = pad
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def _total(self) -> int:
+        """Length of the (padded) order that the ranks share."""
+        return -(-self.num_samples // self.world_size) * self.world_size if self.pad else self.num_samples
+
     def __len__(self) -> int:
-        return -(-self.num_samples // self.world_size) - self.start
+        return max(len(range(self.rank, self._total(), self.world_size)) - self.start, 0)
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
@@ -196,6 +205,7 @@ class ShardedSampler(torch.utils.data.Sampler[int]):
             order = torch.randperm(self.num_samples, generator=generator)
         else:
             order = torch.arange(self.num_samples)
-        padded = -(-self.num_samples // self.world_size) * self.world_size
-        order = torch.cat([order, order[: padded - self.num_samples]])
+        total = self._total()
+        if total > self.num_samples:
+            order = order.repeat(-(-total // self.num_samples))[:total]
         return iter(order[self.rank :: self.world_size][self.start :].tolist())

@@ -104,7 +104,9 @@ class Trainer:
             split: make_loader(
                 datasets[split],
                 eval_batch,
-                ShardedSampler(len(datasets[split]), shuffle=False, seed=0, rank=engine.rank, world_size=engine.world_size),
+                ShardedSampler(
+                    len(datasets[split]), shuffle=False, seed=0, rank=engine.rank, world_size=engine.world_size, pad=False
+                ),
                 data.num_workers,
             )
             for split in ("valid", "test")

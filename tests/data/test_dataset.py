@@ -71,6 +71,12 @@ def test_sharded_sampler_splits_and_resumes():
     shards = [list(ShardedSampler(10, shuffle=True, seed=3, rank=r, world_size=3)) for r in range(3)]
     assert all(len(s) == 4 for s in shards)
     assert set().union(*shards) == set(range(10))
+    # evaluation: no padding, so each sample is counted exactly once across ranks
+    unpadded = [list(ShardedSampler(10, shuffle=False, seed=0, rank=r, world_size=3, pad=False)) for r in range(3)]
+    assert sorted(sum(unpadded, [])) == list(range(10))
+    assert [len(ShardedSampler(10, shuffle=False, seed=0, rank=r, world_size=3, pad=False)) for r in range(3)] == [4, 3, 3]
+    # fewer samples than ranks still gives every rank a step
+    assert all(len(list(ShardedSampler(2, shuffle=True, seed=0, rank=r, world_size=3))) == 1 for r in range(3))
     sampler = ShardedSampler(10, shuffle=True, seed=3)
     full = list(sampler)
     sampler.set_epoch(0, start=4)
