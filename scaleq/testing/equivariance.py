@@ -113,10 +113,11 @@ def check_equivariance(
     with torch.no_grad():
         reference = model(batch)
         for trial in range(trials):
+            device = batch.pos.device  # draws stay on the CPU generator, so every device sees the same g
             g = Transform(
-                rotation=random_orthogonal(dim, generator, dtype, reflect=trial % 2 == 1),
-                translation=(torch.randn(dim, generator=generator, dtype=torch.float64) * 3).to(dtype),
-                permutation=torch.randperm(batch.num_nodes, generator=generator),
+                rotation=random_orthogonal(dim, generator, dtype, reflect=trial % 2 == 1).to(device),
+                translation=(torch.randn(dim, generator=generator, dtype=torch.float64) * 3).to(device, dtype),
+                permutation=torch.randperm(batch.num_nodes, generator=generator).to(device),
             )
             moved = model(g.apply_to_batch(batch))
             for name, kind in outputs.items():
