@@ -13,7 +13,6 @@ main process plus its workers; two store sizes show whether it grows with the st
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset  # noqa: E402
 from scaleq.data.store import StoreAttrs, StoreWriter, Trajectory, TrajectoryStore  # noqa: E402
+from scaleq.eval.report import write_rows  # noqa: E402
 from scaleq.train.trainer import make_loader  # noqa: E402
 
 
@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['trajectories']:>12} {r['store_mb']:>9} {r['workers']:>7} {r['samples_per_s']:>10} "
               f"{r['per_worker']:>10} {r['peak_pss_mb']:>8}")
-    with open(args.out / "bench_data.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out / "bench_data.csv")
     plot(rows, args.out / "bench_data.png", args.particles)
     print(f"\nwrote {args.out / 'bench_data.csv'} and {args.out / 'bench_data.png'}")
     return 0

@@ -30,7 +30,7 @@ from scaleq.eval.depth_sweep import (  # noqa: E402
     plot_sweep,
     with_changes,
 )
-from scaleq.eval.diagnostics import write_rows  # noqa: E402
+from scaleq.eval.report import write_rows  # noqa: E402
 
 # --quick: a small dataset of its own and a short schedule, a few minutes on 2 CPU cores
 QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",

@@ -13,7 +13,6 @@ bench/memory.png and prints a table with the with/without ratios.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import resource
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scaleq.eval.report import write_rows  # noqa: E402  (light: no torch at import)
 
 FIELDS = ["nodes", "edges", "layers", "checkpointing", "peak_mb", "step_s"]
 
@@ -102,11 +103,7 @@ def main() -> int:
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(f"  N={n} L={layers} checkpointing={every}: {rows[-1]['peak_mb']} MB, {rows[-1]['step_s']} s",
                       flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "memory.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out / "memory.csv", FIELDS)
     print(f"\n{'N':>7} {'E':>9} {'L':>3} | {'MB plain':>9} {'MB ckpt':>8} {'ratio':>6} | {'s plain':>8} {'s ckpt':>7} {'ratio':>6}")
     for plain, ckpt in zip(rows[::2], rows[1::2]):
         print(f"{plain['nodes']:>7} {plain['edges']:>9} {plain['layers']:>3} | {plain['peak_mb']:>9.1f} "

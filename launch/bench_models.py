@@ -10,13 +10,13 @@ bench/models_<device>.csv and bench/models_<device>.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleq.eval.model_bench import Workload, run_variants, table1_variants  # noqa: E402
+from scaleq.eval.report import write_rows  # noqa: E402
 
 COLUMNS = ("label", "model", "edge_drop", "virtual_nodes", "nodes", "edges", "ms", "relative_time", "peak_mb")
 
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"models_{args.device}"
-    with open(f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, Path(f"{stem}.csv"), COLUMNS)
     plot(rows, Path(f"{stem}.png"), f"{args.graphs} x {args.nodes} particles, {args.device}")
     print(f"wrote {stem}.csv and {stem}.png")
     return 0

@@ -15,13 +15,14 @@ bench/scaling.csv and bench/scaling.png and prints a table; efficiency is throug
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scaleq.eval.report import write_rows  # noqa: E402  (light: no torch at import)
 
 FIELDS = ["mode", "workers", "nodes", "graphs_per_s", "edges_per_s", "worker_rss_mb", "efficiency"]
 
@@ -130,11 +131,7 @@ def main() -> int:
     for row in rows:
         base = next(r for r in rows if r["mode"] == row["mode"] and r["workers"] == 1)
         row["efficiency"] = round(row["graphs_per_s"] / (row["workers"] * base["graphs_per_s"]), 3)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "scaling.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out / "scaling.csv", FIELDS)
     print(f"\n{'mode':<7}{'workers':>8}{'nodes':>6}{'graphs/s':>10}{'edges/s':>11}{'RSS MB':>8}{'eff.':>6}")
     for r in rows:
         print(f"{r['mode']:<7}{r['workers']:>8}{r['nodes']:>6}{r['graphs_per_s']:>10.1f}{r['edges_per_s']:>11}"

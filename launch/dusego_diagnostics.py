@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from scaleq.config import ConfigError, load_config  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
 from scaleq.eval.depth_sweep import diagnostics_run  # noqa: E402
-from scaleq.eval.diagnostics import plot_per_layer, write_rows  # noqa: E402
+from scaleq.eval.diagnostics import plot_per_layer  # noqa: E402
+from scaleq.eval.report import write_rows  # noqa: E402
 
 QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",
          "data.generate.steps=6000", "train.eval_every=5", "train.progress=false"]

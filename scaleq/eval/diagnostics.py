@@ -20,7 +20,6 @@ forward hooks on ``model.embed`` and every module of ``model.layers`` that retur
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Sequence
@@ -111,17 +110,6 @@ def _norm_of(tensors: Sequence[Tensor | None]) -> float:
 
 
 # -- output ---------------------------------------------------------------------------------------
-
-
-def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """CSV with the union of the rows' keys as columns, written atomically."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot_per_layer(rows: list[dict[str, Any]], keys: Sequence[tuple[str, str]], png: Path, title: str = "") -> None:
