@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from scaleq.data.store import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
+from scaleq.data.staging import staged_dataset
+from scaleq.data.store import StoreAttrs, StoreWriter, Trajectory, default_provenance
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,13 +167,8 @@ def write_nbody_dataset(
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict[str, Path]:
-    """Simulate every split from one seeded RNG and write ``<out_dir>/<split>.zarr`` stores."""
-    out = Path(out_dir)
-    paths = {spec.name: out / f"{spec.name}.zarr" for spec in splits}
-    if not overwrite:
-        for path in paths.values():
-            if path.exists():
-                raise StoreError(f"{path}: a store already exists here (pass overwrite to replace it)")
+    """Simulate every split from one seeded RNG and write ``<out_dir>/<split>.zarr`` stores, all or
+    none (see :func:`scaleq.data.staging.staged_dataset`)."""
     rng = np.random.RandomState(seed)
     attrs = StoreAttrs(
         kind="nbody",
@@ -183,8 +179,9 @@ def write_nbody_dataset(
         provenance=default_provenance("scaleq.data.nbody charged-particle simulator", seed),
         extra={"simulator": dataclasses.asdict(params)},
     )
-    for spec in splits:
-        with StoreWriter(paths[spec.name], attrs, overwrite=overwrite) as writer:
-            for loc, vel, charges in generate(params, rng, spec.count, spec.drawn, progress=progress):
-                writer.add(Trajectory(positions=loc, velocities=vel, node_features=charges[:, None]))
-    return paths
+    with staged_dataset(out_dir, [spec.name for spec in splits], overwrite) as staging:
+        for spec in splits:
+            with StoreWriter(staging[spec.name], attrs) as writer:
+                for loc, vel, charges in generate(params, rng, spec.count, spec.drawn, progress=progress):
+                    writer.add(Trajectory(positions=loc, velocities=vel, node_features=charges[:, None]))
+    return {spec.name: Path(out_dir) / f"{spec.name}.zarr" for spec in splits}

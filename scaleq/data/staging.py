@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from scaleq.data.store import StoreError, _replace_dir
+from scaleq.data.store import StoreError, _replace_dir, remove_orphans
 
 
 @contextmanager
@@ -30,6 +30,7 @@ def staged_dataset(
                 raise StoreError(f"{path}: a store already exists here (pass overwrite / --overwrite to replace it)")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out, ".staging-")
     stage = out / f".staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()

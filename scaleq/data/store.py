@@ -213,6 +213,8 @@ class StoreWriter:
         if self.path.exists() and not self.overwrite:
             raise StoreError(f"{self.path}: a store already exists here (pass overwrite to replace it)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in (".partial-", ".old-"):
+            remove_orphans(self.path.parent, f"{self.path.name}{leftover}")
         shutil.rmtree(self.tmp_path, ignore_errors=True)
         self._group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
         return self
@@ -409,6 +411,25 @@ def _as_float32(values: np.ndarray, where: str) -> np.ndarray:
         bad = int((~np.isfinite(array)).sum())
         raise StoreError(f"{where}: {bad} values are NaN or infinite")
     return array
+
+
+def remove_orphans(parent: Path, prefix: str) -> None:
+    """Remove ``<parent>/<prefix><pid>`` directories whose writer process no longer exists: what a
+    writer killed mid-write (SIGKILL, power loss) leaves behind. Live writers' ones stay."""
+    for path in parent.glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

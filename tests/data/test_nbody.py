@@ -70,3 +70,15 @@ def test_dataset_stores(tmp_path):
     assert store.attrs.kind == "nbody" and store.attrs.dt == pytest.approx(0.1)
     assert store.attrs.provenance["seed"] == 5
     assert store.frames(0, [0]).shape == (1, 5, 3)
+
+
+def test_existing_dataset_is_refused_and_left_whole(tmp_path):
+    from scaleq.data.store import StoreError
+
+    splits = [SplitSpec("train", 2), SplitSpec("test", 1)]
+    write_nbody_dataset(tmp_path, NBodyParams(num_steps=300), splits, seed=1)
+    (tmp_path / "train.zarr").rename(tmp_path / "kept.zarr")
+    with pytest.raises(StoreError, match="test.zarr: a store already exists"):
+        write_nbody_dataset(tmp_path, NBodyParams(num_steps=300), splits, seed=1)
+    # all or none: the refused run wrote no new train.zarr either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.zarr", "test.zarr"]

@@ -115,3 +115,17 @@ def test_not_a_store(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(StoreError, match="junk"):
         open_store(tmp_path / "junk")
+
+
+def test_leftovers_of_killed_writers_are_removed_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid now names no process
+    dead = tmp_path / f"s.zarr.partial-{finished.pid}"
+    live = tmp_path / f"s.zarr.partial-{os.getppid()}"
+    dead.mkdir()
+    live.mkdir()
+    tiny_store(tmp_path / "s.zarr")
+    assert not dead.exists() and live.exists()
