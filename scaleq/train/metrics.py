@@ -44,6 +44,12 @@ class MetricsLogger:
         self.close()
 
 
+def read_metrics(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv; values a record lacked are empty strings."""
+    with csv_path.open() as f:
+        return list(csv.DictReader(f))
+
+
 def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
     """Training loss and validation MSE against epoch, log scale."""
     import matplotlib
@@ -51,8 +57,7 @@ def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with csv_path.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(csv_path)
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("train_loss", "train loss"), ("val_mse", "validation MSE")):
         points = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]

@@ -9,6 +9,7 @@ import torch
 from scaleq.config import config_from_dict
 from scaleq.eval.clusters import plot_clusters
 from scaleq.testing.stores import tiny_nbody_dataset
+from scaleq.train.metrics import read_metrics
 from scaleq.train.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +42,7 @@ def test_tiny_eghn_run_trains_and_its_clusters_can_be_plotted(tmp_path):
         "train": {"epochs": 12, "lr": 3e-3, "eval_every": 3, "progress": False},
     })
     summary = run(config)
-    rows = (Path(summary.run_dir) / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    losses = [float(r.split(",")[header.index("train_loss")]) for r in rows[1:]]
+    losses = [float(r["train_loss"]) for r in read_metrics(Path(summary.run_dir) / "metrics.csv")]
     assert losses[-1] < losses[0]
     assert summary.test_mse < summary.linear_test_mse
     out = tmp_path / "clusters.png"

@@ -10,6 +10,7 @@ datafiles = pytest.importorskip("MDAnalysisTests.datafiles")
 
 from scaleq.config import config_from_dict  # noqa: E402
 from scaleq.eval.clusters import cluster_plot_from_run  # noqa: E402
+from scaleq.train.metrics import read_metrics  # noqa: E402
 from scaleq.train.run import run  # noqa: E402
 
 
@@ -31,9 +32,7 @@ def test_short_eghn_training_on_adk_beats_linear(tmp_path):
         "train": {"epochs": 3, "lr": 1e-3, "eval_every": 1, "progress": False},
     })
     summary = run(config)
-    rows = (Path(summary.run_dir) / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    losses = [float(r.split(",")[header.index("train_loss")]) for r in rows[1:] if r.split(",")[header.index("train_loss")]]
+    losses = [float(r["train_loss"]) for r in read_metrics(Path(summary.run_dir) / "metrics.csv") if r["train_loss"]]
     assert losses[-1] < losses[0]
     assert summary.test_mse < summary.linear_test_mse
     png = cluster_plot_from_run(summary.run_dir, tmp_path / "adk_clusters.png")

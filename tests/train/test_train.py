@@ -7,6 +7,7 @@ import pytest
 
 from scaleq.config import config_from_dict
 from scaleq.testing.stores import tiny_nbody_dataset
+from scaleq.train.metrics import read_metrics
 from scaleq.train.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,12 +32,10 @@ def nbody(tmp_path_factory):
 def test_tiny_run_learns_and_writes_its_outputs(tmp_path, nbody):
     summary = run(tiny_config(tmp_path, nbody, epochs=20))
     run_dir = Path(summary.run_dir)
-    rows = (run_dir / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    losses = [float(r.split(",")[header.index("train_loss")]) for r in rows[1:]]
+    rows = read_metrics(run_dir / "metrics.csv")
+    losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < 0.5 * losses[0]
-    val = [r.split(",")[header.index("val_mse")] for r in rows[1:]]
-    assert [v != "" for v in val] == [(epoch + 1) % 2 == 0 for epoch in range(20)]  # eval_every 2
+    assert [r["val_mse"] != "" for r in rows] == [(epoch + 1) % 2 == 0 for epoch in range(20)]  # eval_every 2
     assert summary.test_mse < summary.linear_test_mse
     for name in ("config.yaml", "summary.json", "loss_curves.png", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name
