@@ -28,8 +28,15 @@ def tiny_raw(tmp_path, data_path, name="tiny", **train):
 
 @pytest.fixture
 def ray_tmpdir(monkeypatch):
-    """A private, short RAY_TMPDIR (Unix socket paths are limited to ~100 characters)."""
+    """A machine state that has never run Ray: a private, short RAY_TMPDIR (Unix socket paths are
+    limited to ~100 characters) and a private, empty HOME, so that no ``~/.ray/auth_token`` left
+    by an earlier run or test is seen, and none is left behind."""
     with tempfile.TemporaryDirectory(prefix="rq", dir="/tmp") as folder:
+        home = Path(folder) / "home"
+        home.mkdir()
         monkeypatch.setenv("RAY_TMPDIR", folder)
+        monkeypatch.setenv("HOME", str(home))
+        for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+            monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         yield Path(folder)

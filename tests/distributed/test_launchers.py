@@ -95,39 +95,69 @@ def test_deepspeed_launcher_two_cpu_ranks_train_and_resume(tmp_path, nbody_small
     assert not (checkpoints / "last.pt.ds" / tag).exists()
 
 
+def readme_ray_section() -> list[str]:
+    """The README's Ray commands, in order, comments stripped: the token, the head, the first job."""
+    lines = [line.split("  #")[0].strip() for line in (ROOT / "README.md").read_text().splitlines()]
+    wanted = ("ray get-auth-token", "ray start --head", "RAY_AUTH_MODE=token ray job submit")
+    commands = []
+    for prefix in wanted:
+        matches = [line for line in lines if line.startswith(prefix)]
+        assert matches, f"README.md has no line starting with {prefix!r} in its Ray section"
+        commands.append(matches[0])
+    return commands
+
+
+def run_logged(command: str, env: dict, log: Path, **kwargs) -> subprocess.CompletedProcess:
+    """Run one shell line of the README, its output kept in ``log`` for the failure message."""
+    with open(log, "w") as out:
+        return subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              **kwargs)
+
+
+def tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text()[-chars:] if log.exists() else ""
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_job_submit_trains_through_ray_train(tmp_path, nbody_small, ray_tmpdir):
-    ray = BIN / "ray"
+def test_readme_ray_section_submits_a_job_on_a_machine_that_never_ran_ray(tmp_path, nbody_small, ray_tmpdir):
+    token_cmd, head_cmd, submit_cmd = readme_ray_section()
+    env = child_env()  # HOME is ray_tmpdir's empty home: no ~/.ray/auth_token exists yet
+    assert not (Path(env["HOME"]) / ".ray").exists()
+    token = run_logged(token_cmd, env, tmp_path / "token.log", timeout=60)
+    assert token.returncode == 0, tail(tmp_path / "token.log")
+    assert (Path(env["HOME"]) / ".ray" / "auth_token").is_file()
+
     dashboard = free_port()
-    env = child_env(RAY_AUTH_MODE="token")
-    head = subprocess.Popen(
-        [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={free_port()}", "--num-cpus=2", "--disable-usage-stats"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    head_log = tmp_path / "ray-start.log"
+    # The README's line, on this machine's loopback and free ports, blocking so that we own it.
+    head_line = (f"exec {head_cmd} --block --node-ip-address=127.0.0.1 --port={free_port()} "
+                 f"--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port={dashboard} "
+                 f"--ray-client-server-port={free_port()} --num-cpus=2 --disable-usage-stats")
+    with open(head_log, "w") as out:
+        head = subprocess.Popen(["bash", "-c", head_line], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert head.poll() is None, "ray start --head exited"
+            assert head.poll() is None, f"ray start --head exited with {head.returncode}:\n{tail(head_log)}"
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
                 break
             except urllib.error.HTTPError:  # it answers (401 without the token): it is up
                 break
             except OSError:
-                assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+                assert time.monotonic() < deadline, f"the Ray dashboard did not come up:\n{tail(head_log)}"
                 time.sleep(1)
         config = write_config(tmp_path, tiny_raw(tmp_path, nbody_small, name="job", epochs=1))
-        submit = subprocess.run(
-            [str(ray), "job", "submit", "--address", address, "--", "python", "launch/train.py", "--config",
-             str(config)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
-        )
-        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-        assert "Ray Train finished" in submit.stdout
+        # The README's first job line with this cluster's address and a tiny config instead of the default.
+        before, _, _ = submit_cmd.partition(" -- ")
+        submit_line = f"{before} --address {address} -- python launch/train.py --config {config}"
+        submit_log = tmp_path / "submit.log"
+        submit = run_logged(submit_line, env, submit_log, timeout=400)
+        assert submit.returncode == 0, tail(submit_log)
+        assert "Ray Train finished" in submit_log.read_text()
         summary = json.loads((tmp_path / "runs" / "job" / "summary.json").read_text())
         assert summary["epochs_run"] == 1
         assert (tmp_path / "runs" / "ray" / "job").is_dir()  # Ray Train's storage: it ran through TorchTrainer
