@@ -46,10 +46,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_args: An
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         cause = _os_error_in_chain(err)
-        if cause is not None and cause is not err:
+        if cause is not None and (cause is not err or cause.filename in (None, str(tmp))):
+            # name the file the user knows (a failed flush on close names none, torch names none)
             raise OSError(cause.errno, cause.strerror or str(cause), str(target)) from err
-        if isinstance(err, OSError) and err.filename == str(tmp):
-            raise OSError(err.errno, err.strerror, str(target)) from err  # name the file the user knows
         raise
     _fsync_directory(target.parent)
 

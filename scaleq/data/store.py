@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import os
 import shutil
@@ -507,7 +508,8 @@ class TrajectoryStore:
         try:
             names = set(group.array_keys())
         except Exception as err:  # a damaged zarr.json inside the store: zarr raises many types
-            raise StoreError(f"{self.path}: the store's array metadata cannot be read ({_describe(err)})") from err
+            what = _unreadable_metadata(self.path) or "the arrays' metadata"
+            raise StoreError(f"{self.path}: {what} cannot be read ({_describe(err)})") from err
         for name, dtype in {**_REQUIRED_ARRAYS, **_OPTIONAL_ARRAYS}.items():
             if name not in names:
                 if name in _REQUIRED_ARRAYS:
@@ -636,6 +638,16 @@ def _describe(err: BaseException) -> str:
     """``Type: first line of the message``, short enough for a one-line error."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def _unreadable_metadata(path: Path) -> str | None:
+    """Which array's ``zarr.json`` is not valid UTF-8 JSON, if any (to name it in the error)."""
+    for meta in sorted(path.glob("*/zarr.json")):
+        try:
+            json.loads(meta.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return f"array '{meta.parent.name}' ({meta.relative_to(path)})"
+    return None
 
 
 def _open_group(path: Path) -> zarr.Group:

@@ -15,6 +15,7 @@ batch is copied to the device (pinned memory, a side stream) while the current o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -249,12 +250,19 @@ class Trainer:
                 if state.epochs_without_improvement >= cfg.patience:
                     stopped_early = True
                     break
-        finally:
+        except BaseException:
             if logger is not None:
-                logger.close()
-                if (self.run_dir / "metrics.csv").exists():
-                    plot_loss_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+                with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+                    self._close_logger(logger)
+            raise
+        if logger is not None:
+            self._close_logger(logger)
         return FitResult(state.best_epoch, state.best_val_mse, state.test_mse_at_best, state.epoch, stopped_early)
+
+    def _close_logger(self, logger: MetricsLogger) -> None:
+        logger.close()
+        if (self.run_dir / "metrics.csv").exists():
+            plot_loss_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (or its rest, after a mid-epoch resume); the epoch's mean loss and parts."""
