@@ -70,7 +70,7 @@ def fill_disk(w: World) -> None:
     """A small tmpfs as out_dir where the test may mount one; else the file-size limit."""
     mount = w.out / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         mount.rmdir()
         limit_file_size(w)
