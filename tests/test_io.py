@@ -18,6 +18,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_torch_save_is_an_os_error_naming_the_file(tmp_path):
     # torch.save reports EFBIG as RuntimeError("unexpected pos"); the helper gives the OSError back.
     script = textwrap.dedent(f"""

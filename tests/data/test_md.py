@@ -147,6 +147,7 @@ def _max_jump_and_bond(positions, edge_index):
     return jump, bond
 
 
+@pytest.mark.slow
 def test_wrapped_gromacs_trajectory_is_made_whole_and_continuous(tmp_path):
     # The shipped solvated AdK XTC is written wrapped into its (triclinic) box, as GROMACS does:
     # backbone atoms jump by a box length between frames.

@@ -60,6 +60,7 @@ def checkpoint_state(path: Path) -> dict:
     return torch.load(path, weights_only=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_every_steps, check_every", [(1, 100), (0, 2)])
 def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path, nbody, checkpoint_every_steps, check_every):
     data = tmp_path / "data"
@@ -80,6 +81,7 @@ def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path, nbody, check
         assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_resumed_epoch_logs_the_train_loss_of_an_uninterrupted_run(tmp_path, nbody, monkeypatch):
     full = run(tiny_config(tmp_path / "full", nbody, checkpoint_every_steps=1))
 
@@ -106,6 +108,7 @@ def test_resumed_epoch_logs_the_train_loss_of_an_uninterrupted_run(tmp_path, nbo
                                                                         rel=1e-5), column
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named_and_best_is_the_explicit_way_out(tmp_path, nbody):
     first = run(tiny_config(tmp_path, nbody, epochs=3, eval_every=2))
     run_dir = Path(first.run_dir)
@@ -151,6 +154,7 @@ def test_runs_started_together_get_directories_of_their_own(tmp_path):
     claim_run_dir(tmp_path / "runs", "same", resume=True).release()  # free again once released
 
 
+@pytest.mark.slow
 def test_temporaries_of_killed_writers_are_removed_on_the_next_start(tmp_path, nbody):
     first = run(tiny_config(tmp_path, nbody, epochs=1))
     run_dir = Path(first.run_dir)
@@ -163,6 +167,7 @@ def test_temporaries_of_killed_writers_are_removed_on_the_next_start(tmp_path, n
     assert not any(path.exists() for path in leftovers)
 
 
+@pytest.mark.slow
 def test_loss_parts_are_logged_separately(tmp_path, nbody):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
