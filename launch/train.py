@@ -3,6 +3,7 @@
     python launch/train.py                                   # the embedded default (5-body EGNN)
     python launch/train.py --config configs/egnn_nbody.yaml train.lr=1e-3 data.batch_size=50
     python launch/train.py --config C --resume               # continue runs/<name> from last.pt
+    python launch/train.py --config C --resume-from best     # ... from best.pt (or a checkpoint path)
     torchrun --nproc_per_node 2 launch/train.py --config C   # DDP (or engine.kind=deepspeed)
     deepspeed --num_gpus 2 launch/train.py --config C engine.kind=deepspeed engine.zero_stage=2
     ray job submit -- python launch/train.py                 # Ray Train workers on a running cluster
@@ -11,6 +12,10 @@
 The launcher is noticed, not configured: torchrun and deepspeed set RANK/WORLD_SIZE/LOCAL_RANK
 (the engine reads them), `ray job submit` marks its entrypoint's environment. --launcher local
 trains in this process even inside a Ray job.
+
+Exit codes: 0 done; 2 the input is wrong (config, data, checkpoint, run directory), nothing was
+left behind; 1 the run failed while running (disk full, file-size limit, I/O error, the loss or
+the metrics became NaN). Either way the reason is one line on stderr.
 """
 
 from __future__ import annotations
@@ -24,13 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from scaleq.config import ConfigError, load_config  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
+from scaleq.train.checkpoint import CheckpointError  # noqa: E402
 from scaleq.train.run import run  # noqa: E402
+from scaleq.train.run_dir import RunDirError  # noqa: E402
+
+USER_ERRORS = (ConfigError, StoreError, CheckpointError, RunDirError)  # exit 2: fix the input
+RUN_FAILURES = (OSError, FloatingPointError)  # exit 1: disk, I/O, divergence
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue <out_dir>/<name> from its last checkpoint")
+    parser.add_argument("--resume-from", default=None, metavar="last|best|PATH",
+                        help="continue <out_dir>/<name> from this checkpoint (e.g. best when last.pt is damaged)")
     parser.add_argument("--launcher", choices=["auto", "local", "ray"], default="auto",
                         help="auto: Ray Train inside `ray job submit`, else this process (and its torchrun/"
                              "deepspeed siblings); ray: start or join a Ray cluster ($RAY_ADDRESS)")
@@ -43,17 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
             from scaleq.distributed.ray_launcher import run_with_ray
 
+            if args.resume_from is not None:
+                raise ConfigError("--resume-from is not supported with the Ray launcher; use --resume")
             metrics = run_with_ray(config, resume=args.resume, address=args.ray_address)
             print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0
-        summary = run(config, resume=args.resume)
-    except (ConfigError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        summary = run(config, resume=args.resume, resume_from=args.resume_from)
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+    except RUN_FAILURES as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
         print(summary.describe())
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    """The reason of ``err`` as one line. Errors raised in DataLoader workers arrive re-raised with
+    the worker's whole traceback as message; their last line is the original message."""
+    text = str(err).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    if isinstance(err, OSError) and err.filename and err.strerror and not text.startswith("Caught "):
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(text.split())
 
 
 def _inside_ray_job() -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind, LocalKind
+from scaleq.io import atomic_write_text
 from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -194,6 +195,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: int = 0  # also save mid-epoch (0: only at the end of each epoch)
+    # Steps between reads of the on-device NaN/inf flag of the loss (also read at every epoch end
+    # and before every checkpoint): larger means fewer host syncs, more steps run after a NaN.
+    finite_check_every: int = 50
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -201,6 +205,8 @@ class TrainConfig:
             raise ConfigError("train.epochs, train.eval_every and train.patience must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.finite_check_every < 1:
+            raise ConfigError(f"train.finite_check_every must be >= 1, got {self.finite_check_every}")
 
 
 @dataclass(kw_only=True)
@@ -248,10 +254,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "<config>") -> Config:
 
 def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     """Write the fully resolved config (atomically), so the run can be repeated from it."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, target)
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _read_yaml(file: Path, seen: tuple[Path, ...]) -> dict[str, Any]:

@@ -122,20 +122,43 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def _check_finite(self, s: int, array: str, frames: list[int] | None, values: np.ndarray) -> None:
+        """Refuse NaN or inf in what a sample read ([T, N, D] frames, or [1, N, F] features): a store
+        damaged, or written by another tool, after the writer's own check. Names the store, the
+        array, the trajectory and the frame."""
+        bad = _first_bad_frame(values)
+        if bad is None:
+            return
+        k, count = bad
+        where = f"frame {frames[k]} of trajectory {s}" if frames is not None else f"trajectory {s}"
+        raise StoreError(
+            f"{self.store.path}: array '{array}', {where}: {count} values are NaN or infinite; repair or "
+            "re-create the store (data_prep/*.py)"
+        )
+
     def __getitem__(self, i: int) -> Data:
         s, t = (int(v) for v in self.index[i])
         delta, velocity = self.spec.delta, self.spec.velocity
         if velocity == "store":
-            pos, target = self.store.frames(s, [t, t + delta])
+            frames = [t, t + delta]
+            read = self.store.frames(s, frames)
+            pos, target = read
             vel = self.store.frames(s, [t], "velocities")[0]
+            self._check_finite(s, "velocities", [t], vel[None])
         elif velocity == "backward":
-            prev, pos, target = self.store.frames(s, [t - 1, t, t + delta])
+            frames = [t - 1, t, t + delta]
+            read = self.store.frames(s, frames)
+            prev, pos, target = read
             vel = pos - prev
         else:
-            pos, nxt, target = self.store.frames(s, [t, t + 1, t + delta])
+            frames = [t, t + 1, t + delta]
+            read = self.store.frames(s, frames)
+            pos, nxt, target = read
             vel = nxt - pos
+        self._check_finite(s, "positions", frames, read)
         pos_t, vel_t = torch.from_numpy(pos), torch.from_numpy(vel)
         features = self.store.node_features(s)
+        self._check_finite(s, "node_features", None, features[None])
         node_attr = torch.from_numpy(features[:, self.columns] if self.columns is not None else features)
         h = torch.cat([vel_t.norm(dim=-1, keepdim=True), node_attr / self.feature_scale], dim=-1)
         data = Data(
@@ -152,6 +175,16 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             data.bond_index = torch.from_numpy(bond_index)
             data.bond_attr = torch.from_numpy(bond_attr)
         return data
+
+
+def _first_bad_frame(frames: np.ndarray) -> tuple[int, int] | None:
+    """(frame position, count) of the first frame of [T, N, D] holding NaN or inf, else None.
+    One vectorised pass over the few frames a sample reads: cheap next to building its graph."""
+    finite = np.isfinite(frames.reshape(frames.shape[0], -1)).all(axis=1)
+    if finite.all():
+        return None
+    k = int(np.argmin(finite))
+    return k, int((~np.isfinite(frames[k])).sum())
 
 
 def _feature_columns(store: TrajectoryStore, names: Sequence[str] | None) -> list[int] | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import os
 import shutil
@@ -42,6 +43,8 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.codecs
+
+from scaleq.io import process_exists
 
 FORMAT_NAME = "scaleq-trajectories"
 FORMAT_VERSION = 1
@@ -418,18 +421,8 @@ def remove_orphans(parent: Path, prefix: str) -> None:
     writer killed mid-write (SIGKILL, power loss) leaves behind. Live writers' ones stay."""
     for path in parent.glob(f"{prefix}*"):
         pid = path.name[len(prefix) :]
-        if pid.isdigit() and not _process_exists(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -487,7 +480,10 @@ class TrajectoryStore:
         self.path = Path(path)
         self.cache = ChunkCache(cache_bytes)
         group = _open_group(self.path)
-        meta = dict(group.attrs)
+        try:
+            meta = dict(group.attrs)
+        except Exception as err:
+            raise StoreError(f"{self.path}: the store's attributes cannot be read ({_describe(err)})") from err
         _check_format(self.path, meta)
         fields = {f.name for f in dataclasses.fields(StoreAttrs)}
         missing = sorted(fields - meta.keys() - {"bounds", "default_radius"})
@@ -500,7 +496,7 @@ class TrajectoryStore:
         self.statistics: dict[str, Any] = meta.get("statistics") or {}
         self._arrays: dict[str, zarr.Array] | None = None
         arrays = self._open_arrays(group)
-        self.table: np.ndarray = arrays["trajectories"][:]
+        self.table: np.ndarray = self._read(arrays["trajectories"], "trajectories", slice(None))
         self.has_velocities = "velocities" in arrays
         self.has_edges = "edge_index" in arrays
         self.num_node_features = int(arrays["node_features"].shape[1])
@@ -509,13 +505,20 @@ class TrajectoryStore:
 
     def _open_arrays(self, group: zarr.Group) -> dict[str, zarr.Array]:
         arrays: dict[str, zarr.Array] = {}
-        names = set(group.array_keys())
+        try:
+            names = set(group.array_keys())
+        except Exception as err:  # a damaged zarr.json inside the store: zarr raises many types
+            what = _unreadable_metadata(self.path) or "the arrays' metadata"
+            raise StoreError(f"{self.path}: {what} cannot be read ({_describe(err)})") from err
         for name, dtype in {**_REQUIRED_ARRAYS, **_OPTIONAL_ARRAYS}.items():
             if name not in names:
                 if name in _REQUIRED_ARRAYS:
                     raise StoreError(f"{self.path}: array '{name}' is missing")
                 continue
-            array = group[name]
+            try:
+                array = group[name]
+            except Exception as err:
+                raise StoreError(f"{self.path}: array '{name}' cannot be opened ({_describe(err)})") from err
             if array.dtype != np.dtype(dtype):
                 raise StoreError(f"{self.path}: array '{name}' has dtype {array.dtype}, expected {np.dtype(dtype)}")
             if len(array.shape) != 2:
@@ -587,10 +590,22 @@ class TrajectoryStore:
         for c in range(start // chunk, (stop - 1) // chunk + 1):
             block = self.cache.get((array, c))
             if block is None:
-                block = self.cache.put((array, c), data[c * chunk : (c + 1) * chunk])
+                block = self.cache.put((array, c), self._read(data, array, slice(c * chunk, (c + 1) * chunk)))
             lo, hi = max(start - c * chunk, 0), min(stop - c * chunk, block.shape[0])
             parts.append(block[lo:hi])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _read(self, data: zarr.Array, name: str, rows: slice) -> np.ndarray:
+        """Rows of one array; a damaged chunk or shard (zstd errors, truncated files) becomes a
+        StoreError that names the store, the array and the rows."""
+        try:
+            return data[rows]
+        except Exception as err:  # codecs and stores raise many types for damaged bytes
+            where = "" if rows.start is None else f", rows {rows.start}..{min(rows.stop, data.shape[0]) - 1}"
+            raise StoreError(
+                f"{self.path}: array '{name}'{where} cannot be read ({_describe(err)}); the store is damaged: "
+                "re-create it with data_prep/*.py"
+            ) from err
 
     def node_features(self, s: int) -> np.ndarray:
         """Static node features of trajectory s. Shape: [N, F]."""
@@ -617,6 +632,22 @@ class TrajectoryStore:
             edge_index=edge_index,
             edge_attr=edge_attr,
         )
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: first line of the message``, short enough for a one-line error."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def _unreadable_metadata(path: Path) -> str | None:
+    """Which array's ``zarr.json`` is not valid UTF-8 JSON, if any (to name it in the error)."""
+    for meta in sorted(path.glob("*/zarr.json")):
+        try:
+            json.loads(meta.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return f"array '{meta.parent.name}' ({meta.relative_to(path)})"
+    return None
 
 
 def _open_group(path: Path) -> zarr.Group:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
 from scaleq.distributed.torch_engine import pick_device, set_activation_checkpointing
-from scaleq.train.checkpoint import atomic_torch_save
+from scaleq.io import atomic_torch_save, atomic_write_text
 
 POINTER_FORMAT = "scaleq-deepspeed-checkpoint"
 
@@ -159,7 +159,7 @@ class DeepSpeedEngine(Engine):
         self._ds.save_checkpoint(str(folder), tag=tag, client_state={"extra": extra}, save_latest=False)
         self.barrier()
         if self.is_main:
-            _atomic_write_text(folder / "latest", tag)
+            atomic_write_text(folder / "latest", tag)
             atomic_torch_save({"format": POINTER_FORMAT, "folder": folder.name, "tag": tag}, path)
             if previous is not None and previous["tag"] != tag:
                 shutil.rmtree(folder / previous["tag"], ignore_errors=True)
@@ -208,8 +208,3 @@ class DeepSpeedEngine(Engine):
             dist.destroy_process_group()
             self._owns_group = False
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, config_from_dict
+from scaleq.io import atomic_copy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Set in the entrypoint of `ray job submit` (the job supervisor passes the job's config in it).
@@ -140,6 +141,4 @@ def _restore(source: Path, target: Path) -> None:
         if item.is_dir():
             shutil.copytree(item, target / item.name, dirs_exist_ok=True)
         else:
-            tmp = target / f".{item.name}.restore-{os.getpid()}"
-            shutil.copy2(item, tmp)
-            os.replace(tmp, target / item.name)
+            atomic_copy(item, target / item.name)

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import join, launched_ranks
-from scaleq.train.checkpoint import atomic_torch_save
+from scaleq.io import atomic_torch_save
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

@@ -14,6 +14,7 @@ import torch
 
 from scaleq.config import build_model, load_config
 from scaleq.data.store import StoreError
+from scaleq.io import atomic_write
 from scaleq.train.run import open_datasets
 
 
@@ -75,11 +76,11 @@ def plot_clusters(
     fig.tight_layout()
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, target)
+    try:
+        with atomic_write(target) as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return target
 
 

@@ -21,7 +21,6 @@ forward hooks on ``model.embed`` and every module of ``model.layers`` that retur
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from scaleq.io import atomic_write
 from scaleq.losses import position_mse
 
 LayerStates = list[tuple[Tensor, Tensor]]  # (X^n [N, D], H^n [N, H]) for n = 0..L
@@ -145,7 +145,8 @@ def save_figure(fig: Any, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_write(png) as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)

@@ -1,11 +1,9 @@
-"""What a checkpoint holds besides model and optimizer, and how it is written atomically."""
+"""What a checkpoint holds besides model and optimizer (files are written by the engine, atomically)."""
 
 from __future__ import annotations
 
-import os
 import random
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,9 +21,16 @@ class TrainState:
     best_epoch: int = -1
     test_mse_at_best: float = float("nan")
     epochs_without_improvement: int = 0
+    # Sums over the batches of ``epoch`` trained so far, all ranks together: [loss, mse, mmd,
+    # connectivity, batches]. Restored on resume, so the epoch's train loss counts every batch.
+    epoch_sums: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read (truncated, damaged, or not a scaleq checkpoint)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -47,15 +52,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash leaves the previous checkpoint intact, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

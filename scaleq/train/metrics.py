@@ -9,19 +9,32 @@ from types import TracebackType
 
 from torch.utils.tensorboard import SummaryWriter
 
+from scaleq.io import atomic_write
+
 
 class MetricsLogger:
     """Appends one CSV row per record, with the columns fixed up front (values a record lacks,
     such as the validation MSE between evaluations, stay empty), and mirrors every value to
-    TensorBoard under ``<run_dir>/tensorboard``."""
+    TensorBoard under ``<run_dir>/tensorboard``.
 
-    def __init__(self, run_dir: Path, columns: list[str]) -> None:
+    ``through_epoch``: when resuming, the rows of epochs up to this one are kept and later ones
+    (logged after the checkpoint that is resumed, so about to be redone) are dropped, in the CSV
+    and in TensorBoard; the CSV is rewritten with the current columns.
+    """
+
+    def __init__(self, run_dir: Path, columns: list[str], through_epoch: int | None = None) -> None:
         self.csv_path = run_dir / "metrics.csv"
         self.columns = ["step", *columns]
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        if not self.csv_path.exists():  # resuming keeps the rows written before
-            with self.csv_path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
+        kept: list[dict[str, str]] = []
+        if self.csv_path.exists() and through_epoch is not None:
+            kept = [r for r in read_metrics(self.csv_path) if r.get("epoch") and int(r["epoch"]) <= through_epoch]
+        if not self.csv_path.exists() or through_epoch is not None:
+            with atomic_write(self.csv_path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.columns)
+                writer.writerows([[r.get(c) or "" for c in self.columns] for r in kept])
+        purge_step = max((int(r["step"]) for r in kept), default=-1) + 1 if through_epoch is not None else None
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         unknown = set(values) - set(self.columns)
@@ -68,5 +81,8 @@ def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(png_path) as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)

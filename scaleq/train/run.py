@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from scaleq.config import Config, DataConfig, build_model, save_config
+from scaleq.config import Config, ConfigError, DataConfig, build_model, save_config
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 from scaleq.data.store import StoreError
 from scaleq.distributed import Engine, engine_from_config
+from scaleq.io import atomic_write_text
 from scaleq.models.baselines import LinearDynamics
-from scaleq.train.checkpoint import seed_everything
-from scaleq.train.trainer import BEST, Trainer, evaluate
+from scaleq.train.checkpoint import CheckpointError, seed_everything
+from scaleq.train.run_dir import RunDirectory, claim_run_dir
+from scaleq.train.trainer import BEST, LAST, FitResult, Trainer, evaluate
 
 SPLITS = ("train", "valid", "test")
 
@@ -63,52 +64,107 @@ def open_datasets(config: Config) -> dict[str, TrajectoryDataset]:
     data = config.data
     datasets = {}
     for split in SPLITS:
-        spec = SampleSpec(
-            delta=data.delta,
-            input_frame=data.input_frame,
-            starts_per_trajectory=data.starts_per_trajectory,
-            velocity=data.velocity,
-            max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
-            seed=config.seed,
-        )
+        try:
+            spec = SampleSpec(
+                delta=data.delta,
+                input_frame=data.input_frame,
+                starts_per_trajectory=data.starts_per_trajectory,
+                velocity=data.velocity,
+                max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
+                seed=config.seed,
+            )
+        except ValueError as err:  # cross-field checks of the data section
+            raise ConfigError(f"data: {err}") from None
         datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec, node_features=data.node_features)
     return datasets
 
 
 def resolve_run_dir(config: Config, resume: bool) -> Path:
-    """``<out_dir>/<name>``; a fresh run never reuses a directory that holds checkpoints."""
-    run_dir = Path(config.out_dir) / config.name
-    if not resume and (run_dir / "checkpoints").exists():
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = run_dir.with_name(f"{config.name}-{stamp}")
-    return run_dir
+    """``<out_dir>/<name>`` when resuming; for a fresh run a directory created here, atomically,
+    that no other run has (``<name>`` or ``<name>-<timestamp>``). For launchers that pick the
+    directory in one process and train in others (which then pass it to :func:`run`)."""
+    claim = claim_run_dir(config.out_dir, config.name, resume=resume)
+    claim.release()
+    return claim.path
 
 
-def run(config: Config, *, resume: bool = False, engine: Engine | None = None, run_dir: Path | None = None) -> RunSummary:
+def run(
+    config: Config,
+    *,
+    resume: bool = False,
+    engine: Engine | None = None,
+    run_dir: Path | None = None,
+    resume_from: str | None = None,
+) -> RunSummary:
+    """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
+    if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist).
+
+    A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
+    checkpoint is written, the directory it created is removed again."""
     owns_engine = engine is None
-    engine = engine or engine_from_config(config)
-    if engine.is_main:
-        prepare_data(config.data, progress=config.train.progress)
-    engine.barrier()  # the other ranks open the data once rank 0 has made it
-    seed_everything(config.seed)
-    datasets = open_datasets(config)
-    train_set = datasets["train"]
-    graph = config.graph.builder()
-    model = build_model(
-        config.model,
-        in_node_features=train_set.num_node_features,
-        in_edge_features=graph.num_edge_features(train_set.num_node_attr),
-        dim=train_set.store.attrs.dim,
-    )
-    run_dir = engine.broadcast_object(run_dir or resolve_run_dir(config, resume))  # rank 0's choice
-    if engine.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    trainer = Trainer(config, engine, model, datasets, run_dir)
-    if resume and not trainer.resume():
-        print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
-    result = trainer.fit()
+    try:
+        engine = engine or engine_from_config(config)
+    except (RuntimeError, ValueError) as err:  # e.g. train.device: cuda without CUDA
+        raise ConfigError(f"engine: {err}") from None
+    claim: RunDirectory | None = None
+    try:
+        if engine.is_main:
+            prepare_data(config.data, progress=config.train.progress)
+        engine.barrier()  # the other ranks open the data once rank 0 has made it
+        seed_everything(config.seed)
+        datasets = open_datasets(config)
+        model = _build_model(config, datasets["train"])
+        resume = resume or resume_from is not None
+        if engine.is_main:
+            claim = claim_run_dir(config.out_dir, config.name, resume=resume, path=run_dir)
+        run_dir = engine.broadcast_object(claim.path if claim is not None else None)  # rank 0's choice
+        trainer = Trainer(config, engine, model, datasets, run_dir)
+        if resume:
+            _resume(trainer, run_dir, resume_from)
+        if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
+            save_config(config, run_dir / "config.yaml")
+        result = trainer.fit()
+        summary = _summarise(config, engine, trainer, result, run_dir)
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    finally:
+        if claim is not None:
+            claim.release()
+        if owns_engine:
+            engine.close()
+    return summary
 
+
+def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
+    """The model with its data-derived widths; a constructor's refusal becomes a ConfigError."""
+    graph = config.graph.builder()
+    try:
+        return build_model(
+            config.model,
+            in_node_features=train_set.num_node_features,
+            in_edge_features=graph.num_edge_features(train_set.num_node_attr),
+            dim=train_set.store.attrs.dim,
+        )
+    except (ValueError, TypeError, RuntimeError) as err:
+        options = ", ".join(f"model.{k}={v}" for k, v in config.model.options.items())
+        raise ConfigError(f"model {config.model.name!r} ({options or 'defaults'}) cannot be built: {err}") from None
+
+
+def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
+    if resume_from is None:
+        if not trainer.resume():
+            print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
+        return
+    named = {"last": LAST, "best": BEST}
+    path = run_dir / "checkpoints" / named[resume_from] if resume_from in named else Path(resume_from)
+    if not trainer.resume(path):
+        raise CheckpointError(f"{path}: no such checkpoint to resume from")
+    print(f"resumed from {path}", flush=True)
+
+
+def _summarise(config: Config, engine: Engine, trainer: Trainer, result: FitResult, run_dir: Path) -> RunSummary:
     linear = LinearDynamics().to(engine.device)
     linear_mse = evaluate(linear, trainer.eval_loaders["test"], trainer.graph, engine)
     summary = RunSummary(
@@ -122,11 +178,7 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
         stopped_early=result.stopped_early,
     )
     if engine.is_main:
-        tmp = run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(asdict(summary), indent=2))
-        os.replace(tmp, run_dir / "summary.json")
-    if owns_engine:
-        engine.close()
+        atomic_write_text(run_dir / "summary.json", json.dumps(asdict(summary), indent=2))
     return summary
 
 

@@ -4,20 +4,27 @@ Per epoch: train on this rank's shard of a seeded shuffle, evaluate every ``eval
 and when validation improves evaluate the test set too (the papers report the test MSE at the
 best-validation epoch). ``last.pt`` is written every epoch (and every ``checkpoint_every_steps``
 steps), ``best.pt`` on improvement; both atomically. Resuming restores model, optimizer, RNG
-states and the position inside the epoch, so a resumed run continues the same sequence of
-batches.
+states, the position inside the epoch and the epoch's running loss sums, so a resumed run continues
+the same sequence of batches and logs the same numbers.
+
+A training step never waits for the device: the loss's finiteness is recorded on the device and
+read every ``train.finite_check_every`` steps and at the end of each epoch, always before a
+checkpoint is written, so a NaN loss stops the run without ever being saved. On CUDA the next
+batch is copied to the device (pinned memory, a side stream) while the current one trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader as GraphLoader
@@ -28,11 +35,13 @@ from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.losses import squared_error_sum, training_loss
-from scaleq.train.checkpoint import TrainState, rng_state, set_rng_state
+from scaleq.train.checkpoint import CheckpointError, TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
 LAST, BEST = "last.pt", "best.pt"
-METRIC_COLUMNS = ["epoch", "train_loss", "val_mse", "test_mse", "lr", "epoch_seconds"]
+LOSS_PARTS = ("mse", "mmd", "connectivity")  # the parts training_loss may return, logged as train_<part>
+METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
+                  "epoch_seconds"]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -45,14 +54,16 @@ class FitResult:
     stopped_early: bool
 
 
-def make_loader(dataset: TrajectoryDataset, batch_size: int, sampler: ShardedSampler, num_workers: int) -> DataLoader:
+def make_loader(
+    dataset: TrajectoryDataset, batch_size: int, sampler: ShardedSampler, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
     return GraphLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=False,
-        pin_memory=False,
+        pin_memory=pin_memory,
     )
 
 
@@ -61,14 +72,62 @@ def prepare_batch(batch: Batch, graph: GraphBuilder, device: torch.device, train
     return graph(batch.to(device, non_blocking=True), training=training)
 
 
+def device_batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """The loader's batches on ``device``. On CUDA the next batch's host-to-device copy runs on a
+    side stream while the current batch trains (the loader pins its memory, so the copy is
+    asynchronous); elsewhere this is a plain ``.to(device)``."""
+    if device.type != "cuda":
+        for batch in loader:
+            yield batch.to(device)
+        return
+    side = torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(device)
+
+    def copy(batch: Batch | None) -> Batch | None:
+        if batch is None:
+            return None
+        with torch.cuda.stream(side):
+            return batch.to(device, non_blocking=True)
+
+    batches = iter(loader)
+    upcoming = copy(next(batches, None))
+    while upcoming is not None:
+        main.wait_stream(side)  # the copy is complete before the main stream reads it
+        current = upcoming.apply(lambda t: (t.record_stream(main), t)[1])  # freed only after main used it
+        upcoming = copy(next(batches, None))
+        yield current
+
+
+class FiniteGuard:
+    """Watches the training loss for NaN or inf without a device-to-host copy per step: the first
+    bad step and its loss value stay on the device until :meth:`first_bad` is asked."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def observe(self, loss: Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss.detach()) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, loss.detach().float(), self.value)
+
+    def first_bad(self, engine: Engine) -> tuple[int, float] | None:
+        """(step, loss) of this rank's first non-finite loss; (-1, nan) when only another rank saw
+        one; None when every rank's losses were finite. A collective: every rank calls it."""
+        local_bad = (self.step >= 0).to(torch.float64)
+        if float(engine.all_reduce_sum(local_bad.reshape(1))[0]) == 0:
+            return None
+        return (int(self.step), float(self.value)) if bool(local_bad) else (-1, math.nan)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, graph: GraphBuilder, engine: Engine) -> float:
     """Position MSE over every node and axis of the loader's samples, summed across ranks."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
-    for batch in loader:
-        batch = prepare_batch(batch, graph, engine.device, training=False)
+    for batch in device_batches(loader, engine.device):
+        batch = graph(batch, training=False)
         with engine.autocast():
             output = model(batch)
         totals[0] += squared_error_sum(output["pos"], batch.target).double()
@@ -96,10 +155,11 @@ class Trainer:
         self.model = engine.wrap(model, optimizer)
         data = config.data
         eval_batch = data.eval_batch_size or data.batch_size
+        pin = engine.device.type == "cuda"
         self.train_sampler = ShardedSampler(
             len(datasets["train"]), shuffle=True, seed=config.seed, rank=engine.rank, world_size=engine.world_size
         )
-        self.train_loader = make_loader(datasets["train"], data.batch_size, self.train_sampler, data.num_workers)
+        self.train_loader = make_loader(datasets["train"], data.batch_size, self.train_sampler, data.num_workers, pin)
         self.eval_loaders = {
             split: make_loader(
                 datasets[split],
@@ -108,30 +168,56 @@ class Trainer:
                     len(datasets[split]), shuffle=False, seed=0, rank=engine.rank, world_size=engine.world_size, pad=False
                 ),
                 data.num_workers,
+                pin,
             )
             for split in ("valid", "test")
         }
         self.state = TrainState()
+        # [loss, mse, mmd, connectivity, batches] of the epoch in progress, on the device
+        self._sums = torch.zeros(len(LOSS_PARTS) + 2, dtype=torch.float64, device=engine.device)
 
     # -- checkpoints -----------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
     def save(self, name: str) -> None:
-        self.engine.save(self.run_dir / "checkpoints" / name, {"state": self.state.to_dict(), "rng": rng_state()})
+        """Write a checkpoint (a collective: every rank calls it). The running sums of the epoch in
+        progress go in it, summed over the ranks, so a resumed epoch logs the same train loss."""
+        state = self.state
+        state.epoch_sums = self.engine.all_reduce_sum(self._sums).tolist() if state.batch_in_epoch else []
+        self.engine.save(self.checkpoint_dir / name, {"state": state.to_dict(), "rng": rng_state()})
 
     def resume(self, path: Path | None = None) -> bool:
-        """Continue from ``last.pt`` (or ``path``); False when there is nothing to resume."""
-        path = path or self.run_dir / "checkpoints" / LAST
+        """Continue from ``last.pt`` (or ``path``); False when there is nothing to resume.
+
+        A checkpoint that cannot be read raises :class:`CheckpointError` naming it (never a silent
+        start from scratch); the user decides whether to fall back to another one."""
+        path = path or self.checkpoint_dir / LAST
         if not path.exists():
             return False
-        extra = self.engine.load(path)
-        self.state = TrainState(**extra["state"])
-        set_rng_state(extra["rng"])
+        try:
+            extra = self.engine.load(path)
+            state = TrainState(**extra["state"])
+            set_rng_state(extra["rng"])
+        except Exception as err:  # torch, pickle, zip and DeepSpeed raise many types for damaged files
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise CheckpointError(
+                f"{path}: checkpoint is damaged or unreadable ({type(err).__name__}: {reason}); resume from "
+                f"another with --resume-from best (or a path), or start a new run"
+            ) from err
+        self.state = state
+        if state.batch_in_epoch and state.epoch_sums and self.engine.is_main:
+            # rank 0 carries what all ranks had summed before the checkpoint; the others start at zero
+            self._sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=self.engine.device)
         return True
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> FitResult:
         cfg, engine, state = self.config.train, self.engine, self.state
         main = engine.is_main
-        logger = MetricsLogger(self.run_dir, METRIC_COLUMNS) if main else None
+        resumed = state.step > 0 or state.epoch > 0
+        logger = MetricsLogger(self.run_dir, METRIC_COLUMNS, state.epoch if resumed else None) if main else None
         stopped_early = False
         epochs = tqdm(
             range(state.epoch, cfg.epochs), initial=state.epoch, total=cfg.epochs, desc="epochs",
@@ -141,16 +227,20 @@ class Trainer:
             for epoch in epochs:
                 state.epoch = epoch
                 started = time.perf_counter()
-                train_loss = self._train_epoch(epoch)
-                values: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": cfg.lr}
+                losses = self._train_epoch(epoch)
+                values: dict[str, Any] = {"epoch": epoch + 1, **losses, "lr": cfg.lr}
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     values.update(self._evaluate_and_track(epoch))
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 values["epoch_seconds"] = time.perf_counter() - started
-                self.save(LAST)
-                engine.checkpoint_saved(self.run_dir / "checkpoints" / LAST, values)
                 if main and logger is not None:
+                    # logged before the checkpoint: a crash in between redoes this epoch, whose
+                    # row a resume then drops (MetricsLogger keeps rows up to the checkpoint's epoch)
                     logger.log(state.step, values)
+                self.save(LAST)
+                engine.checkpoint_saved(self.checkpoint_dir / LAST, values)
+                if main:
+                    train_loss = values["train_loss"]
                     epochs.set_postfix(loss=f"{train_loss:.3g}", best_val=f"{state.best_val_mse:.3g}")
                     if "val_mse" in values:
                         epochs.write(
@@ -160,54 +250,103 @@ class Trainer:
                 if state.epochs_without_improvement >= cfg.patience:
                     stopped_early = True
                     break
-        finally:
+        except BaseException:
             if logger is not None:
-                logger.close()
-                if (self.run_dir / "metrics.csv").exists():
-                    plot_loss_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+                with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+                    self._close_logger(logger)
+            raise
+        if logger is not None:
+            self._close_logger(logger)
         return FitResult(state.best_epoch, state.best_val_mse, state.test_mse_at_best, state.epoch, stopped_early)
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _close_logger(self, logger: MetricsLogger) -> None:
+        logger.close()
+        if (self.run_dir / "metrics.csv").exists():
+            plot_loss_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (or its rest, after a mid-epoch resume); the epoch's mean loss and parts."""
         cfg, engine, state = self.config.train, self.engine, self.state
         batch_size = self.config.data.batch_size
         self.train_sampler.set_epoch(epoch, start=state.batch_in_epoch * batch_size)
+        if not state.batch_in_epoch:
+            self._sums.zero_()
         self.model.train()
-        totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
+        guard = FiniteGuard(engine.device)
+        zero = torch.zeros((), dtype=torch.float64, device=engine.device)
+        one = torch.ones((), dtype=torch.float64, device=engine.device)
         bar = tqdm(
-            self.train_loader, desc=f"epoch {epoch + 1}", leave=False, unit="batch", dynamic_ncols=True,
+            device_batches(self.train_loader, engine.device), total=len(self.train_loader), desc=f"epoch {epoch + 1}",
+            leave=False, unit="batch", dynamic_ncols=True,
             disable=not (engine.is_main and cfg.progress) or len(self.train_loader) < 20,
         )
         for batch in bar:
-            batch = prepare_batch(batch, self.graph, engine.device)
+            batch = self.graph(batch, training=True)
             with engine.autocast():
                 output = self.model(batch)
-            loss, _ = training_loss(output, batch, self.config.loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {state.step}; lower train.lr or "
-                    "enable train.grad_clip (the last good checkpoint is checkpoints/last.pt)"
-                )
+            loss, parts = training_loss(output, batch, self.config.loss)
+            guard.observe(loss, state.step)
             engine.backward(loss)
             engine.step()
             state.step += 1
             state.batch_in_epoch += 1
-            totals[0] += loss.detach().double()
-            totals[1] += 1
-            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+            # Summed on the device: reading them here would wait for the step to finish.
+            self._sums += torch.stack(
+                [loss.detach().double(), *(parts[p].double() if p in parts else zero for p in LOSS_PARTS), one]
+            )
+            checkpoint_now = bool(cfg.checkpoint_every_steps) and state.step % cfg.checkpoint_every_steps == 0
+            if checkpoint_now or state.step % cfg.finite_check_every == 0:
+                self._stop_if_not_finite(guard, epoch)
+            if checkpoint_now:
                 self.save(LAST)
-        totals = engine.all_reduce_sum(totals)
-        return float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
+        self._stop_if_not_finite(guard, epoch)
+        totals = engine.all_reduce_sum(self._sums).tolist()
+        batches = totals[-1]
+        mean = (lambda v: v / batches) if batches > 0 else (lambda v: math.nan)
+        losses = {"train_loss": mean(totals[0])}
+        weights = {"mse": 1.0, "mmd": self.config.loss.mmd_weight, "connectivity": self.config.loss.connectivity_weight}
+        for i, part in enumerate(LOSS_PARTS, start=1):
+            if weights[part] > 0:  # a part that is off stays empty in the CSV
+                losses[f"train_{part}"] = mean(totals[i])
+        return losses
+
+    def _stop_if_not_finite(self, guard: FiniteGuard, epoch: int) -> None:
+        """Raise when a loss since the epoch started was NaN or inf (before anything is saved)."""
+        bad = guard.first_bad(self.engine)
+        if bad is None:
+            return
+        step, value = bad
+        where = f"step {step + 1}" if step >= 0 else "a step on another rank"
+        last = self.checkpoint_dir / LAST
+        if last.exists():
+            saved = f"the last good checkpoint is {last} (resume with --resume)"
+        else:
+            saved = "no checkpoint was written"
+        raise FloatingPointError(
+            f"training loss became {value} at epoch {epoch + 1}, {where}; lower train.lr or set train.grad_clip "
+            f"({saved})"
+        )
 
     def _evaluate_and_track(self, epoch: int) -> dict[str, float]:
         state = self.state
         val = evaluate(self.model, self.eval_loaders["valid"], self.graph, self.engine)
+        self._stop_unless_finite("validation", val, epoch)
         values = {"val_mse": val}
         if val < state.best_val_mse:
             state.best_val_mse, state.best_epoch = val, epoch
             state.test_mse_at_best = evaluate(self.model, self.eval_loaders["test"], self.graph, self.engine)
+            self._stop_unless_finite("test", state.test_mse_at_best, epoch)
             state.epochs_without_improvement = 0
             values["test_mse"] = state.test_mse_at_best
             self.save(BEST)
         else:
             state.epochs_without_improvement = epoch - state.best_epoch
         return values
+
+    def _stop_unless_finite(self, split: str, mse: float, epoch: int) -> None:
+        """A NaN metric is never reported as a result, nor saved as the best checkpoint."""
+        if not math.isfinite(mse):
+            raise FloatingPointError(
+                f"{split} MSE is {mse} at epoch {epoch + 1}: the model's predictions are not finite; lower "
+                "train.lr or set train.grad_clip"
+            )

@@ -139,3 +139,50 @@ def test_cli_refuses_existing_stores_unless_overwrite(tmp_path, capsys):
     assert open_store(tmp_path / "o" / "train.zarr").num_frames(0) == 12
     assert module.main(args + ["--overwrite"]) == 0
     assert open_store(tmp_path / "o" / "train.zarr").num_frames(0) == 15
+
+
+def _max_jump_and_bond(positions, edge_index):
+    jump = np.linalg.norm(np.diff(positions, axis=0), axis=-1).max()
+    bond = np.linalg.norm(positions[:, edge_index[1]] - positions[:, edge_index[0]], axis=-1).max()
+    return jump, bond
+
+
+@pytest.mark.slow
+def test_wrapped_gromacs_trajectory_is_made_whole_and_continuous(tmp_path):
+    # The shipped solvated AdK XTC is written wrapped into its (triclinic) box, as GROMACS does:
+    # backbone atoms jump by a box length between frames.
+    u = _universe(GRO, XTC)
+    backbone = u.select_atoms("backbone")
+    raw = np.stack([backbone.positions.copy() for _ in u.trajectory])
+    assert np.linalg.norm(np.diff(raw, axis=0), axis=-1).max() > 40.0
+
+    # The same system moved by half a box and wrapped again: another periodic image of it.
+    rewrapped = tmp_path / "rewrapped.xtc"
+    with mda.Writer(str(rewrapped), u.atoms.n_atoms) as writer:
+        for _ in u.trajectory:
+            u.atoms.translate(u.dimensions[:3] / 2)
+            u.atoms.wrap(compound="atoms")
+            writer.write(u.atoms)
+
+    stores = {}
+    for name, trajectory in {"shipped": XTC, "rewrapped": rewrapped}.items():
+        store = open_store(convert_md(GRO, trajectory, tmp_path / name, split=(0.4, 0.3, 0.3))["train"])
+        assert store.attrs.extra["periodic"].startswith("molecules made whole (unwrap)")
+        positions = store.frames(0, range(store.num_frames(0)))
+        jump, bond = _max_jump_and_bond(positions, store.edges(0)[0])
+        assert jump < 10.0 and bond < 2.0, (name, jump, bond)  # 80 A jumps and bonds before unwrapping
+        stores[name] = positions
+    # Both images give the same molecule, up to one rigid translation (XTC keeps 0.01 A).
+    offset = stores["rewrapped"] - stores["shipped"]
+    np.testing.assert_allclose(offset, np.broadcast_to(offset[0, :1], offset.shape), atol=0.05)
+
+
+def test_physically_impossible_frames_are_refused(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(StoreError, match=r"the bond between atoms \d+ and \d+ is 1\.\d A long in source frame 0 "
+                                         r"\(limit --max-bond-length 1 A\)"):
+        convert_md(PSF, DCD, out, max_bond_length=1.0)
+    with pytest.raises(StoreError, match=r"atom \d+ moves \d\.\d A between source frames \d+ and \d+ "
+                                         r"\(limit --max-displacement 0.5 A\)"):
+        convert_md(PSF, DCD, out, max_displacement=0.5)
+    assert not out.exists()
