@@ -8,14 +8,16 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from scaleq.config import Config, DataConfig, build_model, save_config
-from scaleq.data.dataset import SampleSpec, TrajectoryDataset
+from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset
 from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 from scaleq.data.store import StoreError
 from scaleq.distributed import Engine, engine_from_config
-from scaleq.models.baselines import LinearDynamics
+from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.train.checkpoint import seed_everything
-from scaleq.train.trainer import BEST, Trainer, evaluate
+from scaleq.train.trainer import BEST, Trainer, evaluate, make_loader
 
 SPLITS = ("train", "valid", "test")
 
@@ -27,17 +29,21 @@ class RunSummary:
     best_epoch: int
     best_val_mse: float
     test_mse: float
-    linear_test_mse: float
+    linear_test_mse: float  # the papers' Linear: x + v * horizon * t, t fitted on the training split
+    linear_time: float  # that t
+    constant_velocity_test_mse: float  # x + v * horizon
     epochs_run: int
     stopped_early: bool
 
     def describe(self) -> str:
         ratio = self.test_mse / self.linear_test_mse if self.linear_test_mse > 0 else float("nan")
         return "\n".join([
-            f"test MSE ({self.model}, best validation epoch {self.best_epoch + 1}): {self.test_mse:.6f}",
-            f"test MSE (Linear baseline x + v * dt):          {self.linear_test_mse:.6f}",
-            f"ratio model / Linear: {ratio:.3f}",
             f"run outputs (config, metrics.csv, loss_curves.png, tensorboard/, checkpoints/): {self.run_dir}",
+            f"test MSE, constant velocity x + v * horizon: {self.constant_velocity_test_mse:.6f}",
+            f"test MSE, Linear x + v * horizon * t (t = {self.linear_time:.4f} fitted on the training split): "
+            f"{self.linear_test_mse:.6f}",
+            f"test MSE {self.model} (best validation epoch {self.best_epoch + 1}): {self.test_mse:.6f}, "
+            f"{ratio:.3f} x Linear's {self.linear_test_mse:.6f}",
         ])
 
 
@@ -71,7 +77,9 @@ def open_datasets(config: Config) -> dict[str, TrajectoryDataset]:
             max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
             seed=config.seed,
         )
-        datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec, node_features=data.node_features)
+        scale_from = datasets["train"].store if split != "train" else None  # one feature scale: the training split's
+        datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec, node_features=data.node_features,
+                                            scale_from=scale_from)
     return datasets
 
 
@@ -109,8 +117,9 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
         print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
     result = trainer.fit()
 
-    linear = LinearDynamics().to(engine.device)
+    linear = fit_linear(datasets["train"], config, engine).to(engine.device)
     linear_mse = evaluate(linear, trainer.eval_loaders["test"], trainer.graph, engine)
+    constant_mse = evaluate(ConstantVelocity(), trainer.eval_loaders["test"], trainer.graph, engine)
     summary = RunSummary(
         run_dir=str(run_dir),
         model=config.model.name,
@@ -118,6 +127,8 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
         best_val_mse=result.best_val_mse,
         test_mse=result.test_mse,
         linear_test_mse=linear_mse,
+        linear_time=linear.time.item(),
+        constant_velocity_test_mse=constant_mse,
         epochs_run=result.epochs_run,
         stopped_early=result.stopped_early,
     )
@@ -130,4 +141,16 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
     return summary
 
 
-__all__ = ["RunSummary", "run", "prepare_data", "open_datasets", "resolve_run_dir", "BEST"]
+def fit_linear(train_set: TrajectoryDataset, config: Config, engine: Engine) -> LinearDynamics:
+    """The Linear baseline with t fitted in closed form (least squares) on the whole training
+    split, each rank summing its share."""
+    sampler = ShardedSampler(len(train_set), shuffle=False, seed=0, rank=engine.rank, world_size=engine.world_size,
+                             pad=False)
+    sums = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    for batch in make_loader(train_set, config.data.eval_batch_size or config.data.batch_size, sampler,
+                             config.data.num_workers):
+        sums += LinearDynamics.normal_equation(batch.to(engine.device))
+    return LinearDynamics.from_normal_equation(engine.all_reduce_sum(sums))
+
+
+__all__ = ["RunSummary", "run", "fit_linear", "prepare_data", "open_datasets", "resolve_run_dir", "BEST"]
