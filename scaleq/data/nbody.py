@@ -239,6 +239,21 @@ class SplitSpec:
 
 # EGNN's protocol: seed 43 draws 10000/2000/2000 trajectories, of which training uses 3000.
 EGNN_SPLITS = (SplitSpec("train", 3000, 10000), SplitSpec("valid", 2000), SplitSpec("test", 2000))
+# FastEGNN's 100-body protocol (run_100_3.sh): 100 balls in 3 Gaussians, 5000/2000/2000, seed 43.
+FASTEGNN_SPLITS = (SplitSpec("train", 5000), SplitSpec("valid", 2000), SplitSpec("test", 2000))
+PROTOCOLS: dict[NBodySystem, tuple[NBodyParams, tuple[SplitSpec, ...]]] = {
+    "egnn": (NBodyParams(), EGNN_SPLITS),
+    "fastegnn": (NBodyParams(system="fastegnn", num_particles=100, gaussians=3), FASTEGNN_SPLITS),
+}
+
+
+def protocol_params(system: NBodySystem, *, particles: int | None = None, steps: int | None = None,
+                    gaussians: int | None = None) -> NBodyParams:
+    """The published simulator settings of ``system`` (:data:`PROTOCOLS`), with overrides."""
+    if system not in PROTOCOLS:
+        raise ValueError(f"system must be one of {list(SYSTEMS)}, got {system!r}")
+    overrides = {"num_particles": particles, "num_steps": steps, "gaussians": gaussians}
+    return dataclasses.replace(PROTOCOLS[system][0], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def write_nbody_dataset(

@@ -12,7 +12,7 @@ import torch
 
 from scaleq.config import Config, DataConfig, build_model, save_config
 from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset
-from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
+from scaleq.data.nbody import SplitSpec, protocol_params, write_nbody_dataset
 from scaleq.data.store import StoreError
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
@@ -59,9 +59,9 @@ def prepare_data(data: DataConfig, progress: bool = True) -> None:
             "data_prep/*.py or add a data.generate section"
         )
     gen = data.generate
-    params = NBodyParams(num_particles=gen.particles, num_steps=gen.steps)
+    params = protocol_params(gen.system, particles=gen.particles, steps=gen.steps, gaussians=gen.gaussians)
     splits = [SplitSpec("train", gen.train, gen.train_drawn), SplitSpec("valid", gen.valid), SplitSpec("test", gen.test)]
-    print(f"generating {gen.particles}-body dataset at {root} (seed {gen.seed}) ...", flush=True)
+    print(f"generating {gen.particles}-body dataset ({gen.system} system) at {root} (seed {gen.seed}) ...", flush=True)
     write_nbody_dataset(root, params, splits, seed=gen.seed, overwrite=True, progress=progress)
 
 
