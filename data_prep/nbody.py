@@ -1,7 +1,11 @@
 """Generate a charged-particle N-body dataset (train/valid/test stores).
 
-    python data_prep/nbody.py --out data/nbody5                       # EGNN's 5-body protocol (seed 43)
-    python data_prep/nbody.py --out data/nbody100 --particles 100 --train 5000 --valid 2000 --test 2000
+    python data_prep/nbody.py --out data/nbody5                           # EGNN's 5-body protocol (seed 43)
+    python data_prep/nbody.py --out data/nbody100 --system fastegnn       # FastEGNN's 100-body protocol
+
+--system picks the simulator and its published protocol (scaleq/data/nbody.py): 'egnn' (5 bodies,
+10000/2000/2000 trajectories drawn, 3000 kept for training) or 'fastegnn' (GMN's system of 100
+isolated balls in 3 Gaussians, 5000/2000/2000). The other options override that protocol.
 """
 
 from __future__ import annotations
@@ -13,27 +17,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleq.data.cli import run_converter  # noqa: E402
-from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset  # noqa: E402
+from scaleq.data.nbody import PROTOCOLS, SYSTEMS, SplitSpec, protocol_params, write_nbody_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for train.zarr, valid.zarr, test.zarr")
-    parser.add_argument("--particles", type=int, default=5)
-    parser.add_argument("--train", type=int, default=3000)
-    parser.add_argument("--train-drawn", type=int, default=10000, help="initial states drawn for training (EGNN: 10000)")
-    parser.add_argument("--valid", type=int, default=2000)
-    parser.add_argument("--test", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=5000, help="simulator steps (a frame every 100)")
+    parser.add_argument("--system", choices=SYSTEMS, default="egnn", help="simulator and protocol (default: egnn)")
+    parser.add_argument("--particles", type=int, default=None, help="bodies (egnn: 5, fastegnn: 100)")
+    parser.add_argument("--gaussians", type=int, default=None, help="fastegnn: Gaussians of the initial positions (3)")
+    parser.add_argument("--train", type=int, default=None, help="training trajectories (egnn: 3000, fastegnn: 5000)")
+    parser.add_argument("--train-drawn", type=int, default=None, help="initial states drawn for training (egnn: 10000)")
+    parser.add_argument("--valid", type=int, default=None, help="validation trajectories (2000)")
+    parser.add_argument("--test", type=int, default=None, help="test trajectories (2000)")
+    parser.add_argument("--steps", type=int, default=None, help="simulator steps (5000; a frame every 100)")
     parser.add_argument("--seed", type=int, default=43)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    splits = [SplitSpec("train", args.train, max(args.train, args.train_drawn)), SplitSpec("valid", args.valid),
-              SplitSpec("test", args.test)]
-    return run_converter(lambda: write_nbody_dataset(
-        args.out, NBodyParams(num_particles=args.particles, num_steps=args.steps), splits, seed=args.seed,
-        overwrite=args.overwrite, progress=True,
-    ))
+
+    def convert() -> dict[str, Path]:
+        params = protocol_params(args.system, particles=args.particles, steps=args.steps, gaussians=args.gaussians)
+        train, valid, test = PROTOCOLS[args.system][1]
+        count = args.train if args.train is not None else train.count
+        drawn = args.train_drawn if args.train_drawn is not None else train.drawn
+        splits = [SplitSpec("train", count, max(count, drawn) if drawn is not None else None),
+                  SplitSpec("valid", args.valid if args.valid is not None else valid.count),
+                  SplitSpec("test", args.test if args.test is not None else test.count)]
+        return write_nbody_dataset(args.out, params, splits, seed=args.seed, overwrite=args.overwrite, progress=True)
+
+    return run_converter(convert)
 
 
 if __name__ == "__main__":

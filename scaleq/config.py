@@ -39,6 +39,9 @@ class GenerateConfig:
     """How to create the dataset when ``data.path`` does not exist (only the N-body simulator)."""
 
     source: Literal["nbody"] = "nbody"
+    # the simulator: EGNN's 5-body one, or FastEGNN's 100-body system of GMN (scaleq/data/nbody.py)
+    system: Literal["egnn", "fastegnn"] = "egnn"
+    gaussians: int | None = None  # fastegnn: Gaussians of the initial positions (None: 3, as published)
     particles: int = 5
     train: int = 3000
     train_drawn: int | None = None  # initial states drawn for training; EGNN draws 10000, keeps 3000
@@ -51,6 +54,9 @@ class GenerateConfig:
         for name in ("particles", "train", "valid", "test", "steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.generate.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gaussians is not None and (self.system != "fastegnn" or self.gaussians not in (1, 3, 10)):
+            raise ConfigError(f"data.generate.gaussians must be 1, 3 or 10 with system 'fastegnn', got "
+                              f"{self.gaussians} with system {self.system!r}")
 
 
 @dataclass(kw_only=True)

@@ -16,8 +16,6 @@ def test_eghn_nbody_config_builds_the_model_and_a_local_graph():
 
 
 def test_eghn_protein_config_has_the_published_settings():
-    if not (CONFIGS / "egnn_protein.yaml").exists():
-        pytest.skip("configs/egnn_protein.yaml (the protein data section) is not in this checkout")
     config = load_config(CONFIGS / "eghn_protein.yaml")
     assert config.data.batch_size == 8 and config.data.delta == 15
     assert config.train.lr == pytest.approx(5e-5) and config.train.weight_decay == pytest.approx(1e-4)

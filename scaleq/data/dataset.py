@@ -89,6 +89,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     ``node_features`` keeps only the store features of these names (``attrs.feature_names``), in
     this order (e.g. ``["charge"]`` of an MD store's charge, element and type); None keeps all.
+    ``scale_from`` is the store whose statistics scale the features: validation and test sets
+    pass the training store, so all three splits share one scale (default: this store).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         store: TrajectoryStore | str | os.PathLike[str],
         spec: SampleSpec,
         node_features: Sequence[str] | None = None,
+        scale_from: TrajectoryStore | None = None,
     ) -> None:
         self.store = store if isinstance(store, TrajectoryStore) else open_store(store)
         self.spec = spec
@@ -103,9 +106,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             raise StoreError(f"{self.store.path}: velocity 'store' asked for, but the store has no 'velocities' array")
         self.index = build_index(self.store, spec)
         self.columns = _feature_columns(self.store, node_features)
-        max_abs = np.asarray(self.store.statistics.get("node_features_max_abs") or [1.0] * self.store.num_node_features)
-        max_abs = max_abs[self.columns] if self.columns is not None else max_abs
-        self.feature_scale = torch.as_tensor(np.where(max_abs > 0, max_abs, 1.0), dtype=torch.float32)
+        self.feature_scale = _feature_scale(scale_from if scale_from is not None else self.store, self.columns, self.store.num_node_features)
         # Stored velocities are per unit time; finite differences are per frame.
         self.horizon = spec.delta * (self.store.attrs.dt if spec.velocity == "store" else 1.0)
 
@@ -185,6 +186,16 @@ def _first_bad_frame(frames: np.ndarray) -> tuple[int, int] | None:
         return None
     k = int(np.argmin(finite))
     return k, int((~np.isfinite(frames[k])).sum())
+
+
+def _feature_scale(store: TrajectoryStore, columns: list[int] | None, width: int) -> torch.Tensor:
+    """max |feature| per kept column from ``store``'s statistics (1 where absent or zero)."""
+    max_abs = np.asarray(store.statistics.get("node_features_max_abs") or [1.0] * store.num_node_features)
+    if max_abs.shape != (width,):
+        raise StoreError(f"{store.path}: statistics hold {max_abs.shape[0]} node features, the data {width}: "
+                         "the splits do not come from one dataset")
+    max_abs = max_abs[columns] if columns is not None else max_abs
+    return torch.as_tensor(np.where(max_abs > 0, max_abs, 1.0), dtype=torch.float32)
 
 
 def _feature_columns(store: TrajectoryStore, names: Sequence[str] | None) -> list[int] | None:

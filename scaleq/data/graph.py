@@ -151,7 +151,8 @@ class GraphBuilder:
 
     With ``local`` other than 'none' it also adds a local graph ``local_index`` [2, E_local]: the
     store's static bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the
-    neighbours within ``local_radius`` ('radius'), all in the input frame.
+    neighbours within ``local_radius`` ('radius'), all in the input frame, and its attributes
+    ``local_attr`` [E_local, F + 1], computed as ``edge_attr``.
     """
 
     kind: GraphKind = "complete"
@@ -208,4 +209,7 @@ class GraphBuilder:
         elif self.local == "radius":
             assert self.local_radius is not None
             batch.local_index = radius_graph(pos, self.local_radius, node_batch, self.max_num_neighbors)
+        if self.local != "none":
+            # the global graph's kind of attributes on the local edges (EGHN's E-Pool reads them)
+            batch.local_attr = edge_features(pos, batch.node_attr, batch.local_index)
         return batch

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from scaleq.models.baselines import LinearDynamics
+from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.models.dusego import DuSEGO
 from scaleq.models.eghn import EGHN
 from scaleq.models.egnn import EGNN
@@ -14,6 +14,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "eghn": EGHN,
     "dusego": DuSEGO,
     "linear": LinearDynamics,
+    "constant_velocity": ConstantVelocity,
 }
 
-__all__ = ["MODELS", "DuSEGO", "EGNN", "EGHN", "FastEGNN", "LinearDynamics"]
+__all__ = ["MODELS", "ConstantVelocity", "DuSEGO", "EGNN", "EGHN", "FastEGNN", "LinearDynamics"]

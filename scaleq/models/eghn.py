@@ -1,28 +1,44 @@
 """EGHN: equivariant graph hierarchy network (Han et al., NeurIPS 2022): EMMP, E-Pool, E-UnPool.
 
-One level of hierarchy, as the published model:
+One level of hierarchy, as the published code (hanjq17/EGHN, ``model/eghn.py`` and
+``model/basic.py``) computes it:
 
-    encoder   external EGNN layers on the distance-based global graph (batch.edge_index)
-              E-Pool: EMMP layers on the LOCAL graph (batch.local_index: bonds, k-nearest or radius)
-                      over the vector channels Z_i = [x_i - centre, dx_i, v_i], then soft
-                      assignments s_i = softmax(MLP(h_i)) over K clusters
-    high      EGNN layers over the K clusters of each graph, fully connected, edge feature =
-              the row-normalised pooled global adjacency S^T A_global S
-    decoder   E-UnPool: each node gets sum_k s_ik (cluster quantities) plus an equivariant
-              correction from its own vectors (node-wise matrix layers)
+    encoder   Linear(F, H) embedding, then an EGHN-EGNN block (its own Linear(H, H) embedding and
+              L EGNN layers, see :class:`EGHNEGNNLayer`) on the distance-based global graph
+              (batch.edge_index); dx = x' - x
+              E-Pool: EMMP layers on the LOCAL graph (batch.local_index: bonds, k-nearest or
+              radius) over Z_i = [x_i - centre, dx_i, v_i], reading the global graph's kind of
+              edge attributes on the local edges (batch.local_attr); then soft assignments
+              s_i = softmax(Linear(8H, K)(tanh(Linear(H, 8H)(h_i))))
+    high      cluster quantities are assignment-weighted means of the INPUT positions and
+              velocities and of the encoder's features; an EGHN-EGNN block over all K x K ordered
+              pairs of clusters of each graph, self-loops included, edge feature = the raw
+              entry of S^T A_global S
+    decoder   E-UnPool: each node gets sum_k s_ik X'_k plus an equivariant correction from
+              [sum_k s_ik (X'_k - X_k), x_i - sum_k s_ik X_k, v_i - sum_k s_ik V_k, dx_i] and the
+              scalars [h_i, sum_k s_ik h'_k] (node-wise matrix layers, :class:`UnPoolLayer`)
 
-EMMP (Eq. 3-6): Zhat_ij = [Z_i, Z_j] (D x 2m, translation-invariant because the position channel
-is taken relative to the graph's centre), invariants G_ij = Zhat^T Zhat / ||Zhat^T Zhat||_F, an
-MLP of (G_ij, h_i, h_j, e_ij) gives a message m_ij and the mixing matrix H_ij (2m x m);
-Z_i <- Z_i + mean_j Zhat_ij H_ij, h_i <- h_i + phi_h(h_i, sum_j m_ij). The paper writes a sum for
-the vector update; the mean (as the published code and EGNN) keeps the update's scale independent
-of the degree.
+EMMP (the published ``EquivariantEdgeScalarNet``): invariants Z_j^T Z_i (m x m, flattened and
+scaled to unit norm), with h_i, h_j, e_ij, give a message m_ij (MLP with a final SiLU) and a
+mixing matrix H_ij (m x m); Z_i <- Z_i + mean_j Z_j H_ij, h_i <- h_i + phi_h(h_i, sum_j m_ij).
+The paper writes a sum for the vector update; the published code takes the mean, as here.
 
-Cluster quantities are assignment-weighted means per graph, divided by the column sum
-sum_i s_ik: this normalisation is what keeps pooled positions translation-equivariant (Eq. 9).
+Cluster quantities are divided by the column sum sum_i s_ik: this normalisation is what keeps
+pooled positions translation-equivariant (Eq. 9).
 
-Batches may mix graphs of different sizes in any node order: node-level work uses edge lists
-only; cluster-level work uses a padded [B, N_max, K] assignment tensor and [B, K, K] matrices.
+Where this module departs from the published code, and why:
+- The published EGNN layer clamps each component of the coordinate update to +-100; a
+  per-component clamp is not rotation-equivariant, so it is left out.
+- The last E-Pool layer updates no vectors and the last E-UnPool layer computes no scalars:
+  nothing reads them (the published code computes and discards them), and parameters without
+  gradients upset DDP. Outputs are unchanged.
+- ``start_at_input=True`` (off by default; published: PyTorch's default initialisation) starts the
+  decoder's last layer as the identity on the node's offset from its cluster, so the first
+  prediction is the input moved with its clusters.
+
+Batches may mix graphs of different sizes in any node order (the published code needs equal
+sizes): node-level work uses edge lists only; cluster-level work uses a padded [B, N_max, K]
+assignment tensor and [B, K, K] matrices.
 """
 
 from __future__ import annotations
@@ -34,14 +50,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.models.egnn import EGNNLayer
 from scaleq.nn.checkpoint import run_layers
 from scaleq.nn.mlp import cat_features, mlp, small_init_
 from scaleq.nn.scatter import scatter_mean, scatter_sum
 
-POOL_CHANNELS = 3  # [x - centre, dx from the external layers, v]
+POOL_CHANNELS = 3  # [x - centre, dx from the external block, v]
 UNPOOL_CHANNELS = 4  # [cluster displacement, x - cluster position, v - cluster velocity, dx]
-OFFSET_CHANNEL = 1  # x - cluster position: the decoder's last layer starts by copying it
+OFFSET_CHANNEL = 1  # x - cluster position: with start_at_input the decoder starts by copying it
+ASSIGN_WIDTH = 8  # the published assignment head: Linear(H, 8H)-Tanh-Linear(8H, K)
+EMPTY_CLUSTER_MASS = 1e-5  # the published clamp of the column sums
 
 
 def exact_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -51,32 +68,97 @@ def exact_matmul(a: Tensor, b: Tensor) -> Tensor:
         return a @ b
 
 
-def normalised_gram(z: Tensor) -> Tensor:
-    """Invariants of a set of vectors: the Gram matrix, flattened and scaled to unit Frobenius norm.
+def normalised_products(a: Tensor, b: Tensor) -> Tensor:
+    """Invariants of two sets of vectors: a^T b, flattened and scaled to unit Frobenius norm.
 
     Shapes:
-        z: [M, D, c] -> [M, c * c]
+        a: [M, D, c], b: [M, D, c'] -> [M, c * c'] (row-major: entry (p, q) = a_p . b_q)
     """
-    gram = exact_matmul(z.transpose(1, 2), z)  # [M, c, c]
-    return F.normalize(gram.flatten(1), dim=-1)
+    return F.normalize(exact_matmul(a.transpose(1, 2), b).flatten(1), dim=-1)
+
+
+class EGHNEGNNLayer(nn.Module):
+    """The EGNN layer of EGHN's published code (``EGNN_Layer`` with velocities):
+
+        m_ij = phi_e(|x_i - x_j|^2, h_i, h_j, e_ij)                    (MLP ending in SiLU)
+        x_i <- x_i + phi_v(h_i) v_i + mean_j (x_i - x_j) phi_x(m_ij)   (phi_x ends in Linear(H, 1) with bias)
+        h_i <- phi_h(h_i, sum_j m_ij)                                   (no residual)
+
+    v is the block's input velocity at every layer. Unlike EGNN's own layer (scaleq/models/egnn.py)
+    the features have no residual connection, the coordinate head has a bias and PyTorch's default
+    initialisation. The published +-100 clamp of the coordinate update is left out.
+
+    Args:
+        hidden: width H of h and of the messages.
+        edge_dim: width Fe of the invariant edge attributes.
+    """
+
+    def __init__(self, hidden: int, edge_dim: int) -> None:
+        super().__init__()
+        self.phi_e = mlp(1 + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
+        self.phi_x = mlp(hidden, hidden, 1)
+        self.phi_v = mlp(hidden, hidden, 1)
+        self.phi_h = mlp(2 * hidden, hidden, hidden)
+
+    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+        """
+        Shapes:
+            h: [N, H], pos: [N, D], vel: [N, D] (the block's input velocity),
+            edge_index: [2, E] (j -> i), edge_attr: [E, Fe] -> (h [N, H], pos [N, D])
+        """
+        source, target = edge_index
+        diff = pos[target] - pos[source]  # [E, D] x_i - x_j, kept in coordinate precision
+        radial = diff.pow(2).sum(-1, keepdim=True)  # [E, 1]
+        m = self.phi_e(cat_features([radial, h[target], h[source], edge_attr]))  # [E, H]
+        force = scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, pos.shape[0])  # [N, D]
+        pos = pos + self.phi_v(h).to(pos.dtype) * vel + force
+        aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
+        h = self.phi_h(cat_features([h, aggregated])).to(h.dtype)
+        return h, pos
+
+
+class EGHNEGNN(nn.Module):
+    """The published ``EGNN`` block of EGHN: a Linear(H, H) embedding, then L :class:`EGHNEGNNLayer`.
+
+    Args:
+        hidden: H. edge_dim: Fe. layers: L. gradient_checkpointing: checkpoint every k layers.
+    """
+
+    def __init__(self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(hidden, hidden)
+        self.layers = nn.ModuleList(EGHNEGNNLayer(hidden, edge_dim) for _ in range(layers))
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+        """
+        Shapes:
+            h: [N, H], pos: [N, D], vel: [N, D], edge_index: [2, E] (j -> i), edge_attr: [E, Fe]
+            -> (h [N, H], pos [N, D])
+        """
+        h = self.embed(h).to(pos.dtype)
+        steps = [functools.partial(_egnn_step, layer, vel=vel, edge_index=edge_index, edge_attr=edge_attr)
+                 for layer in self.layers]
+        h, pos = run_layers(steps, (h, pos), self.gradient_checkpointing)
+        return h, pos
 
 
 class EMMPLayer(nn.Module):
-    """Equivariant matrix message passing (Eq. 3-6) on ``channels`` vector channels.
+    """Equivariant matrix message passing on ``channels`` vector channels (the published
+    ``PoolingLayer`` with its ``EquivariantEdgeScalarNet``).
 
     Args:
         hidden: width H of h and of the messages.
         channels: m, the number of vectors per node.
         edge_dim: width of the invariant edge attributes.
+        update_vectors: False for a last layer, whose vectors nothing reads (Z is returned as is).
     """
 
-    def __init__(self, hidden: int, channels: int, edge_dim: int) -> None:
+    def __init__(self, hidden: int, channels: int, edge_dim: int, *, update_vectors: bool = True) -> None:
         super().__init__()
         self.channels = channels
-        pair = 2 * channels
-        self.phi_m = mlp(pair * pair + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
-        # H_ij starts near zero, so a deep stack starts near the identity on vectors (as EGNN's phi_x)
-        self.phi_mix = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), small_init_(nn.Linear(hidden, pair * channels, bias=False)))
+        self.phi_m = mlp(channels * channels + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
+        self.phi_mix = mlp(hidden, hidden, channels * channels) if update_vectors else None
         self.phi_h = mlp(2 * hidden, hidden, hidden)
 
     def forward(self, h: Tensor, z: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,19 +168,20 @@ class EMMPLayer(nn.Module):
             -> (h [N, H], z [N, D, m])
         """
         source, target = edge_index
-        z_hat = torch.cat([z[target], z[source]], dim=-1)  # [E, D, 2m] = [Z_i, Z_j]
-        m = self.phi_m(cat_features([h[target], h[source], edge_attr, normalised_gram(z_hat)]))  # [E, H]
-        mix = self.phi_mix(m).to(z.dtype).view(-1, 2 * self.channels, self.channels)  # [E, 2m, m]
-        z = z + scatter_mean(exact_matmul(z_hat, mix), target, z.shape[0])  # M_ij = Zhat_ij H_ij, [E, D, m]
+        z_i, z_j = z[target], z[source]  # [E, D, m]
+        m = self.phi_m(cat_features([normalised_products(z_j, z_i), h[target], h[source], edge_attr]))  # [E, H]
+        if self.phi_mix is not None:
+            mix = self.phi_mix(m).to(z.dtype).view(-1, self.channels, self.channels)  # [E, m (of Z_j), m]
+            z = z + scatter_mean(exact_matmul(z_j, mix), target, z.shape[0])  # mean_j Z_j H_ij
         aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
         h = h + self.phi_h(cat_features([h, aggregated])).to(h.dtype)
         return h, z
 
 
 class UnPoolLayer(nn.Module):
-    """A node-wise equivariant matrix layer of E-UnPool (Eq. 14-15): invariants of the node's
-    vectors and its scalars give new scalars and a new vector, a combination of the vectors,
-    which is appended to the set (the next layer sees it).
+    """A node-wise equivariant matrix layer of E-UnPool (the published ``EquivariantScalarNet``,
+    stacked as ``EGMN``): invariants of the node's vectors and its scalars give new scalars and a
+    new vector, a combination of the vectors, which is appended to the set (the next layer sees it).
 
     Args:
         channels: vectors per node at this layer's input. scalars: width of its scalar input.
@@ -110,8 +193,6 @@ class UnPoolLayer(nn.Module):
         super().__init__()
         self.phi = mlp(channels * channels + scalars, hidden, hidden, act_last=True)
         self.phi_w = mlp(hidden, hidden, channels)
-        small_init_(self.phi_w[-1])
-        nn.init.zeros_(self.phi_w[-1].bias)
         self.phi_s = None if last else mlp(hidden, hidden, hidden)
 
     def forward(self, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,7 +200,7 @@ class UnPoolLayer(nn.Module):
         Shapes:
             s: [N, S], z: [N, D, c] -> (s [N, H] ([N, S] when last), z [N, D, c + 1])
         """
-        u = self.phi(cat_features([s, normalised_gram(z)]))  # [N, H]
+        u = self.phi(cat_features([normalised_products(z, z), s]))  # [N, H]
         vector = exact_matmul(z, self.phi_w(u).to(z.dtype).unsqueeze(-1))  # [N, D, 1]
         s = s if self.phi_s is None else self.phi_s(u).to(s.dtype)
         return s, torch.cat([z, vector], dim=-1)
@@ -144,7 +225,7 @@ class Clusters:
         self.s = s  # [N, K]
         self.dense_s = self.to_dense(s)  # [B, N_max, K]
         # column sums sum_i s_ik per graph; the clamp only matters for a cluster nobody joins
-        self.mass = self.dense_s.sum(1).clamp_min(1e-6)  # [B, K]
+        self.mass = self.dense_s.sum(1).clamp_min(EMPTY_CLUSTER_MASS)  # [B, K]
 
     def to_dense(self, x: Tensor) -> Tensor:
         """Shapes: x [N, *] -> [B, N_max, *] (zeros in padded slots)."""
@@ -174,28 +255,33 @@ class Clusters:
 
 
 def complete_cluster_graph(num_graphs: int, clusters: int, device: torch.device) -> Tensor:
-    """All ordered pairs k != l of clusters within each graph; clusters of graph b are b*K..b*K+K-1.
+    """All K x K ordered pairs (k, l) of clusters within each graph, self-loops included, as the
+    published code (which builds a mask for the self-loops and never applies it); clusters of
+    graph b are b*K..b*K+K-1. Edge b K^2 + k K + l flows l -> k.
 
-    Shapes: -> edge_index [2, B K (K - 1)] (j -> i)
+    Shapes: -> edge_index [2, B K^2] (j -> i)
     """
     k = torch.arange(clusters, device=device)
-    target, source = torch.meshgrid(k, k, indexing="ij")
-    keep = target != source
-    offset = (torch.arange(num_graphs, device=device) * clusters).unsqueeze(1)
-    return torch.stack([(offset + source[keep]).flatten(), (offset + target[keep]).flatten()])
+    target, source = torch.meshgrid(k, k, indexing="ij")  # [K, K]: row = target cluster
+    offset = (torch.arange(num_graphs, device=device) * clusters).view(-1, 1, 1)
+    return torch.stack([(offset + source).flatten(), (offset + target).flatten()])
 
 
 class EGHN(nn.Module):
-    """Encoder (external EGNN + E-Pool), high-level EGNN over clusters, decoder (E-UnPool).
+    """Encoder (external EGNN block + E-Pool), high-level EGNN block over clusters, decoder (E-UnPool).
 
     Args:
         in_node_features: width of ``batch.h``.
-        in_edge_features: width of ``batch.edge_attr`` (the global graph's attributes).
+        in_edge_features: width of ``batch.edge_attr`` and of ``batch.local_attr`` (the same
+            attributes, on the global and on the local edges).
         hidden: H.
         clusters: K, clusters per graph.
         interaction_layers: EGNN layers of the external (global) block and of the high level each.
         pooling_layers: EMMP layers inside E-Pool, on the local graph.
         decoder_layers: node-wise matrix layers of E-UnPool.
+        start_at_input: start the decoder's output vector as x_i - sum_k s_ik X_k, so the first
+            prediction is the input moved with its clusters (scaleq's option; off: the published
+            default initialisation).
         gradient_checkpointing: checkpoint every k layers of each stack (0: off).
     """
 
@@ -209,6 +295,7 @@ class EGHN(nn.Module):
         interaction_layers: int = 4,
         pooling_layers: int = 4,
         decoder_layers: int = 2,
+        start_at_input: bool = False,
         gradient_checkpointing: int = 0,
     ) -> None:
         super().__init__()
@@ -222,70 +309,71 @@ class EGHN(nn.Module):
         self.clusters = clusters
         self.gradient_checkpointing = gradient_checkpointing
         self.embed = nn.Linear(in_node_features, hidden)
-        self.external = nn.ModuleList(EGNNLayer(hidden, in_edge_features) for _ in range(interaction_layers))
-        # local edge attribute: the squared edge length in the input frame
-        self.pooling = nn.ModuleList(EMMPLayer(hidden, POOL_CHANNELS, 1) for _ in range(pooling_layers))
-        self.assign = mlp(hidden, hidden, clusters)
-        self.high = nn.ModuleList(EGNNLayer(hidden, 1) for _ in range(interaction_layers))
+        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing)
+        self.pooling = nn.ModuleList(
+            EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1)
+            for i in range(pooling_layers)
+        )
+        self.assign = nn.Sequential(
+            nn.Linear(hidden, ASSIGN_WIDTH * hidden), nn.Tanh(), nn.Linear(ASSIGN_WIDTH * hidden, clusters)
+        )
+        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing)
         self.decoder = nn.ModuleList(
             UnPoolLayer(UNPOOL_CHANNELS + i, 2 * hidden if i == 0 else hidden, hidden, last=i == decoder_layers - 1)
             for i in range(decoder_layers)
         )
-        # The decoder's output vector starts as (x_i - sum_k s_ik X_k), so the prediction starts at
-        # x_i + sum_k s_ik (X'_k - X_k): the input moved with its clusters, not the cluster centre.
-        with torch.no_grad():
-            self.decoder[-1].phi_w[-1].bias[OFFSET_CHANNEL] = 1.0
+        if start_at_input:
+            # The output vector starts as (x_i - sum_k s_ik X_k), so the prediction starts at
+            # x_i + sum_k s_ik (X'_k - X_k): the input moved with its clusters.
+            head = self.decoder[-1].phi_w[-1]
+            with torch.no_grad():
+                small_init_(head)
+                head.bias.zero_()
+                head.bias[OFFSET_CHANNEL] = 1.0
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """
         Shapes:
             batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.batch: [N],
             batch.edge_index: [2, E] (global graph), batch.edge_attr: [E, Fe],
-            batch.local_index: [2, E_local] (local graph)
+            batch.local_index: [2, E_local] (local graph), batch.local_attr: [E_local, Fe]
             -> {"pos": [N, D], "assignments": [N, K], "cluster_pos": [B, K, D] (pooled input
                 positions), "pooled_adjacency": [B, K, K] (S^T A_local S)}
         """
         local_index = getattr(batch, "local_index", None)
-        if local_index is None:
+        local_attr = getattr(batch, "local_attr", None)
+        if local_index is None or local_attr is None:
             raise ValueError(
-                "EGHN needs a local graph in batch.local_index: set graph.local to 'bonds', 'knn' or 'radius'"
+                "EGHN needs a local graph in batch.local_index and its attributes in batch.local_attr: "
+                "set graph.local to 'bonds', 'knn' or 'radius'"
             )
         every = self.gradient_checkpointing
         pos, vel, node_batch = batch.pos, batch.vel, batch.batch
         num_graphs = int(batch.num_graphs)
-        h = self.embed(batch.h).to(pos.dtype)  # the residual stream keeps coordinate precision
+        h = self.embed(batch.h).to(pos.dtype)  # the feature stream keeps coordinate precision
 
         # encoder, external block: EGNN on the global graph
-        steps = [functools.partial(_egnn_step, layer, vel=vel, edge_index=batch.edge_index, edge_attr=batch.edge_attr)
-                 for layer in self.external]
-        h, moved = run_layers(steps, (h, pos), every)
+        h, moved = self.external(h, pos, vel, batch.edge_index, batch.edge_attr)
         dx = moved - pos  # [N, D]
 
         # E-Pool: EMMP on the local graph, then soft assignments
         graph_centre = scatter_mean(pos, node_batch, num_graphs)  # [B, D]
         z = torch.stack([pos - graph_centre[node_batch], dx, vel], dim=-1)  # [N, D, 3]
-        source, target = local_index
-        local_attr = (pos[target] - pos[source]).pow(2).sum(-1, keepdim=True)  # [E_local, 1]
         steps = [functools.partial(_emmp_step, layer, edge_index=local_index, edge_attr=local_attr) for layer in self.pooling]
-        h_pool, z = run_layers(steps, (h, z), every)
+        h_pool, _ = run_layers(steps, (h, z), every)
         logits = self.assign(h_pool)  # [N, K]; the softmax runs in fp32 at least (bf16 logits)
         s = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(pos.dtype)
         clusters = Clusters(s, node_batch, num_graphs)
-        z_high = clusters.pool(z)  # [B, K, D, 3]; weights sum to 1, so the centre can be added after
-        cluster_pos = z_high[..., 0] + graph_centre.unsqueeze(1)  # [B, K, D]
-        cluster_vel = z_high[..., 2]  # [B, K, D]
-        cluster_h = clusters.pool(h)  # [B, K, H]: the pooling block's input features (Eq. 10)
+        cluster_pos = clusters.pool(pos)  # [B, K, D]: pooled INPUT positions
+        cluster_vel = clusters.pool(vel)  # [B, K, D]
+        cluster_h = clusters.pool(h)  # [B, K, H]: the encoder's features
 
-        # high level: EGNN over the K clusters of each graph, edge feature = rownorm(S^T A_global S)
+        # high level: EGNN over all K x K cluster pairs of each graph, edge feature = (S^T A_global S)[k, l]
         k = self.clusters
         high_index = complete_cluster_graph(num_graphs, k, pos.device)
-        global_high = F.normalize(clusters.pooled_adjacency(batch.edge_index), p=1, dim=-1)  # [B, K, K]
-        high_attr = global_high.flatten(0, 1)  # [B K, K]: row = target cluster
-        high_attr = high_attr[high_index[1], high_index[0] % k].unsqueeze(-1)  # [B K (K-1), 1]
-        flat = (cluster_h.flatten(0, 1), cluster_pos.flatten(0, 1))
-        steps = [functools.partial(_egnn_step, layer, vel=cluster_vel.flatten(0, 1), edge_index=high_index,
-                                   edge_attr=high_attr) for layer in self.high]
-        h_high, pos_high = run_layers(steps, flat, every)
+        high_attr = clusters.pooled_adjacency(batch.edge_index).reshape(-1, 1)  # [B K K, 1], edge order of high_index
+        h_high, pos_high = self.high(cluster_h.flatten(0, 1), cluster_pos.flatten(0, 1), cluster_vel.flatten(0, 1),
+                                     high_index, high_attr.to(pos.dtype))
         h_high = h_high.view(num_graphs, k, -1)
         shift_high = pos_high.view(num_graphs, k, -1) - cluster_pos  # [B, K, D]
 
@@ -303,7 +391,7 @@ class EGHN(nn.Module):
         }
 
 
-def _egnn_step(layer: EGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+def _egnn_step(layer: EGHNEGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
     return layer(h, pos, vel, edge_index, edge_attr)
 
 

@@ -82,3 +82,103 @@ def test_existing_dataset_is_refused_and_left_whole(tmp_path):
         write_nbody_dataset(tmp_path, NBodyParams(num_steps=300), splits, seed=1)
     # all or none: the refused run wrote no new train.zarr either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.zarr", "test.zarr"]
+
+
+# -- FastEGNN's 100-body system (GMN's System of isolated balls) -------------------------------
+
+
+class PublishedBallSystem:
+    """GMN's ``System`` with isolated balls, written from the published code's structure (global
+    np.random, the |a|^2 + |b|^2 - 2 a.b distances, a per-ball update loop). Where the published
+    mixture lists fewer centres than Gaussians, the remainder is drawn around the origin first."""
+
+    def __init__(self, n, gaussians, centres, delta_t=0.001, loc_std=1.0, vel_norm=0.5):
+        self.n, self.delta_t, self.max_f = n, delta_t, 0.1 / delta_t
+        self.loc_std = loc_std * (float(n) / 5.0) ** (1 / 3) + 0.1
+        self.charges = np.random.choice([1.0, -1.0], size=(n, 1))
+        self.edges = self.charges.dot(self.charges.transpose())
+        cnt = n // gaussians
+        x = np.random.randn(n - cnt * len(centres), 3) * self.loc_std
+        for c in centres:
+            x = np.concatenate((x, np.random.randn(cnt, 3) * self.loc_std + np.array([[c, c, c]])), axis=0)
+        v = np.random.randn(n, 3)
+        v = v / np.sqrt((v**2).sum(axis=-1)).reshape(-1, 1) * vel_norm
+        selected = []
+        for _ in range(n):
+            rest = [i for i in range(n) if i not in selected]
+            selected.extend(list(np.random.choice(rest, size=1, replace=False)))
+        self.order = selected
+        self.X, self.V = x, v
+
+    def compute_f(self, x):
+        sq = (x**2).sum(axis=1)
+        l2 = sq.reshape(-1, 1) + sq.reshape(1, -1) - 2 * x.dot(x.T)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            size = self.edges / np.power(l2, 1.5)
+        np.fill_diagonal(size, 0)
+        f = np.stack([(size * np.subtract.outer(x[:, d], x[:, d])).sum(axis=-1) for d in range(3)], axis=1)
+        return np.clip(f, -self.max_f, self.max_f)
+
+    def simulate_one_step(self):
+        f = self.compute_f(self.X)
+        for i in self.order:  # Isolated.update, ball by ball
+            self.V[i] = self.V[i] + f[i] / 1.0 * self.delta_t
+            self.X[i] = self.X[i] + self.V[i] * self.delta_t
+
+
+def published_trajectories(seed, count, n, gaussians, centres, length, sample_freq):
+    np.random.seed(seed)
+    out = []
+    for _ in range(count):
+        system = PublishedBallSystem(n, gaussians, centres)
+        xs, vs = [], []
+        for t in range(length):
+            system.simulate_one_step()
+            if t % sample_freq == 0:
+                xs.append(system.X.copy())
+                vs.append(system.V.copy())
+        out.append((np.array(xs), np.array(vs), system.charges[:, 0]))
+    return out
+
+
+TEN_CENTRES = (-100, -80, -60, -40, -20, 20, 40, 60, 80, 100)  # the published list for --gaussians 10
+
+
+@pytest.mark.parametrize(("n", "gaussians", "centres"), [(7, 3, (-25.0, 25.0)), (20, 10, TEN_CENTRES)])
+def test_fastegnn_system_follows_the_published_draws_and_equations(n, gaussians, centres):
+    params = NBodyParams(system="fastegnn", num_particles=n, gaussians=gaussians, num_steps=450)
+    assert params.num_frames == 5 and params.saved_steps.tolist() == [1, 101, 201, 301, 401]
+    ours = list(generate(params, np.random.RandomState(43), 3))
+    expected = published_trajectories(43, 3, n, gaussians, centres, length=450, sample_freq=100)
+    for (loc, vel, charges), (loc_ref, vel_ref, charges_ref) in zip(ours, expected, strict=True):
+        np.testing.assert_array_equal(charges, charges_ref)
+        np.testing.assert_allclose(loc, loc_ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(vel, vel_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_fastegnn_system_setup():
+    params = NBodyParams(system="fastegnn", num_particles=100, gaussians=3)
+    assert params.num_frames == 50 and params.position_std == pytest.approx(20 ** (1 / 3) + 0.1)
+    init = draw_initial_states(params, np.random.RandomState(0), 2)
+    np.testing.assert_allclose(np.linalg.norm(init.velocities, axis=-1), 0.5)
+    # 34 balls around the origin, then 33 around -25 (1, 1, 1) and 33 around +25 (1, 1, 1)
+    centres = [init.positions[:, a:b].mean(axis=(0, 1)) for a, b in ((0, 34), (34, 67), (67, 100))]
+    for centre, c in zip(centres, (0.0, -25.0, 25.0), strict=True):
+        np.testing.assert_allclose(centre, c, atol=2.0)
+    with pytest.raises(ValueError, match="gaussians=3 is for the 'fastegnn' system"):
+        NBodyParams(gaussians=3)
+
+
+def test_fastegnn_dataset_is_reproducible_from_its_seed(tmp_path):
+    params = NBodyParams(system="fastegnn", num_particles=6, gaussians=3, num_steps=300)
+    splits = [SplitSpec("train", 3), SplitSpec("valid", 2)]
+    a = write_nbody_dataset(tmp_path / "a", params, splits, seed=43)
+    b = write_nbody_dataset(tmp_path / "b", params, splits, seed=43)
+    c = write_nbody_dataset(tmp_path / "c", params, splits, seed=44)
+    for split in ("train", "valid"):
+        first, second, other = (open_store(paths[split]) for paths in (a, b, c))
+        np.testing.assert_array_equal(first.frames(1, [0, 2]), second.frames(1, [0, 2]))
+        assert not np.allclose(first.frames(1, [0]), other.frames(1, [0]))
+    # one RNG runs through the splits: validation is not a copy of the first training trajectories
+    assert not np.allclose(open_store(a["train"]).frames(0, [0]), open_store(a["valid"]).frames(0, [0]))
+    assert open_store(a["train"]).attrs.extra["simulator"]["system"] == "fastegnn"

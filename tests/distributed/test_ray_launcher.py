@@ -2,11 +2,11 @@ import csv
 from pathlib import Path
 
 import pytest
+import ray
 
 from scaleq.config import config_from_dict
 from tests.distributed.conftest import tiny_raw
 
-ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 

@@ -58,9 +58,14 @@ def test_table_reports_diverged_runs_as_nan():
 
 @pytest.mark.slow
 def test_memory_sweep_measures_each_variant(tmp_path, nbody):
-    rows = memory_sweep(sweep_config(nbody), depths=[2], graphs=8, device=torch.device("cpu"))
-    assert {(r["model"], r["checkpointing"]) for r in rows} == {(k, c) for k in ("egnn", "dusego") for c in (0, 1)}
-    assert all(math.isfinite(r["peak_mib"]) and r["peak_mib"] >= 0 for r in rows)
+    rows = memory_sweep(sweep_config(nbody, hidden=256), depths=[2, 8], graphs=32, device=torch.device("cpu"))
+    peak = {(r["model"], r["layers"], r["checkpointing"]): r["peak_mib"] for r in rows}
+    assert set(peak) == {(k, d, c) for k in ("egnn", "dusego") for d in (2, 8) for c in (0, 1)}
+    message_mib = 32 * 5 * 4 * 256 * 4 / 2**20  # one [E, H] float32 tensor: 32 complete 5-body graphs, H = 256
+    for kind in ("egnn", "dusego"):
+        assert peak[kind, 2, 0] > message_mib  # a pass holds at least its messages
+        assert peak[kind, 8, 0] > peak[kind, 2, 0] + 3 * message_mib  # six more layers keep their activations
+        assert peak[kind, 8, 1] < peak[kind, 8, 0]  # checkpointing keeps fewer
     assert "dusego + checkpointing" in memory_table(rows)
 
 

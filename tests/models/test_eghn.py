@@ -6,8 +6,7 @@ from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
 from scaleq.losses import training_loss
 from scaleq.models import EGHN
-from scaleq.models.eghn import Clusters, EMMPLayer, UnPoolLayer
-from scaleq.models.egnn import EGNNLayer
+from scaleq.models.eghn import Clusters, EGHNEGNNLayer, EMMPLayer, UnPoolLayer, complete_cluster_graph
 from scaleq.testing.equivariance import check_equivariance
 
 OUTPUTS = {
@@ -49,11 +48,11 @@ def make_model(**kwargs):
     torch.manual_seed(0)
     options = {"hidden": 16, "clusters": 3, "interaction_layers": 2, "pooling_layers": 2, "decoder_layers": 2, **kwargs}
     model = EGHN(in_node_features=2, in_edge_features=2, **options)
-    # the coordinate / mixing heads start near zero; scale them up so the checks see real updates
+    # scale the coordinate / mixing heads up so the checks see large updates
     for module in model.modules():
-        if isinstance(module, EGNNLayer):
+        if isinstance(module, EGHNEGNNLayer):
             torch.nn.init.normal_(module.phi_x[-1].weight, std=0.3)
-        elif isinstance(module, EMMPLayer):
+        elif isinstance(module, EMMPLayer) and module.phi_mix is not None:
             torch.nn.init.normal_(module.phi_mix[-1].weight, std=0.3)
         elif isinstance(module, UnPoolLayer):
             torch.nn.init.normal_(module.phi_w[-1].weight, std=0.3)
@@ -119,17 +118,17 @@ def test_pooled_quantities_match_a_dense_reference():
             if j in local:
                 adjacency[local[i], local[j]] += 1.0
         torch.testing.assert_close(out["pooled_adjacency"][b], s_b.T @ adjacency @ s_b)
-        # the pooled positions are weighted means of the E-Pool block's position channel: with the
-        # mixing heads at zero that channel is the input position itself
-    model = EGHN(in_node_features=2, in_edge_features=2, hidden=8, clusters=3, interaction_layers=1,
-                 pooling_layers=1, decoder_layers=1).double()
-    torch.nn.init.zeros_(model.pooling[0].phi_mix[-1].weight)
-    out = model(batch)
-    for b in range(len(data)):
-        nodes = (batch.batch == b).nonzero().flatten()
-        s_b = out["assignments"][nodes]
+        # the clusters sit at the assignment-weighted means of the INPUT positions (published)
         expected = (s_b.T @ batch.pos[nodes]) / s_b.sum(0).unsqueeze(-1)
         torch.testing.assert_close(out["cluster_pos"][b], expected)
+
+
+def test_cluster_graph_has_every_ordered_pair_with_self_loops():
+    edges = complete_cluster_graph(2, 3, torch.device("cpu"))
+    pairs = set(map(tuple, edges.t().tolist()))
+    assert edges.shape == (2, 18) and len(pairs) == 18
+    assert pairs == {(b * 3 + j, b * 3 + i) for b in range(2) for i in range(3) for j in range(3)}
+    assert edges[1].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5]  # row-major S^T A S order
 
 
 def test_assignments_are_distributions():
@@ -139,16 +138,18 @@ def test_assignments_are_distributions():
     assert out["pooled_adjacency"].shape == (len(SIZES), 3, 3)
 
 
-def test_prediction_starts_near_the_input_positions():
-    """With the published small initialisation the model starts close to x + (cluster motion)."""
+def test_start_at_input_starts_near_the_input_positions():
+    """With ``start_at_input`` the first prediction is the input moved with its clusters."""
     torch.manual_seed(0)
     batch = make_batch(graphs())
-    model = EGHN(in_node_features=2, in_edge_features=2, hidden=16, clusters=3)
+    model = EGHN(in_node_features=2, in_edge_features=2, hidden=16, clusters=3, start_at_input=True)
     with torch.no_grad():
         torch.nn.init.zeros_(model.embed.weight)  # silence the velocity terms too
-        for layer in [*model.external, *model.high]:
-            torch.nn.init.zeros_(layer.phi_v[-1].weight)
-            torch.nn.init.zeros_(layer.phi_v[-1].bias)
+        for block in (model.external, model.high):
+            for layer in block.layers:
+                for head in (layer.phi_v[-1], layer.phi_x[-1]):
+                    torch.nn.init.zeros_(head.weight)
+                    torch.nn.init.zeros_(head.bias)
         pos = model(batch)["pos"]
     assert (pos - batch.pos).abs().max() < 1e-2 * batch.pos.abs().max()
 

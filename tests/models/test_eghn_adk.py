@@ -4,14 +4,13 @@ adk_dims.dcd: 98 frames, 855 backbone atoms), converted with the project's MD co
 from pathlib import Path
 
 import pytest
+from MDAnalysisTests import datafiles
 
-md = pytest.importorskip("scaleq.data.md")
-datafiles = pytest.importorskip("MDAnalysisTests.datafiles")
-
-from scaleq.config import config_from_dict  # noqa: E402
-from scaleq.eval.clusters import cluster_plot_from_run  # noqa: E402
-from scaleq.train.metrics import read_metrics  # noqa: E402
-from scaleq.train.run import run  # noqa: E402
+from scaleq.config import config_from_dict
+from scaleq.data import md
+from scaleq.eval.clusters import cluster_plot_from_run
+from scaleq.train.metrics import read_metrics
+from scaleq.train.run import run
 
 
 @pytest.mark.slow

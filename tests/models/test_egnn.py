@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from scaleq.data.graph import GraphBuilder
-from scaleq.models import EGNN, LinearDynamics
+from scaleq.models import EGNN
 from scaleq.testing.equivariance import check_equivariance
 from scaleq.testing.stores import random_batch
 
@@ -33,13 +33,6 @@ def test_check_catches_a_model_that_is_not_equivariant():
 
     with pytest.raises(AssertionError, match="not equivariant"):
         check_equivariance(broken, make_batch(), {"pos": "node_position"})
-
-
-def test_linear_baseline_is_equivariant_and_extrapolates():
-    batch = make_batch()
-    out = LinearDynamics()(batch)["pos"]
-    torch.testing.assert_close(out, batch.pos + batch.vel)
-    check_equivariance(LinearDynamics(), batch, {"pos": "node_position"})
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
