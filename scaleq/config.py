@@ -22,6 +22,7 @@ import yaml
 
 from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.models import MODELS
+from scaleq.models.build import instantiate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -389,8 +390,6 @@ def _constructor_types(cls: type) -> dict[str, Any]:
 
 
 def build_model(config: ModelConfig, *, in_node_features: int, in_edge_features: int, dim: int) -> Any:
-    """Instantiate ``config.name`` with its options and the data-derived widths it asks for."""
-    cls = MODELS[config.name]
-    params = inspect.signature(cls.__init__).parameters
-    derived = {"in_node_features": in_node_features, "in_edge_features": in_edge_features, "dim": dim}
-    return cls(**{k: v for k, v in derived.items() if k in params}, **config.options)
+    """``config.name`` built for explicit widths (tests); runs and tools use
+    ``scaleq.models.build_model(config, dataset)``, which reads the widths from the data."""
+    return instantiate(config, in_node_features=in_node_features, in_edge_features=in_edge_features, dim=dim)

@@ -1,8 +1,12 @@
-"""Models by name. A plain dict: adding a model is one import and one line."""
+"""Models by name. A plain dict: adding a model is one import and one line.
+
+``build_model(config, dataset)`` (scaleq/models/build.py) is the one way to build a run's model.
+"""
 
 from torch import nn
 
 from scaleq.models.baselines import LinearDynamics
+from scaleq.models.build import DataWidths, build_model, data_widths
 from scaleq.models.dusego import DuSEGO
 from scaleq.models.eghn import EGHN
 from scaleq.models.egnn import EGNN
@@ -16,4 +20,4 @@ MODELS: dict[str, type[nn.Module]] = {
     "linear": LinearDynamics,
 }
 
-__all__ = ["MODELS", "DuSEGO", "EGNN", "EGHN", "FastEGNN", "LinearDynamics"]
+__all__ = ["MODELS", "DataWidths", "build_model", "data_widths", "DuSEGO", "EGNN", "EGHN", "FastEGNN", "LinearDynamics"]

@@ -59,3 +59,36 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or is not one scaleq wrote; the message names the file."""
+
+
+def read_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights in the checkpoint file ``path`` (on the CPU), whichever engine wrote it:
+    the torch engine's ``{"model": state_dict, ...}``, or the DeepSpeed engine's pointer to its
+    ``<name>.ds/<tag>/`` folder (consolidated over ranks and ZeRO shards in scaleq.distributed)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (has the run saved one yet?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: say which, not where in pickle it broke
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    # imported here: scaleq.distributed's engines import this module (atomic_torch_save); the
+    # reader imports deepspeed only to consolidate ZeRO shards
+    from scaleq.distributed.deepspeed_checkpoint import deepspeed_model_state, is_pointer
+
+    if is_pointer(state):
+        try:
+            return deepspeed_model_state(path, state)
+        except FileNotFoundError as err:
+            raise CheckpointError(str(err)) from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: not a scaleq checkpoint (expected a dict with a 'model' state dict)")
+    return state["model"]
+
+
+def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> dict[str, torch.Tensor]:
+    """The model state dict of ``<run_dir>/checkpoints/<checkpoint>`` (torch or DeepSpeed format)."""
+    return read_model_state(Path(run_dir) / "checkpoints" / checkpoint)

@@ -8,11 +8,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scaleq.config import Config, DataConfig, build_model, save_config
+from scaleq.config import Config, DataConfig, save_config
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 from scaleq.data.store import StoreError
 from scaleq.distributed import Engine, engine_from_config
+from scaleq.models import build_model
 from scaleq.models.baselines import LinearDynamics
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.trainer import BEST, Trainer, evaluate
@@ -92,14 +93,7 @@ def run(config: Config, *, resume: bool = False, engine: Engine | None = None, r
     engine.barrier()  # the other ranks open the data once rank 0 has made it
     seed_everything(config.seed)
     datasets = open_datasets(config)
-    train_set = datasets["train"]
-    graph = config.graph.builder()
-    model = build_model(
-        config.model,
-        in_node_features=train_set.num_node_features,
-        in_edge_features=graph.num_edge_features(train_set.num_node_attr),
-        dim=train_set.store.attrs.dim,
-    )
+    model = build_model(config, datasets["train"])
     run_dir = engine.broadcast_object(run_dir or resolve_run_dir(config, resume))  # rank 0's choice
     if engine.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
