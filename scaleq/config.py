@@ -196,12 +196,15 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_steps: int = 0  # also save mid-epoch (0: only at the end of each epoch)
     progress: bool = True
+    rollout_every: int = 0  # every N epochs, roll out validation trajectory 0 into rollouts/ (0: off)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.eval_every < 1 or self.patience < 1:
             raise ConfigError("train.epochs, train.eval_every and train.patience must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.rollout_every < 0:
+            raise ConfigError(f"train.rollout_every must be >= 0 (0: off), got {self.rollout_every}")
 
 
 @dataclass(kw_only=True)
