@@ -94,8 +94,20 @@ def first_start_frame(velocity: str) -> int:
     return 1 if velocity == "backward" else 0
 
 
+def check_trajectories(dataset: TrajectoryDataset, trajectories: Sequence[int]) -> None:
+    """StoreError (one line) unless ``trajectories`` is a non-empty list of the store's trajectory ids."""
+    store = dataset.store
+    if not trajectories:
+        raise StoreError(f"{store.path}: no trajectories asked for")
+    for s in trajectories:
+        if not 0 <= s < store.num_trajectories:
+            raise StoreError(f"{store.path}: trajectory {s} asked for; the store has {store.num_trajectories} (0.."
+                             f"{store.num_trajectories - 1})")
+
+
 def max_steps(dataset: TrajectoryDataset, trajectories: Sequence[int], start_frame: int) -> int:
     """How many steps of ``delta`` frames fit in every one of ``trajectories`` from ``start_frame``."""
+    check_trajectories(dataset, trajectories)
     last = min(dataset.store.num_frames(s) for s in trajectories) - 1
     return max((last - start_frame) // dataset.spec.delta, 0)
 
@@ -108,12 +120,7 @@ def reference(dataset: TrajectoryDataset, trajectories: Sequence[int], start_fra
     """
     store, spec = dataset.store, dataset.spec
     where = str(store.path)
-    if not trajectories:
-        raise StoreError(f"{where}: no trajectories asked for")
-    for s in trajectories:
-        if not 0 <= s < store.num_trajectories:
-            raise StoreError(f"{where}: trajectory {s} asked for; the store has {store.num_trajectories} (0.."
-                             f"{store.num_trajectories - 1})")
+    check_trajectories(dataset, trajectories)
     first = first_start_frame(spec.velocity)
     if start_frame < first:
         raise StoreError(f"{where}: start frame {start_frame} with {spec.velocity} velocities; the first possible "

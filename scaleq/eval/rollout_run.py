@@ -70,8 +70,7 @@ def rollout_from_run(
     dataset = loaded.datasets[split]
     start = first_start_frame(dataset.spec.velocity) if start_frame is None else start_frame
     if steps is None:
-        steps = min(DEFAULT_STEPS, max_steps(dataset, trajectories, start)) if trajectories else 1
-        steps = max(steps, 1)  # none fit: reference() says why
+        steps = max(min(DEFAULT_STEPS, max_steps(dataset, trajectories, start)), 1)  # none fit: reference() says why
     ref = reference(dataset, list(trajectories), start, steps)
     graph = config.graph.builder()
     model_run = rollout(loaded.model, ref, graph, device=device)
