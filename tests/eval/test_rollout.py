@@ -218,3 +218,9 @@ def test_animation_has_the_asked_number_of_frames(tmp_path):
     if not mp4_available():
         with pytest.raises(ValueError, match="imageio-ffmpeg"):
             animate(pred, true, tmp_path / "roll.mp4")
+        return
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(str(animate(pred, true, tmp_path / "roll.mp4")))
+    next(frames)  # the metadata
+    assert sum(1 for _ in frames) == 7
