@@ -224,3 +224,36 @@ def test_animation_has_the_asked_number_of_frames(tmp_path):
     frames = imageio_ffmpeg.read_frames(str(animate(pred, true, tmp_path / "roll.mp4")))
     next(frames)  # the metadata
     assert sum(1 for _ in frames) == 7
+
+
+MODEL_SECTIONS = {
+    "egnn": {"hidden": 8, "layers": 2},
+    "fastegnn": {"hidden": 8, "layers": 2, "virtual_nodes": 2},
+    "eghn": {"hidden": 8, "clusters": 2, "interaction_layers": 1, "pooling_layers": 1, "decoder_layers": 1},
+    "dusego": {"hidden": 8, "layers": 2},
+    "linear": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SECTIONS))
+def test_every_model_rolls_out_on_rebuilt_graphs(nbody, name):
+    from scaleq.config import config_from_dict
+    from scaleq.models import MODELS, build_model
+
+    assert set(MODEL_SECTIONS) >= set(MODELS) - {"constant_velocity"}  # a new model gets a line here
+    config = config_from_dict({
+        "data": {"path": str(nbody), "delta": 5, "velocity": "backward"},
+        "graph": {"kind": "radius", "radius": 3.0, "edge_drop": 0.5 if name == "fastegnn" else 0.0,
+                  "local": "knn" if name == "eghn" else "none", "local_k": 2},
+        "model": {"name": name, **MODEL_SECTIONS[name]},
+    })
+    dataset = TrajectoryDataset(nbody / "test.zarr", SampleSpec(delta=5, velocity="backward"))
+    torch.manual_seed(0)
+    model = build_model(config, dataset)
+    ref = reference(dataset, [0, 1], 1, steps=3)
+    run = rollout(model, ref, config.graph.builder())
+    assert run.pos.shape == ref.pos.shape and torch.isfinite(run.pos).all()
+    assert not torch.equal(run.pos[1], run.pos[0])
+    assert (run.labels is not None) == (name == "eghn")
+    if name == "eghn":
+        assert run.labels.shape == ref.pos.shape[:2] and int(run.labels.max()) < 2
