@@ -257,3 +257,20 @@ def test_every_model_rolls_out_on_rebuilt_graphs(nbody, name):
     assert (run.labels is not None) == (name == "eghn")
     if name == "eghn":
         assert run.labels.shape == ref.pos.shape[:2] and int(run.labels.max()) < 2
+
+
+@pytest.mark.gpu
+def test_rollout_on_cuda_matches_the_cpu(nbody):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from scaleq.models.egnn import EGNN
+
+    dataset = TrajectoryDataset(nbody / "test.zarr", SampleSpec(delta=5, velocity="store"))
+    ref = reference(dataset, [0, 1, 2], 0, steps=4)
+    torch.manual_seed(0)
+    model = EGNN(in_node_features=2, in_edge_features=2, hidden=16, layers=2)
+    graph = GraphBuilder(kind="radius", radius=3.0)
+    on_cpu = rollout(model, ref, graph)
+    on_gpu = rollout(model.cuda(), ref, graph, device="cuda")
+    assert on_gpu.pos.device.type == "cpu"  # results come back for metrics and pictures
+    torch.testing.assert_close(on_gpu.pos, on_cpu.pos, atol=1e-4, rtol=1e-4)
