@@ -40,6 +40,7 @@ from scaleq.data.graph import GraphBuilder
 from scaleq.data.nbody import NBodyParams, energy
 from scaleq.data.store import StoreError
 from scaleq.eval.report import write_rows
+from scaleq.models.baselines import LinearDynamics
 
 if TYPE_CHECKING:
     from scaleq.train.trainer import Trainer
@@ -435,6 +436,12 @@ def plot_metrics(metrics: HorizonMetrics, png: Path, *, name: str, baseline_name
     return png
 
 
+def linear_baseline() -> nn.Module:
+    """The baseline every rollout is compared with: constant-velocity extrapolation x + v * horizon
+    (the fixed form; ``scaleq.models.baselines``)."""
+    return LinearDynamics()
+
+
 # -- during training ----------------------------------------------------------------------------------
 
 
@@ -444,8 +451,6 @@ def rollout_during_training(trainer: Trainer, epoch: int, tensorboard: Any | Non
     ``rollouts/epoch_<E>.csv`` and a small ``rollouts/epoch_<E>.png`` (MSE over the horizon,
     model against the Linear baseline) and TensorBoard scalars (rollout/mse_step_k) and the figure.
     Every rank runs the model (a sharded engine needs all of them); nothing is trained."""
-    from scaleq.models.baselines import LinearDynamics
-
     dataset = trainer.eval_loaders["valid"].dataset
     start = first_start_frame(dataset.spec.velocity)
     horizon = min(steps, max_steps(dataset, [0], start))
@@ -454,7 +459,7 @@ def rollout_during_training(trainer: Trainer, epoch: int, tensorboard: Any | Non
     ref = reference(dataset, [0], start, horizon)
     engine = trainer.engine
     model_run = rollout(trainer.model, ref, trainer.graph, device=engine.device, autocast=engine.autocast)
-    base_run = rollout(LinearDynamics(), ref, trainer.graph, device=engine.device)
+    base_run = rollout(linear_baseline(), ref, trainer.graph, device=engine.device)
     if not engine.is_main:
         return
     metrics = horizon_metrics(ref, model_run, base_run)

@@ -20,6 +20,7 @@ from scaleq.eval.rollout import (
     Rollout,
     first_start_frame,
     horizon_metrics,
+    linear_baseline,
     max_steps,
     plot_metrics,
     reference,
@@ -27,7 +28,6 @@ from scaleq.eval.rollout import (
     summary_line,
     write_metrics_csv,
 )
-from scaleq.models.baselines import LinearDynamics
 from scaleq.train.trainer import BEST
 
 DEFAULT_STEPS = 20
@@ -74,7 +74,7 @@ def rollout_from_run(
     ref = reference(dataset, list(trajectories), start, steps)
     graph = config.graph.builder()
     model_run = rollout(loaded.model, ref, graph, device=device)
-    base_run = rollout(LinearDynamics(), ref, graph, device=device)
+    base_run = rollout(linear_baseline(), ref, graph, device=device)
     metrics = horizon_metrics(ref, model_run, base_run)
 
     folder = Path(out) if out is not None else loaded.run_dir / f"rollout_{split}"
