@@ -23,6 +23,7 @@ import yaml
 from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.io import atomic_write_text
 from scaleq.models import MODELS
+from scaleq.models.build import instantiate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -205,6 +206,7 @@ class TrainConfig:
     # and before every checkpoint): larger means fewer host syncs, more steps run after a NaN.
     finite_check_every: int = 50
     progress: bool = True
+    rollout_every: int = 0  # every N epochs, roll out validation trajectory 0 into rollouts/ (0: off)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.eval_every < 1 or self.patience < 1:
@@ -213,6 +215,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.finite_check_every < 1:
             raise ConfigError(f"train.finite_check_every must be >= 1, got {self.finite_check_every}")
+        if self.rollout_every < 0:
+            raise ConfigError(f"train.rollout_every must be >= 0 (0: off), got {self.rollout_every}")
 
 
 @dataclass(kw_only=True)
@@ -398,8 +402,6 @@ def _constructor_types(cls: type) -> dict[str, Any]:
 
 
 def build_model(config: ModelConfig, *, in_node_features: int, in_edge_features: int, dim: int) -> Any:
-    """Instantiate ``config.name`` with its options and the data-derived widths it asks for."""
-    cls = MODELS[config.name]
-    params = inspect.signature(cls.__init__).parameters
-    derived = {"in_node_features": in_node_features, "in_edge_features": in_edge_features, "dim": dim}
-    return cls(**{k: v for k, v in derived.items() if k in params}, **config.options)
+    """``config.name`` built for explicit widths (tests); runs and tools use
+    ``scaleq.models.build_model(config, dataset)``, which reads the widths from the data."""
+    return instantiate(config, in_node_features=in_node_features, in_edge_features=in_edge_features, dim=dim)

@@ -27,12 +27,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
 from scaleq.distributed.torch_engine import pick_device, set_activation_checkpointing
 from scaleq.io import atomic_torch_save, atomic_write_text
-
-POINTER_FORMAT = "scaleq-deepspeed-checkpoint"
 
 
 def deepspeed_config(

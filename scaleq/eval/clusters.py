@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch_geometric.data import Batch
 
-from scaleq.config import build_model, load_config
-from scaleq.data.store import StoreError
+from scaleq.eval.loading import load_run
 from scaleq.io import atomic_write
-from scaleq.train.run import open_datasets
 
 
 def plot_clusters(
@@ -95,32 +94,15 @@ def cluster_plot_from_run(
     """Load a finished run (its config.yaml and checkpoints/<checkpoint>), run the model on one
     sample of ``split`` and plot the input frame coloured by the predicted clusters. Returns the
     PNG path (default: <run_dir>/clusters_<split>_<index>.png)."""
-    run = Path(run_dir)
-    config = load_config(run / "config.yaml")
-    ckpt = run / "checkpoints" / checkpoint
-    if not ckpt.is_file():
-        raise StoreError(f"{ckpt}: checkpoint not found (train the run first, or pass another checkpoint)")
-    datasets = open_datasets(config)
-    if split not in datasets:
-        raise ValueError(f"split must be one of {sorted(datasets)}, got {split!r}")
-    dataset = datasets[split]
+    loaded = load_run(run_dir, checkpoint=checkpoint)
+    config, model, run = loaded.config, loaded.model, loaded.run_dir
+    if split not in loaded.datasets:
+        raise ValueError(f"split must be one of {sorted(loaded.datasets)}, got {split!r}")
+    dataset = loaded.datasets[split]
     if not 0 <= index < len(dataset):
         raise IndexError(f"{split}: sample {index} requested, the split has {len(dataset)}")
     graph = config.graph.builder()
-    model = build_model(
-        config.model,
-        in_node_features=dataset.num_node_features,
-        in_edge_features=graph.num_edge_features(dataset.store.num_node_features),
-        dim=dataset.store.attrs.dim,
-    )
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state:
-        raise StoreError(f"{ckpt}: not a scaleq checkpoint with a 'model' state")
-    model.load_state_dict(state["model"])
-    model.eval()
-    from torch_geometric.data import Batch
-
-    batch = graph(Batch.from_data_list([dataset[index]]))
+    batch = graph(Batch.from_data_list([dataset[index]]), training=False)
     with torch.no_grad():
         output = model(batch)
     if "assignments" not in output:

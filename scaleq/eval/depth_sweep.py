@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch, Data
 
-from scaleq.config import Config, build_model, config_from_dict
+from scaleq.config import Config, config_from_dict
+from scaleq.data.dataset import TrajectoryDataset
 from scaleq.distributed import make_engine
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
-from scaleq.models import MODELS
+from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.run import open_datasets, prepare_data
 from scaleq.train.trainer import Trainer, prepare_batch
@@ -40,10 +41,12 @@ KINDS = ("egnn", "dusego")
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
-    """Every sample of a dataset read once and kept (N-body splits are a few MB)."""
+    """Every sample of a dataset read once and kept (N-body splits are a few MB), with the
+    dataset's widths for :func:`scaleq.models.build_model`."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.items: list[Data] = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    def __init__(self, dataset: TrajectoryDataset) -> None:
+        self.items: list[Data] = [dataset[i] for i in range(len(dataset))]
+        self.widths = data_widths(dataset)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -68,12 +71,10 @@ def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
     return config_from_dict(raw, "<depth sweep>")
 
 
-def build_for(config: Config, sample: Data) -> torch.nn.Module:
-    """The config's model with the widths of ``sample``, after seeding (same seed, same weights)."""
+def build_for(config: Config, train: InMemoryDataset) -> torch.nn.Module:
+    """The config's model for the training split, after seeding (same seed, same weights)."""
     seed_everything(config.seed)
-    return build_model(config.model, in_node_features=sample.h.shape[1],
-                       in_edge_features=config.graph.builder().num_edge_features(sample.node_attr.shape[1]),
-                       dim=sample.pos.shape[1])
+    return build_model(config, train.widths)
 
 
 def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path,
@@ -82,7 +83,7 @@ def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path,
     its test MSE at the best-validation epoch, NaN when training diverged."""
     engine = make_engine(config.engine.kind, device=config.train.device, precision=config.train.precision,
                          grad_clip=config.train.grad_clip)
-    model = model if model is not None else build_for(config, datasets["train"][0])
+    model = model if model is not None else build_for(config, datasets["train"])
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
@@ -131,11 +132,11 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _cpu_peak_worker(sections: list[dict[str, Any]], widths: dict[str, int], batch: Batch, queue: Any) -> None:
+def _cpu_peak_worker(configs: list[Config], widths: DataWidths, batch: Batch, queue: Any) -> None:
     torch.set_num_threads(1)
     peaks = []
-    for section in sections:
-        model = build_model(config_from_dict({"data": {"path": "-"}, "model": section}).model, **widths)
+    for config in configs:
+        model = build_model(config, widths)
         with torch.no_grad():
             model(batch)  # first-call allocations (thread pools, lazy kernels) are not activations
         try:
@@ -150,12 +151,12 @@ def _cpu_peak_worker(sections: list[dict[str, Any]], widths: dict[str, int], bat
     queue.put(peaks)
 
 
-def peak_memory(sections: list[dict[str, Any]], widths: dict[str, int], batch: Batch, device: torch.device) -> list[int]:
-    """Bytes a forward and backward pass of each model ``section`` needs above its inputs."""
+def peak_memory(configs: list[Config], widths: DataWidths, batch: Batch, device: torch.device) -> list[int]:
+    """Bytes a forward and backward pass of each config's model needs above its inputs."""
     if device.type == "cuda":
         peaks = []
-        for section in sections:
-            model = build_model(config_from_dict({"data": {"path": "-"}, "model": section}).model, **widths).to(device)
+        for config in configs:
+            model = build_model(config, widths).to(device)
             on_device = batch.to(device)
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -172,7 +173,7 @@ def peak_memory(sections: list[dict[str, Any]], widths: dict[str, int], batch: B
     saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the child starts
     try:
-        process = context.Process(target=_cpu_peak_worker, args=(sections, widths, batch, queue))
+        process = context.Process(target=_cpu_peak_worker, args=(configs, widths, batch, queue))
         process.start()
         peaks = queue.get()
         process.join()
@@ -193,10 +194,9 @@ def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: tor
     dataset = open_datasets(config)["train"]
     batch = Batch.from_data_list([dataset[i] for i in range(min(graphs, len(dataset)))])
     batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
-    widths = {"in_node_features": batch.h.shape[1], "in_edge_features": batch.edge_attr.shape[1],
-              "dim": batch.pos.shape[1]}
     grid = [(kind, layers, ck) for kind in kinds for layers in depths for ck in (0, 1)]
-    peaks = peak_memory([model_section(config, *job) for job in grid], widths, batch, device)
+    peaks = peak_memory([with_changes(config, model=model_section(config, *job)) for job in grid],
+                        data_widths(dataset), batch, device)
     rows = []
     for (kind, layers, checkpointing), peak in zip(grid, peaks):
         rows.append({"model": kind, "layers": layers, "checkpointing": checkpointing,
@@ -299,7 +299,7 @@ def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs
     trained = with_changes(config, train={"epochs": max(epochs, 1), "device": "cpu"})
     for name, section in variants:
         run = with_changes(trained, model=section)
-        model = build_for(run, test[0])
+        model = build_for(run, datasets["train"])
         stages = [("init", None)]
         if epochs > 0:
             stages.append(("trained", out_dir / "runs" / name.replace(" ", "_").replace("=", "")))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,3 +54,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def read_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights in the checkpoint file ``path`` (on the CPU), whichever engine wrote it:
+    the torch engine's ``{"model": state_dict, ...}``, or the DeepSpeed engine's pointer to its
+    ``<name>.ds/<tag>/`` folder (consolidated over ranks and ZeRO shards in scaleq.distributed)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (has the run saved one yet?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: say which, not where in pickle it broke
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    # imported here: the reader imports deepspeed only to consolidate ZeRO shards
+    from scaleq.distributed.deepspeed_checkpoint import deepspeed_model_state, is_pointer
+
+    if is_pointer(state):
+        try:
+            return deepspeed_model_state(path, state)
+        except FileNotFoundError as err:
+            raise CheckpointError(str(err)) from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: not a scaleq checkpoint (expected a dict with a 'model' state dict)")
+    return state["model"]
+
+
+def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> dict[str, torch.Tensor]:
+    """The model state dict of ``<run_dir>/checkpoints/<checkpoint>`` (torch or DeepSpeed format)."""
+    return read_model_state(Path(run_dir) / "checkpoints" / checkpoint)

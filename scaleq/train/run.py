@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
-from scaleq.config import Config, ConfigError, DataConfig, build_model, save_config
+from scaleq.config import Config, ConfigError, DataConfig, save_config
 from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset
 from scaleq.data.nbody import SplitSpec, protocol_params, write_nbody_dataset
 from scaleq.data.store import StoreError
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.io import atomic_write_text
+from scaleq.models import build_model
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.train.checkpoint import CheckpointError, seed_everything
 from scaleq.train.run_dir import RunDirectory, claim_run_dir
@@ -147,14 +148,8 @@ def run(
 
 def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
     """The model with its data-derived widths; a constructor's refusal becomes a ConfigError."""
-    graph = config.graph.builder()
     try:
-        return build_model(
-            config.model,
-            in_node_features=train_set.num_node_features,
-            in_edge_features=graph.num_edge_features(train_set.num_node_attr),
-            dim=train_set.store.attrs.dim,
-        )
+        return build_model(config, train_set)
     except (ValueError, TypeError, RuntimeError) as err:
         options = ", ".join(f"model.{k}={v}" for k, v in config.model.options.items())
         raise ConfigError(f"model {config.model.name!r} ({options or 'defaults'}) cannot be built: {err}") from None

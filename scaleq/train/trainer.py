@@ -34,6 +34,7 @@ from scaleq.config import Config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
+from scaleq.eval.rollout import rollout_during_training
 from scaleq.losses import squared_error_sum, training_loss
 from scaleq.train.checkpoint import CheckpointError, TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
@@ -247,6 +248,8 @@ class Trainer:
                             f"epoch {epoch + 1:4d}  train loss {train_loss:.5f}  val MSE {values['val_mse']:.5f}"
                             f"  best {state.best_val_mse:.5f} (epoch {state.best_epoch + 1})"
                         )
+                if cfg.rollout_every and (epoch + 1) % cfg.rollout_every == 0:
+                    rollout_during_training(self, epoch + 1, logger.tensorboard if logger is not None else None)
                 if state.epochs_without_improvement >= cfg.patience:
                     stopped_early = True
                     break
