@@ -160,22 +160,20 @@ def build_cell_table(pos: Tensor, radius: float, batch: Tensor, num_graphs: int,
     return CellTable(order, cell_of_node, cell_of_slot, seg_start, seg_count, box_length)
 
 
-def squared_distance(pos: Tensor, source: Tensor, target: Tensor, box_length: Tensor | None,
-                     graph: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """|x_i - x_j|^2 of each pair (minimum image with ``box_length``), summed over axes left to
-    right so that every path (torch, Triton) rounds alike, and the periodic shift.
+def squared_distance(diff: Tensor, box_length: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """|x_i - x_j|^2 of each pair from ``diff`` = x_i - x_j (minimum image with ``box_length``, the
+    box sides of each pair's graph), summed over axes left to right so that every path (torch,
+    Triton) rounds alike; and the periodic shift.
 
     Shapes:
-        pos: [N, D], source/target: [M], box_length: [B, D], graph: [M] -> [M], [M, D] or None
+        diff: [M, D], box_length: [M, D] or None -> [M], [M, D] or None
     """
-    diff = pos[target] - pos[source]
     shift = None
     if box_length is not None:
-        length = box_length[graph]
-        shift = -(length * torch.floor(diff / length + 0.5))
+        shift = -(box_length * torch.floor(diff / box_length + 0.5))
         diff = diff + shift
     d2 = diff[:, 0] * diff[:, 0]
-    for axis in range(1, pos.shape[1]):
+    for axis in range(1, diff.shape[1]):
         d2 = d2 + diff[:, axis] * diff[:, axis]
     return d2, shift
 
@@ -186,9 +184,10 @@ def _pairs_torch(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, max_n
     (None without a box) and how many targets have more than ``max_num_neighbors`` neighbours;
     target by target in chunks of at most ``chunk_pairs`` candidates (one target with more is
     one chunk)."""
-    num_nodes = pos.shape[0]
-    num_offsets = table.seg_count.shape[1]
-    per_node = table.seg_count.sum(1)[table.cell_of_node]  # candidates of each target
+    num_nodes, num_offsets = pos.shape[0], table.seg_count.shape[1]
+    device = pos.device
+    pos_sorted = pos.index_select(0, table.order)  # sources are read by slot: neighbours lie close in memory
+    per_node = table.seg_count.sum(1)[table.cell_of_node]  # candidates of each target (itself included)
     ends = torch.cumsum(per_node, 0).cpu()
     total = int(ends[-1])
     cuts = torch.searchsorted(ends, torch.arange(1, -(-total // chunk_pairs)) * chunk_pairs, right=True).tolist()
@@ -199,17 +198,24 @@ def _pairs_torch(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, max_n
         seg_len = table.seg_count[cells].reshape(-1)  # [T S], target-major
         seg_beg = table.seg_start[cells].reshape(-1)
         m = int(ends[b - 1]) - (int(ends[a - 1]) if a else 0)
-        seg_id = torch.repeat_interleave(torch.arange(seg_len.numel(), device=pos.device), seg_len, output_size=m)
-        within = torch.arange(m, device=pos.device) - (torch.cumsum(seg_len, 0) - seg_len)[seg_id]
-        source = table.order[seg_beg[seg_id] + within]
-        target = a + torch.div(seg_id, num_offsets, rounding_mode="floor")
-        d2, shift = squared_distance(pos, source, target, table.box_length, batch[target] if table.box_length is not None else None)
-        keep = (d2 < r2) & (source != target)
-        sources.append(source[keep])
-        targets.append(target[keep])
+        counts = per_node[a:b]
+        # candidate c of segment s reads slot seg_beg[s] + (c - first candidate of s)
+        seg_id = torch.repeat_interleave(torch.arange(seg_len.numel(), device=device), seg_len, output_size=m)
+        slot = torch.arange(m, device=device) + (seg_beg - (torch.cumsum(seg_len, 0) - seg_len)).index_select(0, seg_id)
+        diff = pos[a:b].repeat_interleave(counts, dim=0, output_size=m) - pos_sorted.index_select(0, slot)
+        box_length = None
+        if table.box_length is not None:
+            box_length = table.box_length[batch[a:b]].repeat_interleave(counts, dim=0, output_size=m)
+        d2, shift = squared_distance(diff, box_length)
+        close = (d2 < r2).nonzero().squeeze(1)
+        source = table.order.index_select(0, slot.index_select(0, close))
+        target = a + torch.div(seg_id.index_select(0, close), num_offsets, rounding_mode="floor")
+        not_self = (source != target).nonzero().squeeze(1)
+        sources.append(source.index_select(0, not_self))
+        targets.append(target.index_select(0, not_self))
         if shift is not None:
-            shifts.append(shift[keep])
-    edge_index = torch.stack([torch.cat(sources), torch.cat(targets)]) if sources else pos.new_zeros((2, 0), dtype=torch.long)
+            shifts.append(shift.index_select(0, close).index_select(0, not_self))
+    edge_index = torch.stack([torch.cat(sources), torch.cat(targets)])
     shift = torch.cat(shifts) if shifts else None
     if max_num_neighbors is None:
         return edge_index, shift, 0
