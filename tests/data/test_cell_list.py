@@ -42,7 +42,7 @@ def check_against_brute_force(pos, r, batch, box=None, **kwargs):
     assert bool((result.edge_index[1].diff() >= 0).all())  # sorted by target
     if box is not None:
         assert result.edge_shift.shape == (result.edge_index.shape[1], pos.shape[1])
-        wanted = torch.stack([expected[e] for e in result.edge_index.t().tolist()]) if expected else result.edge_shift
+        wanted = torch.stack([expected[tuple(e)] for e in result.edge_index.t().tolist()]) if expected else result.edge_shift
         torch.testing.assert_close(result.edge_shift, wanted)
     else:
         assert result.edge_shift is None
