@@ -88,8 +88,13 @@ def _check_inputs(pos: Tensor, radius: float, batch: Tensor, num_graphs: int, bo
         if box.shape != (num_graphs, pos.shape[1], 2):
             raise ValueError(f"cell list: box must have shape [B={num_graphs}, D={pos.shape[1]}, 2] "
                              f"(lower, upper corner per graph), got {tuple(box.shape)}")
-        if not bool((box[..., 1] > box[..., 0]).all()):
-            raise ValueError("cell list: every periodic box needs upper > lower on every axis")
+        if not box.is_cuda:  # on CUDA this would be a device read per call: the graph builder checks once
+            check_box_sides(box)
+
+
+def check_box_sides(box: Tensor) -> None:
+    if not bool((box[..., 1] > box[..., 0]).all()):
+        raise ValueError("cell list: every periodic box needs upper > lower on every axis (the store's 'bounds')")
 
 
 def build_cell_table(pos: Tensor, radius: float, batch: Tensor, num_graphs: int, box: Tensor | None = None) -> CellTable:

@@ -36,16 +36,23 @@ def _cell_pairs_kernel(
     target_ptr,  # [E] out (fill pass)
     shift_ptr,  # [E, D] out (fill pass, PERIODIC)
     num_slots,
-    D: tl.constexpr,
-    S: tl.constexpr,
+    D: tl.constexpr,  # space dimension
+    DP: tl.constexpr,  # D rounded up to a power of two (tile width; padding columns are masked)
+    S: tl.constexpr,  # 3^D neighbouring cells
     PERIODIC: tl.constexpr,
     FILL: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     slot = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    axis = tl.arange(0, DP)
     live = slot < num_slots
+    real_axis = (axis < D)[None, :]
     cell = tl.load(cell_ptr + slot, mask=live, other=0)
-    graph = tl.load(graph_ptr + slot, mask=live, other=0)
+    # own position and box, [BLOCK, DP], loaded once
+    xi = tl.load(pos_ptr + slot[:, None] * D + axis[None, :], mask=live[:, None] & real_axis, other=0.0)
+    if PERIODIC:
+        graph = tl.load(graph_ptr + slot, mask=live, other=0)
+        length = tl.load(box_ptr + graph[:, None] * D + axis[None, :], mask=live[:, None] & real_axis, other=1.0)
     r2 = tl.load(r2_ptr)
     found = tl.zeros([BLOCK_SIZE], dtype=tl.int64)
     if FILL:
@@ -58,15 +65,13 @@ def _cell_pairs_kernel(
         for k in range(0, tl.max(count, axis=0)):
             other = start + k
             valid = live & (k < count)
-            d2 = tl.zeros([BLOCK_SIZE], dtype=tl.float32)
-            for a in tl.static_range(D):
-                xi = tl.load(pos_ptr + slot * D + a, mask=live, other=0.0)
-                xj = tl.load(pos_ptr + other * D + a, mask=valid, other=0.0)
-                diff = xi - xj
-                if PERIODIC:
-                    length = tl.load(box_ptr + graph * D + a, mask=live, other=1.0)
-                    diff = diff + (-(length * tl.floor(diff / length + 0.5)))
-                d2 = d2 + diff * diff
+            xj = tl.load(pos_ptr + other[:, None] * D + axis[None, :], mask=valid[:, None] & real_axis, other=0.0)
+            diff = xi - xj
+            if PERIODIC:
+                shift = -(length * tl.floor(diff / length + 0.5))
+                diff = diff + shift
+            # padding columns add exact zeros, so this is the left-to-right sum of the torch path
+            d2 = tl.sum(diff * diff, axis=1)
             hit = valid & (d2 < r2) & (other != slot)
             if FILL:
                 out = row + found
@@ -74,11 +79,7 @@ def _cell_pairs_kernel(
                 tl.store(source_ptr + out, source, mask=hit)
                 tl.store(target_ptr + out, target, mask=hit)
                 if PERIODIC:
-                    for a in tl.static_range(D):
-                        xi = tl.load(pos_ptr + slot * D + a, mask=live, other=0.0)
-                        xj = tl.load(pos_ptr + other * D + a, mask=hit, other=0.0)
-                        length = tl.load(box_ptr + graph * D + a, mask=live, other=1.0)
-                        tl.store(shift_ptr + out * D + a, -(length * tl.floor((xi - xj) / length + 0.5)), mask=hit)
+                    tl.store(shift_ptr + out[:, None] * D + axis[None, :], shift, mask=hit[:, None] & real_axis)
             found += hit.to(tl.int64)
     if not FILL:
         tl.store(count_ptr + slot, found, mask=live)
@@ -112,7 +113,7 @@ def cell_pairs_triton(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor,
     box = table.box_length.contiguous() if periodic else pos.new_ones((1, dim))
     count_sorted = torch.empty(num_nodes, dtype=torch.long, device=device)
     grid = (triton.cdiv(num_nodes, BLOCK),)
-    shared = dict(D=dim, S=seg_count.shape[1], PERIODIC=periodic, BLOCK_SIZE=BLOCK)
+    shared = dict(D=dim, DP=triton.next_power_of_2(dim), S=seg_count.shape[1], PERIODIC=periodic, BLOCK_SIZE=BLOCK)
     dummy = count_sorted[:1]
     kernel[grid](pos_sorted, order, table.cell_of_slot, graph_sorted, seg_start, seg_count, box, r2.view(1),
                  count_sorted, dummy, dummy, dummy, pos_sorted, num_nodes, FILL=False, **shared)

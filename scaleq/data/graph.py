@@ -17,7 +17,7 @@ import torch_cluster
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, keep_nearest
+from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, check_box_sides, keep_nearest
 from scaleq.nn.scatter import rank_within_groups
 
 GraphKind = Literal["complete", "radius"]
@@ -141,15 +141,15 @@ def edge_length2(pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = No
 
 def drop_edges(
     edge_index: Tensor, pos: Tensor, batch: Tensor, p: float, mode: EdgeDropMode = "shortest",
-    generator: torch.Generator | None = None, edge_shift: Tensor | None = None,
+    generator: torch.Generator | None = None, edge_shift: Tensor | None = None, num_graphs: int | None = None,
 ) -> Tensor:
     """The edges that :func:`edge_drop_mask` keeps. Shapes: edge_index [2, E] -> [2, E']."""
-    return edge_index[:, edge_drop_mask(edge_index, pos, batch, p, mode, generator, edge_shift)]
+    return edge_index[:, edge_drop_mask(edge_index, pos, batch, p, mode, generator, edge_shift, num_graphs)]
 
 
 def edge_drop_mask(
     edge_index: Tensor, pos: Tensor, batch: Tensor, p: float, mode: EdgeDropMode = "shortest",
-    generator: torch.Generator | None = None, edge_shift: Tensor | None = None,
+    generator: torch.Generator | None = None, edge_shift: Tensor | None = None, num_graphs: int | None = None,
 ) -> Tensor:
     """Which edges survive dropping a fraction ``p`` of each graph's E_b edges.
 
@@ -176,22 +176,21 @@ def edge_drop_mask(
     if p == 1.0:
         return torch.zeros(num_edges, dtype=torch.bool, device=edge_index.device)
     graph = batch[edge_index[1]]  # [E] graph of each edge
-    num_graphs = int(batch.max()) + 1
+    num_graphs = num_graphs if num_graphs is not None else int(batch.max()) + 1
     per_graph = torch.bincount(graph, minlength=num_graphs)  # [B]
     budget = ((1.0 - p) * per_graph.double() + 1e-9).floor().long()  # the epsilon absorbs 0.3 * 10 = 2.999...
     if mode == "random":
         key = torch.rand(num_edges, generator=generator, device=pos.device)
         return rank_within_groups(key, graph, num_graphs) < budget[graph]
-    return _shortest_pairs_mask(edge_index, edge_length2(pos, edge_index, edge_shift), graph, budget)
+    return _shortest_pairs_mask(edge_index, pos.shape[0], edge_length2(pos, edge_index, edge_shift), graph, budget)
 
 
-def _shortest_pairs_mask(edge_index: Tensor, length2: Tensor, graph: Tensor, budget: Tensor) -> Tensor:
+def _shortest_pairs_mask(edge_index: Tensor, num_nodes: int, length2: Tensor, graph: Tensor, budget: Tensor) -> Tensor:
     """'shortest' edge dropping by undirected pairs (see :func:`edge_drop_mask`)."""
     source, target = edge_index
-    num_ids = int(edge_index.max()) + 1
-    pair_key = torch.minimum(source, target) * num_ids + torch.maximum(source, target)
-    _, pair = torch.unique(pair_key, return_inverse=True)  # [E] pair of each edge
-    num_pairs = int(pair.max()) + 1
+    pair_key = torch.minimum(source, target) * num_nodes + torch.maximum(source, target)
+    keys, pair = torch.unique(pair_key, return_inverse=True)  # [E] pair of each edge
+    num_pairs = keys.numel()
     size = torch.bincount(pair, minlength=num_pairs)  # 1 or 2 edges per pair
     # both directions have the same length bit for bit; amin only makes that explicit
     pair_length = length2.new_full((num_pairs,), torch.inf).scatter_reduce(0, pair, length2, "amin")
@@ -261,6 +260,7 @@ class GraphBuilder:
     local_radius: float | None = None
     _main_cap: CapWarning = field(default_factory=lambda: CapWarning("radius graph"), init=False, repr=False, compare=False)
     _local_cap: CapWarning = field(default_factory=lambda: CapWarning("local radius graph"), init=False, repr=False, compare=False)
+    _boxes_checked: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("complete", "radius"):
@@ -309,7 +309,8 @@ class GraphBuilder:
             generator = None
             if self.edge_drop_mode == "random" and not training:
                 generator = torch.Generator(device=pos.device).manual_seed(0)
-            keep = edge_drop_mask(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator, edge_shift)
+            keep = edge_drop_mask(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator, edge_shift,
+                                  num_graphs)
             edge_index = edge_index[:, keep]
             edge_shift = edge_shift[keep] if edge_shift is not None else None
         batch.edge_index = edge_index
@@ -330,10 +331,12 @@ class GraphBuilder:
             batch.local_index = local.edge_index
         return batch
 
-    @staticmethod
-    def _box(batch: Batch) -> Tensor:
+    def _box(self, batch: Batch) -> Tensor:
         box = getattr(batch, "box", None)
         if box is None:
             raise ValueError("graph.periodic is set but the batch has no 'box': the dataset takes it from the "
                              "store's 'bounds' attribute")
+        if not self._boxes_checked[0]:  # a store's bounds do not change: one device read, not one per step
+            check_box_sides(box)
+            self._boxes_checked[0] = True
         return box.to(batch.pos.dtype)

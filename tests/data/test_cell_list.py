@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.data.cell_list import cell_list_radius_graph, triton_available
 from scaleq.data.graph import radius_graph
+from scaleq.eval.gpu_bench import compare_edges
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,7 +145,7 @@ def test_bad_input_is_named():
 
 TRITON_CHECK = """
 import torch
-from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.data.cell_list import cell_list_radius_graph, triton_available
 g = torch.Generator().manual_seed(0)
 cases = []
 pos = torch.rand(50, 3, generator=g)
@@ -152,6 +153,8 @@ cases.append((pos, 0.3, torch.repeat_interleave(torch.arange(3), torch.tensor([2
 pos2 = torch.rand(40, 2, generator=g) * torch.tensor([1.0, 2.5])
 pos2[:3] = pos2[3]  # duplicates
 cases.append((pos2, 0.6, torch.zeros(40, dtype=torch.long), torch.tensor([[[0.0, 1.0], [0.0, 2.5]]]), None))
+pos3 = torch.rand(30, 3, generator=g) - 0.2  # some outside the box
+cases.append((pos3, 0.35, torch.zeros(30, dtype=torch.long), torch.tensor([[[0.0, 1.0]] * 3]), 4))
 for pos, r, batch, box, cap in cases:
     a = cell_list_radius_graph(pos, r, batch, box=box, max_num_neighbors=cap, pair_search="torch")
     b = cell_list_radius_graph(pos, r, batch, box=box, max_num_neighbors=cap, pair_search="triton")
@@ -172,3 +175,19 @@ def test_triton_kernel_in_the_interpreter_equals_the_torch_path():
     run = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "identical" in run.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pair_searches_equal_torch_cluster_and_each_other():
+    pos, batch = mixed_batch([3000, 1, 0, 5000], 3, seed=21)
+    reference = radius_graph(pos, 0.08, batch, 128, backend="torch_cluster", num_graphs=4).edge_index
+    box = torch.tensor([[[0.0, 1.0]] * 3] * 4)
+    searches = ["torch"] + (["triton"] if triton_available() else [])
+    periodic = {}
+    for search in searches:
+        edges = cell_list_radius_graph(pos.cuda(), 0.08, batch.cuda(), num_graphs=4, max_num_neighbors=128, pair_search=search)
+        assert compare_edges(edges.edge_index.cpu(), reference, pos, 0.08).split()[0] in ("exact", "boundary")
+        periodic[search] = cell_list_radius_graph(pos.cuda(), 0.08, batch.cuda(), num_graphs=4, box=box.cuda(), pair_search=search)
+    if len(periodic) == 2:
+        assert compare_edges(periodic["triton"].edge_index.cpu(), periodic["torch"].edge_index.cpu(), pos, 0.08) == "exact"
