@@ -2,8 +2,10 @@
 dropping (FastEGNN), and optionally a second, local graph (bonds, k-nearest neighbours or radius)
 for hierarchical models (EGHN).
 
-Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. This is the
-only module that imports torch-cluster (torch-geometric 2.8 no longer routes to it).
+Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. Radius
+graphs come from torch-cluster or the O(N) cell list (``scaleq.data.cell_list``), chosen by
+``graph.backend``; both give the same graph, sorted by target. This is the only module that imports
+torch-cluster (torch-geometric 2.8 no longer routes to it).
 """
 
 from __future__ import annotations
