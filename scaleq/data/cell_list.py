@@ -21,7 +21,9 @@ two cells, so the search stays exact for any r.
 Two implementations of the pair search share the binning: a vectorised torch one (candidate pairs
 processed in chunks of bounded size) and a Triton kernel (count, exclusive scan, fill; in
 ``scaleq/data/cell_list_kernels.py``) used on CUDA when Triton is installed. Both visit candidates
-in the same order and produce identical output.
+in the same order and produce identical output (bit for bit in Triton's interpreter; compiled, the
+kernel's sum over axes may round differently in the last bit, which can only move pairs at
+distance r within rounding).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 """The cell list's pair search as one Triton kernel, run twice: count each particle's neighbours,
 exclusive scan (torch.cumsum), fill. The torch twin is ``scaleq.data.cell_list._pairs_torch``;
 both visit candidates in the same order (neighbouring cell, then slot) and sum squared distances
-over axes left to right, so their outputs are identical.
+over axes left to right, so their outputs are identical (in the interpreter bit for bit; compiled,
+FMA contraction is off but the reduction over axes may pair terms differently, which can only
+move pairs at distance r within rounding).
 
 Imported only when the kernel path runs (Triton is optional). On CUDA tensors the kernel is
 compiled; CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported),
@@ -59,7 +61,7 @@ def _cell_pairs_kernel(
     if FILL:
         row = tl.load(row_ptr + slot, mask=live, other=0)
         target = tl.load(node_ptr + slot, mask=live, other=0)
-    for o in tl.static_range(S):
+    for o in range(S):  # a loop, not unrolled: 27 unrolled copies also trip Triton 3.9's loop CSE pass
         start = tl.load(seg_start_ptr + cell * S + o, mask=live, other=0)
         count = tl.load(seg_count_ptr + cell * S + o, mask=live, other=0)
         # slots of one block sit in the same few cells, so their candidate counts are alike
@@ -120,6 +122,8 @@ def cell_pairs_triton(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor,
     count_sorted = torch.empty(num_nodes, dtype=torch.long, device=device)
     grid = (triton.cdiv(num_nodes, BLOCK),)
     shared = dict(D=dim, DP=triton.next_power_of_2(dim), S=seg_count.shape[1], PERIODIC=periodic, BLOCK_SIZE=BLOCK)
+    if pos.is_cuda:
+        shared["enable_fp_fusion"] = False  # round d^2 as torch does (multiply, then add)
     dummy = count_sorted[:1]
     kernel[grid](pos_sorted, order, table.cell_of_slot, graph_sorted, seg_start, seg_count, box, r2.view(1),
                  count_sorted, dummy, dummy, dummy, pos_sorted, num_nodes, FILL=False, **shared)

@@ -190,4 +190,27 @@ def test_cuda_pair_searches_equal_torch_cluster_and_each_other():
         assert compare_edges(edges.edge_index.cpu(), reference, pos, 0.08).split()[0] in ("exact", "boundary")
         periodic[search] = cell_list_radius_graph(pos.cuda(), 0.08, batch.cuda(), num_graphs=4, box=box.cuda(), pair_search=search)
     if len(periodic) == 2:
-        assert compare_edges(periodic["triton"].edge_index.cpu(), periodic["torch"].edge_index.cpu(), pos, 0.08) == "exact"
+        agree = compare_edges(periodic["triton"].edge_index.cpu(), periodic["torch"].edge_index.cpu(), pos, 0.08)
+        assert agree.split()[0] in ("exact", "boundary")
+
+
+@pytest.mark.slow
+def test_triton_kernel_compiles_for_an_h100_without_one():
+    """The interpreter does not run Triton's compiler passes; this does (to a cubin for sm_90,
+    with the ptxas that ships with Triton), so a kernel that only interprets fails here."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip("this Triton has no ASTSource / GPUTarget")
+    from scaleq.data.cell_list_kernels import _kernel
+
+    kernel = _kernel()
+    pointers = {name: "*i64" for name in kernel.arg_names if name.endswith("_ptr")}
+    pointers.update({"pos_ptr": "*fp32", "box_ptr": "*fp32", "r2_ptr": "*fp32", "shift_ptr": "*fp32", "num_slots": "i32"})
+    for periodic, fill in ((False, False), (True, True)):
+        constants = {"D": 3, "DP": 4, "S": 27, "PERIODIC": periodic, "FILL": fill, "BLOCK_SIZE": 128}
+        source = ASTSource(kernel, {**pointers, **{c: "constexpr" for c in constants}}, constexprs=constants)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"]
