@@ -156,12 +156,13 @@ def edge_drop_mask(
     """Which edges survive dropping a fraction ``p`` of each graph's E_b edges.
 
     'shortest' works on undirected pairs {i, j} (both directions together): per graph, pairs in
-    order of length are kept while the edges kept stay within floor((1 - p) E_b); pairs exactly as
-    long as the first pair that no longer fits are dropped too. The kept set therefore depends on
-    the geometry only, never on node labels (FastEGNN's published code ranks DIRECTED edges with
-    topk, so an odd budget or equal lengths at the cut keep one direction or one pair by index),
-    and a graph keeps at most floor((1 - p) E_b) edges (one fewer when the cut falls inside a pair,
-    fewer still on exact ties). 'random' keeps exactly floor((1 - p) E_b) directed edges drawn from
+    order of length are kept while the edges kept stay within floor((1 - p) E_b). Equal lengths
+    are ordered by the pair's end positions (lexicographically, the lexicographically smaller end
+    first), so the kept set depends on the positions only, not on node labels (only pairs whose
+    ends both coincide with another pair's fall back to indices). FastEGNN's published code ranks
+    DIRECTED edges with topk, so an odd budget or equal lengths at the cut keep one direction, or
+    one of the tied pairs, by index. A graph keeps floor((1 - p) E_b) edges, or one fewer when the
+    cut falls inside a pair. 'random' keeps exactly floor((1 - p) E_b) directed edges drawn from
     ``generator`` (default: torch's global RNG, which runs seed and checkpoints restore). p = 1
     leaves no edges (EGNN* / FastEGNN-<C, 1>). No per-graph loop.
 
@@ -184,29 +185,36 @@ def edge_drop_mask(
     if mode == "random":
         key = torch.rand(num_edges, generator=generator, device=pos.device)
         return rank_within_groups(key, graph, num_graphs) < budget[graph]
-    return _shortest_pairs_mask(edge_index, pos.shape[0], edge_length2(pos, edge_index, edge_shift), graph, budget)
+    return _shortest_pairs_mask(edge_index, pos, edge_length2(pos, edge_index, edge_shift), graph, budget)
 
 
-def _shortest_pairs_mask(edge_index: Tensor, num_nodes: int, length2: Tensor, graph: Tensor, budget: Tensor) -> Tensor:
+def _shortest_pairs_mask(edge_index: Tensor, pos: Tensor, length2: Tensor, graph: Tensor, budget: Tensor) -> Tensor:
     """'shortest' edge dropping by undirected pairs (see :func:`edge_drop_mask`)."""
     source, target = edge_index
-    pair_key = torch.minimum(source, target) * num_nodes + torch.maximum(source, target)
-    keys, pair = torch.unique(pair_key, return_inverse=True)  # [E] pair of each edge
+    keys, pair = torch.unique(torch.minimum(source, target) * pos.shape[0] + torch.maximum(source, target),
+                              return_inverse=True)  # [E] pair of each edge
     num_pairs = keys.numel()
     size = torch.bincount(pair, minlength=num_pairs)  # 1 or 2 edges per pair
     # both directions have the same length bit for bit; amin only makes that explicit
     pair_length = length2.new_full((num_pairs,), torch.inf).scatter_reduce(0, pair, length2, "amin")
     pair_graph = torch.zeros_like(size).scatter_reduce(0, pair, graph, "amax", include_self=False)
-    order = torch.argsort(pair_length, stable=True)
-    order = order[torch.argsort(pair_graph[order], stable=True)]  # by graph, then length
+    # the pair's ends ordered by position (lexicographically), not by index
+    a, b = pos[torch.div(keys, pos.shape[0], rounding_mode="floor")], pos[keys % pos.shape[0]]
+    a_first = torch.zeros(num_pairs, dtype=torch.bool, device=pos.device)
+    for axis in reversed(range(pos.shape[1])):  # the first axis that differs decides
+        a_first = torch.where(a[:, axis] != b[:, axis], a[:, axis] < b[:, axis], a_first)
+    low, high = torch.where(a_first[:, None], a, b), torch.where(a_first[:, None], b, a)
+    # sort by (graph, length, low end's position, high end's position, index key): stable sorts
+    # from the least significant key up
+    order = torch.arange(num_pairs, device=pos.device)
+    for column in [*reversed(high.unbind(1)), *reversed(low.unbind(1)), pair_length, pair_graph]:
+        order = order[torch.argsort(column[order], stable=True)]
     per_graph = torch.zeros_like(budget).index_add_(0, pair_graph, size)
     edges_before_graph = torch.cumsum(per_graph, 0) - per_graph
     g = pair_graph[order]
     kept_through = torch.cumsum(size[order], 0) - edges_before_graph[g]  # edges kept if the cut falls after this pair
-    overflow = kept_through > budget[g]
-    cut_length = pair_length.new_full(budget.shape, torch.inf)  # length of each graph's first pair that does not fit
-    cut_length = cut_length.scatter_reduce(0, g[overflow], pair_length[order][overflow], "amin")
-    keep_pair = pair_length < cut_length[pair_graph]
+    keep_pair = torch.empty_like(a_first)
+    keep_pair[order] = kept_through <= budget[g]
     return keep_pair[pair]
 
 
