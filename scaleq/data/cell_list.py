@@ -28,6 +28,7 @@ distance r within rounding).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Literal
@@ -74,8 +75,10 @@ class CellTable:
     box_length: Tensor | None
 
 
+@functools.lru_cache(maxsize=16)
 def neighbour_offsets(dim: int, device: torch.device) -> Tensor:
-    """All 3^D cell offsets in {-1, 0, 1}^D. Shapes: -> [3^D, D] int64."""
+    """All 3^D cell offsets in {-1, 0, 1}^D (cached: no host-to-device copy per call).
+    Shapes: -> [3^D, D] int64."""
     return torch.tensor(list(itertools.product((-1, 0, 1), repeat=dim)), dtype=torch.long, device=device).view(-1, dim)
 
 
@@ -265,7 +268,8 @@ def cell_list_radius_graph(
     if num_nodes == 0:
         return RadiusEdges(batch.new_zeros((2, 0)), pos.new_zeros((0, pos.shape[1])) if periodic else None, 0)
     batch = batch.long()
-    r2 = torch.tensor(radius * radius, dtype=pos.dtype, device=pos.device)  # rounded like torch-cluster's r * r
+    # r * r rounded to the coordinates' dtype, as torch-cluster does; a fill, not a host-to-device copy
+    r2 = torch.full((), radius * radius, dtype=pos.dtype, device=pos.device)
     table = build_cell_table(pos, radius, batch, num_graphs, box)
     use_triton = pair_search == "triton" or (pair_search == "auto" and pos.is_cuda and triton_available())
     if use_triton:

@@ -94,7 +94,7 @@ def _torch_cluster_radius_graph(pos: Tensor, radius: float, batch: Tensor, max_n
         flow="source_to_target", batch_size=num_graphs,
     )
     degree = torch.bincount(edge_index[1], minlength=pos.shape[0])
-    # the one host read of this backend (the cell list has none beyond its output size)
+    # the one host read scaleq adds to torch-cluster's own (the cell list adds none to its output size)
     capped = (degree > max_num_neighbors).nonzero().squeeze(1)  # neighbourhoods possibly incomplete
     if capped.numel() == 0:
         return RadiusEdges(edge_index, None, 0)
