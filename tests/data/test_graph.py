@@ -285,3 +285,40 @@ def test_model_output_does_not_depend_on_node_order_through_the_builder(backend)
     (out, edges), (out_perm, edges_perm) = run(torch.arange(n)), run(perm)
     assert edges == edges_perm > 0
     torch.testing.assert_close(out_perm, out[perm], rtol=1e-12, atol=1e-12)
+
+
+def test_periodic_graphs_from_a_store_use_its_bounds(tmp_path):
+    """Dataset -> batch.box (the store's bounds) -> periodic builder: brute-force minimum image."""
+    from scaleq.data.dataset import SampleSpec, TrajectoryDataset
+    from scaleq.data.store import open_store
+    from scaleq.testing.stores import tiny_store
+
+    tiny_store(tmp_path / "s.zarr", num_nodes=[30, 25, 40])
+    store = open_store(tmp_path / "s.zarr")
+    bounds = torch.tensor(store.attrs.bounds)  # filled from the positions' range when not given
+    dataset = TrajectoryDataset(store, SampleSpec(delta=2, input_frame=3))
+    batch = Batch.from_data_list([dataset[i] for i in range(len(dataset))])
+    assert batch.box.shape == (3, 3, 2) and torch.equal(batch.box[1], bounds)
+    radius = 0.3 * float((bounds[:, 1] - bounds[:, 0]).min())
+    out = GraphBuilder(kind="radius", radius=radius, periodic=True, max_num_neighbors=100)(batch)
+    length = bounds[:, 1] - bounds[:, 0]
+    expected = set()
+    for b in range(3):
+        nodes = (batch.batch == b).nonzero().flatten().tolist()
+        for i, j in itertools.permutations(nodes, 2):
+            diff = batch.pos[i] - batch.pos[j]
+            diff = diff - length * torch.round(diff / length)
+            if float(diff.pow(2).sum()) < radius**2:
+                expected.add((j, i))
+    assert edge_set(out.edge_index) == expected and len(expected) > 0
+    diff = out.pos[out.edge_index[1]] - out.pos[out.edge_index[0]] + out.edge_shift
+    assert bool((diff.norm(dim=-1) < radius).all())
+
+
+def test_graph_config_passes_backend_and_periodic():
+    from scaleq.config import ConfigError, GraphConfig
+
+    builder = GraphConfig(kind="radius", radius=0.5, backend="cell_list", periodic=True).builder()
+    assert (builder.backend, builder.periodic) == ("cell_list", True)
+    with pytest.raises(ConfigError, match="graph: periodic boxes need graph.backend"):
+        GraphConfig(kind="radius", radius=0.5, backend="torch_cluster", periodic=True)
