@@ -252,8 +252,8 @@ def cell_list_radius_graph(
     in Triton's interpreter, slowly, which is how the tests check it) or 'auto' (Triton on CUDA when
     installed, else torch). ``num_graphs`` defaults to max(batch) + 1 (a host read).
 
-    The Triton path reads the device once: the edge count and the number of capped nodes together,
-    which it needs anyway to allocate the output.
+    The Triton path reads the device only for sizes it must allocate: the number of occupied cells,
+    then the edge count (with the number of capped nodes in the same read).
 
     Shapes:
         pos: [N, D], batch: [N], box: [B, D, 2] -> RadiusEdges(edge_index [2, E], edge_shift [E, D])

@@ -209,8 +209,8 @@ def test_triton_kernel_compiles_for_an_h100_without_one():
     kernel = _kernel()
     pointers = {name: "*i64" for name in kernel.arg_names if name.endswith("_ptr")}
     pointers.update({"pos_ptr": "*fp32", "box_ptr": "*fp32", "r2_ptr": "*fp32", "shift_ptr": "*fp32", "num_slots": "i32"})
-    for periodic, fill in ((False, False), (True, True)):
-        constants = {"D": 3, "DP": 4, "S": 27, "PERIODIC": periodic, "FILL": fill, "BLOCK_SIZE": 128}
+    for dim, periodic, fill in ((3, False, False), (3, True, True), (2, False, True)):
+        constants = {"D": dim, "DP": 4 if dim == 3 else 2, "S": 3**dim, "PERIODIC": periodic, "FILL": fill, "BLOCK_SIZE": 128}
         source = ASTSource(kernel, {**pointers, **{c: "constexpr" for c in constants}}, constexprs=constants)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"]
