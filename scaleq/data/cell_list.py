@@ -240,6 +240,7 @@ def triton_available() -> bool:
     return True
 
 
+@torch.no_grad()  # edges and shifts carry no gradient
 def cell_list_radius_graph(
     pos: Tensor, radius: float, batch: Tensor | None = None, *, num_graphs: int | None = None,
     box: Tensor | None = None, max_num_neighbors: int | None = None, pair_search: PairSearch = "auto",

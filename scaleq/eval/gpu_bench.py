@@ -198,9 +198,11 @@ def radius_backends(device: torch.device) -> dict[str, Callable[[Tensor, float, 
     return out
 
 
-def bench_radius_graphs(device: torch.device, quick: bool, repeats: int) -> list[dict[str, Any]]:
+def bench_radius_graphs(device: torch.device, quick: bool, repeats: int, max_nodes: int | None = None) -> list[dict[str, Any]]:
     rows = []
     for case in graph_cases(quick):
+        if max_nodes is not None and case.graphs * case.nodes > max_nodes:
+            continue
         pos, batch, radius = uniform_cloud(case, device)
         reference = None
         for name, search in radius_backends(device).items():
@@ -285,8 +287,9 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def run(device: torch.device, quick: bool, repeats: int) -> list[dict[str, Any]]:
-    """Every row of the benchmark, each with the device name and the torch / CUDA / Triton versions."""
+def run(device: torch.device, quick: bool, repeats: int, *, steps: bool = True, max_nodes: int | None = None) -> list[dict[str, Any]]:
+    """Every row of the benchmark (radius graphs up to ``max_nodes`` particles, then training steps
+    unless ``steps`` is False), each with the device name and the torch / CUDA / Triton versions."""
     env = environment(device)
-    rows = bench_radius_graphs(device, quick, repeats) + bench_steps(device, quick, repeats)
+    rows = bench_radius_graphs(device, quick, repeats, max_nodes) + (bench_steps(device, quick, repeats) if steps else [])
     return [{**row, **env} for row in rows]
