@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind, LocalKind
+from scaleq.data.graph import Backend, EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.io import atomic_write_text
 from scaleq.models import MODELS
 from scaleq.models.build import instantiate
@@ -90,7 +90,11 @@ class DataConfig:
 class GraphConfig:
     kind: GraphKind = "complete"
     radius: float | None = None
-    max_num_neighbors: int = 64
+    max_num_neighbors: int = 64  # cap per node: the nearest ones are kept (a warning says when)
+    # radius-graph search: 'auto' (cell list on CUDA and for periodic boxes, torch-cluster on CPU),
+    # 'torch_cluster' or 'cell_list' (O(N), CPU and CUDA)
+    backend: Backend = "auto"
+    periodic: bool = False  # periodic boxes from the store's bounds (minimum image; batch.edge_shift)
     edge_drop: float = 0.0  # fraction of each graph's edges to drop (FastEGNN's p; 1.0: none left)
     edge_drop_mode: EdgeDropMode = "shortest"  # 'shortest' keeps the shortest (published), 'random' redraws each step
     # A second, local graph for hierarchical models (EGHN's E-Pool), as batch.local_index:
@@ -108,7 +112,7 @@ class GraphConfig:
     def builder(self) -> GraphBuilder:
         return GraphBuilder(
             kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
-            edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
+            backend=self.backend, periodic=self.periodic, edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
             local=self.local, local_k=self.local_k, local_radius=self.local_radius,
         )
 

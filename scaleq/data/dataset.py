@@ -84,8 +84,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         pos [N, D] input coordinates, vel [N, D] input velocities, target [N, D] coordinates at
         t + delta, h [N, 1 + F] invariant features [|v|, features / max |feature|],
         node_attr [N, F] raw static features, horizon [1] time from input to target in the
-        velocity's units (so x + v * horizon is the Linear baseline), and, when the store has
-        static edges, bond_index [2, E] and bond_attr [E, Fe].
+        velocity's units (so x + v * horizon is the Linear baseline), box [1, D, 2] the store's
+        ``bounds`` (lower, upper per axis; the box of periodic radius graphs) when it has them,
+        and, when the store has static edges, bond_index [2, E] and bond_attr [E, Fe].
 
     ``node_features`` keeps only the store features of these names (``attrs.feature_names``), in
     this order (e.g. ``["charge"]`` of an MD store's charge, element and type); None keeps all.
@@ -109,6 +110,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         self.feature_scale = _feature_scale(scale_from if scale_from is not None else self.store, self.columns, self.store.num_node_features)
         # Stored velocities are per unit time; finite differences are per frame.
         self.horizon = spec.delta * (self.store.attrs.dt if spec.velocity == "store" else 1.0)
+        bounds = self.store.attrs.bounds
+        self.box = torch.tensor(bounds, dtype=torch.float32).unsqueeze(0) if bounds is not None else None
 
     @property
     def num_node_attr(self) -> int:
@@ -171,6 +174,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             horizon=torch.tensor([self.horizon], dtype=torch.float32),
             num_nodes=pos.shape[0],
         )
+        if self.box is not None:
+            data.box = self.box
         if self.store.has_edges:
             bond_index, bond_attr = self.store.edges(s)
             data.bond_index = torch.from_numpy(bond_index)

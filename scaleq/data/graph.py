@@ -2,14 +2,16 @@
 dropping (FastEGNN), and optionally a second, local graph (bonds, k-nearest neighbours or radius)
 for hierarchical models (EGHN).
 
-Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. This is the
-only module that imports torch-cluster (torch-geometric 2.8 no longer routes to it).
+Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. Radius
+graphs come from torch-cluster or the O(N) cell list (``scaleq.data.cell_list``), chosen by
+``graph.backend``; both give the same graph, sorted by target. This is the only module that imports
+torch-cluster (torch-geometric 2.8 no longer routes to it).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -17,6 +19,7 @@ import torch_cluster
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, check_box_sides, keep_nearest
 from scaleq.nn.scatter import rank_within_groups
 
 GraphKind = Literal["complete", "radius"]
@@ -44,45 +47,70 @@ def complete_graph(batch: Tensor) -> Tensor:
     return torch.stack([source[keep], target[keep]])
 
 
-_warned_truncation = False
+Backend = Literal["auto", "torch_cluster", "cell_list"]
 
 
-def radius_graph(pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int) -> Tensor:
-    """Edges between nodes of one graph closer than ``radius`` (no self loops), via torch-cluster.
+def resolve_backend(backend: Backend, device: torch.device, periodic: bool = False) -> str:
+    """'auto' is the cell list on CUDA (O(N); torch-cluster's CUDA search is brute force within
+    each graph) and for periodic boxes (torch-cluster has none), torch-cluster's KD-tree on CPU."""
+    if backend == "auto":
+        return "cell_list" if device.type == "cuda" or periodic else "torch_cluster"
+    if backend == "torch_cluster" and periodic:
+        raise ValueError("graph.periodic needs graph.backend 'cell_list' (or 'auto'): torch-cluster has no periodic boxes")
+    return backend
 
-    torch-cluster drops neighbours beyond its cap silently; we ask it for one more than
-    ``max_num_neighbors``, warn (once per process) when any node has more, and cut those
-    neighbourhoods to ``max_num_neighbors``.
+
+def radius_graph(
+    pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int, *, backend: Backend = "auto",
+    box: Tensor | None = None, num_graphs: int | None = None,
+) -> RadiusEdges:
+    """Edges j -> i between nodes of one graph closer than ``radius`` (no self loops), sorted by
+    target, from torch-cluster or the cell list (:mod:`scaleq.data.cell_list`).
+
+    A node with more than ``max_num_neighbors`` neighbours keeps its nearest ones (ties: the
+    source's position, lexicographically), on every backend, so the graph does not depend on node
+    order; ``num_capped`` of the result says how many nodes that cut. ``box`` [B, D, 2] (lower,
+    upper corner per graph) makes the boxes periodic (cell list only). ``batch`` must be sorted for
+    torch-cluster (PyG batches are). ``num_graphs`` saves a host read of max(batch).
 
     Shapes:
-        pos: [N, D], batch: [N] -> edge_index: [2, E]
+        pos: [N, D], batch: [N] -> RadiusEdges(edge_index [2, E], edge_shift [E, D] or None)
     """
-    global _warned_truncation
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    if resolve_backend(backend, pos.device, box is not None) == "cell_list":
+        return cell_list_radius_graph(pos, radius, batch, num_graphs=num_graphs, box=box, max_num_neighbors=max_num_neighbors)
+    return _torch_cluster_radius_graph(pos, radius, batch, max_num_neighbors, num_graphs)
+
+
+def _torch_cluster_radius_graph(pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int, num_graphs: int) -> RadiusEdges:
+    """torch-cluster keeps the first neighbours it meets, not the nearest: ask it for one more than
+    the cap; when some node reaches that, ask again for those nodes with larger caps until their
+    neighbourhoods are complete, then keep the nearest. Its output comes sorted by target."""
+    if pos.shape[0] == 0:
+        return RadiusEdges(batch.new_zeros((2, 0)), None, 0)
     edge_index = torch_cluster.radius_graph(
-        pos, r=radius, batch=batch, loop=False, max_num_neighbors=max_num_neighbors + 1, flow="source_to_target"
+        pos, r=radius, batch=batch, loop=False, max_num_neighbors=max_num_neighbors + 1,
+        flow="source_to_target", batch_size=num_graphs,
     )
     degree = torch.bincount(edge_index[1], minlength=pos.shape[0])
-    if edge_index.numel() and int(degree.max()) > max_num_neighbors:
-        if not _warned_truncation:
-            truncated = int((degree > max_num_neighbors).sum())
-            warnings.warn(
-                f"radius_graph: {truncated} of {pos.shape[0]} nodes have more than max_num_neighbors="
-                f"{max_num_neighbors} neighbours within r={radius}; their neighbourhoods are truncated "
-                "(raise graph.max_num_neighbors to keep them)",
-                stacklevel=2,
-            )
-            _warned_truncation = True
-        edge_index = _keep_first_per_target(edge_index, max_num_neighbors)
-    return edge_index
-
-
-def _keep_first_per_target(edge_index: Tensor, cap: int) -> Tensor:
-    """At most ``cap`` edges into each target (torch-cluster's own cap is off by one without loops)."""
-    order = torch.argsort(edge_index[1], stable=True)
-    target = edge_index[1, order]
-    counts = torch.bincount(target)
-    rank = torch.arange(target.numel(), device=target.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    return edge_index[:, order[rank < cap]]
+    # the one host read scaleq adds to torch-cluster's own (the cell list adds none to its output size)
+    capped = (degree > max_num_neighbors).nonzero().squeeze(1)  # neighbourhoods possibly incomplete
+    if capped.numel() == 0:
+        return RadiusEdges(edge_index, None, 0)
+    largest_graph = int(torch.bincount(batch, minlength=num_graphs).max())
+    cap = 4 * (max_num_neighbors + 2)
+    while True:
+        found = torch_cluster.radius(pos, pos[capped], radius, batch, batch[capped], max_num_neighbors=cap, batch_size=num_graphs)
+        if cap >= largest_graph or int(torch.bincount(found[0], minlength=capped.numel()).max()) < cap:
+            break
+        cap *= 4
+    target, source = capped[found[0]], found[1]
+    refound = torch.stack([source[source != target], target[source != target]])
+    complete = torch.cat([edge_index[:, (degree <= max_num_neighbors)[edge_index[1]]], refound], dim=1)
+    complete = complete[:, torch.argsort(complete[1], stable=True)]
+    keep = keep_nearest(complete, pos, max_num_neighbors)
+    return RadiusEdges(complete[:, keep], None, int(capped.numel()))
 
 
 def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
@@ -94,31 +122,52 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
     return torch_cluster.knn_graph(pos, k=k, batch=batch, loop=False, flow="source_to_target")
 
 
-def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
+def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
     """Invariant edge attributes: products of the static node features of both ends and the
-    squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2]).
+    squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2];
+    minimum image with ``edge_shift``).
 
     Shapes:
-        pos: [N, D], node_attr: [N, F], edge_index: [2, E] -> [E, F + 1]
+        pos: [N, D], node_attr: [N, F], edge_index: [2, E], edge_shift: [E, D] -> [E, F + 1]
     """
-    source, target = edge_index
-    dist2 = (pos[target] - pos[source]).pow(2).sum(-1, keepdim=True)
-    return torch.cat([node_attr[target] * node_attr[source], dist2], dim=-1)
+    return torch.cat([node_attr[edge_index[1]] * node_attr[edge_index[0]], edge_length2(pos, edge_index, edge_shift)[:, None]], dim=-1)
+
+
+def edge_length2(pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
+    """|x_i - x_j|^2 of each edge (minimum image with ``edge_shift``). Shapes: -> [E]."""
+    diff = pos[edge_index[1]] - pos[edge_index[0]]
+    if edge_shift is not None:
+        diff = diff + edge_shift
+    return diff.pow(2).sum(-1)
 
 
 def drop_edges(
     edge_index: Tensor, pos: Tensor, batch: Tensor, p: float, mode: EdgeDropMode = "shortest",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, edge_shift: Tensor | None = None, num_graphs: int | None = None,
 ) -> Tensor:
-    """Drop a fraction ``p`` of each graph's edges: graph b keeps floor((1 - p) E_b) of its E_b.
+    """The edges that :func:`edge_drop_mask` keeps. Shapes: edge_index [2, E] -> [2, E']."""
+    return edge_index[:, edge_drop_mask(edge_index, pos, batch, p, mode, generator, edge_shift, num_graphs)]
 
-    'shortest' keeps the shortest edges (FastEGNN's published preprocessing; ties keep the
-    earlier edge); 'random' keeps a uniformly random subset, drawn from ``generator`` (default:
-    torch's global RNG, which runs seed and checkpoints restore). p = 1 leaves no edges (EGNN* /
-    FastEGNN-<C, 1>). Kept edges stay in their input order; no per-graph loop.
+
+def edge_drop_mask(
+    edge_index: Tensor, pos: Tensor, batch: Tensor, p: float, mode: EdgeDropMode = "shortest",
+    generator: torch.Generator | None = None, edge_shift: Tensor | None = None, num_graphs: int | None = None,
+) -> Tensor:
+    """Which edges survive dropping a fraction ``p`` of each graph's E_b edges.
+
+    'shortest' works on undirected pairs {i, j} (both directions together): per graph, pairs in
+    order of length are kept while the edges kept stay within floor((1 - p) E_b). Equal lengths
+    are ordered by the pair's end positions (lexicographically, the lexicographically smaller end
+    first), so the kept set depends on the positions only, not on node labels (only pairs whose
+    ends both coincide with another pair's fall back to indices). FastEGNN's published code ranks
+    DIRECTED edges with topk, so an odd budget or equal lengths at the cut keep one direction, or
+    one of the tied pairs, by index. A graph keeps floor((1 - p) E_b) edges, or one fewer when the
+    cut falls inside a pair. 'random' keeps exactly floor((1 - p) E_b) directed edges drawn from
+    ``generator`` (default: torch's global RNG, which runs seed and checkpoints restore). p = 1
+    leaves no edges (EGNN* / FastEGNN-<C, 1>). No per-graph loop.
 
     Shapes:
-        edge_index: [2, E] (j -> i), pos: [N, D], batch: [N] -> edge_index: [2, E']
+        edge_index: [2, E] (j -> i), pos: [N, D], batch: [N], edge_shift: [E, D] or None -> [E] bool
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"edge drop rate must be in [0, 1], got {p}")
@@ -126,43 +175,103 @@ def drop_edges(
         raise ValueError(f"edge drop mode must be 'shortest' or 'random', got {mode!r}")
     num_edges = edge_index.shape[1]
     if p == 0.0 or num_edges == 0:
-        return edge_index
+        return torch.ones(num_edges, dtype=torch.bool, device=edge_index.device)
     if p == 1.0:
-        return edge_index[:, :0]
-    source, target = edge_index
-    graph = batch[target]  # [E] graph of each edge
-    if mode == "shortest":
-        key = (pos[target] - pos[source]).pow(2).sum(-1)
-    else:
-        key = torch.rand(num_edges, generator=generator, device=pos.device)
-    num_graphs = int(batch.max()) + 1
+        return torch.zeros(num_edges, dtype=torch.bool, device=edge_index.device)
+    graph = batch[edge_index[1]]  # [E] graph of each edge
+    num_graphs = num_graphs if num_graphs is not None else int(batch.max()) + 1
     per_graph = torch.bincount(graph, minlength=num_graphs)  # [B]
-    keep = ((1.0 - p) * per_graph.double() + 1e-9).floor().long()  # the epsilon absorbs 0.3 * 10 = 2.999...
-    return edge_index[:, rank_within_groups(key, graph, num_graphs) < keep[graph]]
+    budget = ((1.0 - p) * per_graph.double() + 1e-9).floor().long()  # the epsilon absorbs 0.3 * 10 = 2.999...
+    if mode == "random":
+        key = torch.rand(num_edges, generator=generator, device=pos.device)
+        return rank_within_groups(key, graph, num_graphs) < budget[graph]
+    return _shortest_pairs_mask(edge_index, pos, edge_length2(pos, edge_index, edge_shift), graph, budget)
+
+
+def _shortest_pairs_mask(edge_index: Tensor, pos: Tensor, length2: Tensor, graph: Tensor, budget: Tensor) -> Tensor:
+    """'shortest' edge dropping by undirected pairs (see :func:`edge_drop_mask`)."""
+    source, target = edge_index
+    keys, pair = torch.unique(torch.minimum(source, target) * pos.shape[0] + torch.maximum(source, target),
+                              return_inverse=True)  # [E] pair of each edge
+    num_pairs = keys.numel()
+    size = torch.bincount(pair, minlength=num_pairs)  # 1 or 2 edges per pair
+    # both directions have the same length bit for bit; amin only makes that explicit
+    pair_length = length2.new_full((num_pairs,), torch.inf).scatter_reduce(0, pair, length2, "amin")
+    pair_graph = torch.zeros_like(size).scatter_reduce(0, pair, graph, "amax", include_self=False)
+    # the pair's ends ordered by position (lexicographically), not by index
+    a, b = pos[torch.div(keys, pos.shape[0], rounding_mode="floor")], pos[keys % pos.shape[0]]
+    a_first = torch.zeros(num_pairs, dtype=torch.bool, device=pos.device)
+    for axis in reversed(range(pos.shape[1])):  # the first axis that differs decides
+        a_first = torch.where(a[:, axis] != b[:, axis], a[:, axis] < b[:, axis], a_first)
+    low, high = torch.where(a_first[:, None], a, b), torch.where(a_first[:, None], b, a)
+    # sort by (graph, length, low end's position, high end's position, index key): stable sorts
+    # from the least significant key up
+    order = torch.arange(num_pairs, device=pos.device)
+    for column in [*reversed(high.unbind(1)), *reversed(low.unbind(1)), pair_length, pair_graph]:
+        order = order[torch.argsort(column[order], stable=True)]
+    per_graph = torch.zeros_like(budget).index_add_(0, pair_graph, size)
+    edges_before_graph = torch.cumsum(per_graph, 0) - per_graph
+    g = pair_graph[order]
+    kept_through = torch.cumsum(size[order], 0) - edges_before_graph[g]  # edges kept if the cut falls after this pair
+    keep_pair = torch.empty_like(a_first)
+    keep_pair[order] = kept_through <= budget[g]
+    return keep_pair[pair]
+
+
+class CapWarning:
+    """Warns once (per graph of one builder) that neighbourhoods were cut to the cap. The count of
+    cut nodes comes with the radius graph's output size, so warning costs no extra device read."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.warned = False
+
+    def report(self, edges: RadiusEdges, num_nodes: int, radius: float, max_num_neighbors: int) -> None:
+        if edges.num_capped and not self.warned:
+            warnings.warn(
+                f"{self.what}: {edges.num_capped} of {num_nodes} nodes have more than max_num_neighbors="
+                f"{max_num_neighbors} neighbours within r={radius}; their neighbourhoods are truncated to the "
+                "nearest ones (raise graph.max_num_neighbors to keep them)",
+                stacklevel=3,
+            )
+            self.warned = True
 
 
 @dataclass(frozen=True, kw_only=True)
 class GraphBuilder:
-    """Adds ``edge_index`` [2, E] and ``edge_attr`` [E, F + 1] to a batch, on its device.
+    """Adds ``edge_index`` [2, E] (sorted by target for radius graphs) and ``edge_attr`` [E, F + 1]
+    to a batch, on its device; with ``periodic``, also ``edge_shift`` [E, D] (add it to
+    ``pos[i] - pos[j]`` for the minimum-image difference), the boxes coming from the batch's ``box``
+    [B, D, 2] (the store's ``bounds``, lower and upper corner per axis).
 
-    ``edge_drop`` > 0 then drops that fraction of each graph's edges (see :func:`drop_edges`).
+    ``backend`` picks the radius-graph search: 'torch_cluster', 'cell_list' or 'auto' (cell list on
+    CUDA and for periodic boxes, torch-cluster on CPU); see :func:`radius_graph`. Every backend
+    keeps each node's nearest ``max_num_neighbors``, and the builder warns once per graph kind
+    (main, local) when that cuts anything.
+
+    ``edge_drop`` > 0 then drops that fraction of each graph's edges (see :func:`edge_drop_mask`).
     In 'random' mode evaluation batches (``training=False``) draw from a generator reseeded at
     every call, so validation numbers do not depend on what ran before.
 
     With ``local`` other than 'none' it also adds a local graph ``local_index`` [2, E_local]: the
     store's static bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the
-    neighbours within ``local_radius`` ('radius'), all in the input frame, and its attributes
-    ``local_attr`` [E_local, F + 1], computed as ``edge_attr``.
+    neighbours within ``local_radius`` ('radius'), all in the input frame (not periodic), and its
+    attributes ``local_attr`` [E_local, F + 1], computed as ``edge_attr``.
     """
 
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64
+    backend: Backend = "auto"
+    periodic: bool = False
     edge_drop: float = 0.0
     edge_drop_mode: EdgeDropMode = "shortest"
     local: LocalKind = "none"
     local_k: int = 4
     local_radius: float | None = None
+    _main_cap: CapWarning = field(default_factory=lambda: CapWarning("radius graph"), init=False, repr=False, compare=False)
+    _local_cap: CapWarning = field(default_factory=lambda: CapWarning("local radius graph"), init=False, repr=False, compare=False)
+    _boxes_checked: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("complete", "radius"):
@@ -171,6 +280,15 @@ class GraphBuilder:
             raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
         if self.max_num_neighbors < 1:
             raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
+        if self.backend not in ("auto", "torch_cluster", "cell_list"):
+            raise ValueError(f"graph backend must be 'auto', 'torch_cluster' or 'cell_list', got {self.backend!r}")
+        if self.periodic and self.kind != "radius":
+            raise ValueError("periodic boxes need a radius graph (graph.kind 'radius')")
+        if self.periodic and self.backend == "torch_cluster":
+            raise ValueError("periodic boxes need graph.backend 'cell_list' or 'auto': torch-cluster has none")
+        if self.periodic and self.local in ("knn", "radius"):
+            raise ValueError(f"a periodic graph cannot have a {self.local!r} local graph (it would need its own "
+                             "edge shifts): use graph.local 'bonds' or 'none'")
         if not 0.0 <= self.edge_drop <= 1.0:
             raise ValueError(f"edge_drop must be in [0, 1], got {self.edge_drop}")
         if self.edge_drop_mode not in ("shortest", "random"):
@@ -187,18 +305,28 @@ class GraphBuilder:
 
     def __call__(self, batch: Batch, *, training: bool = True) -> Batch:
         pos, node_batch = batch.pos, batch.batch
+        num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else None
+        edge_shift = None
         if self.kind == "complete":
             edge_index = complete_graph(node_batch)
         else:
             assert self.radius is not None
-            edge_index = radius_graph(pos, self.radius, node_batch, self.max_num_neighbors)
+            box = self._box(batch) if self.periodic else None
+            edges = radius_graph(pos, self.radius, node_batch, self.max_num_neighbors, backend=self.backend,
+                                 box=box, num_graphs=num_graphs)
+            self._main_cap.report(edges, pos.shape[0], self.radius, self.max_num_neighbors)
+            edge_index, edge_shift = edges.edge_index, edges.edge_shift
         if self.edge_drop > 0:
             generator = None
             if self.edge_drop_mode == "random" and not training:
                 generator = torch.Generator(device=pos.device).manual_seed(0)
-            edge_index = drop_edges(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator)
+            keep = edge_drop_mask(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator, edge_shift,
+                                  num_graphs)
+            edge_index = edge_index[:, keep]
+            edge_shift = edge_shift[keep] if edge_shift is not None else None
         batch.edge_index = edge_index
-        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index)
+        batch.edge_shift = edge_shift
+        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index, edge_shift)
         if self.local == "bonds":
             if getattr(batch, "bond_index", None) is None:
                 raise ValueError("graph.local is 'bonds' but the batch has no bond_index: the store has no "
@@ -208,8 +336,21 @@ class GraphBuilder:
             batch.local_index = knn_graph(pos, self.local_k, node_batch)
         elif self.local == "radius":
             assert self.local_radius is not None
-            batch.local_index = radius_graph(pos, self.local_radius, node_batch, self.max_num_neighbors)
+            local = radius_graph(pos, self.local_radius, node_batch, self.max_num_neighbors, backend=self.backend,
+                                 num_graphs=num_graphs)
+            self._local_cap.report(local, pos.shape[0], self.local_radius, self.max_num_neighbors)
+            batch.local_index = local.edge_index
         if self.local != "none":
             # the global graph's kind of attributes on the local edges (EGHN's E-Pool reads them)
             batch.local_attr = edge_features(pos, batch.node_attr, batch.local_index)
         return batch
+
+    def _box(self, batch: Batch) -> Tensor:
+        box = getattr(batch, "box", None)
+        if box is None:
+            raise ValueError("graph.periodic is set but the batch has no 'box': the dataset takes it from the "
+                             "store's 'bounds' attribute")
+        if not self._boxes_checked[0]:  # a store's bounds do not change: one device read, not one per step
+            check_box_sides(box)
+            self._boxes_checked[0] = True
+        return box.to(batch.pos.dtype)

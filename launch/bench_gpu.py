@@ -1,0 +1,102 @@
+"""Radius-graph backends and training steps on one device, side by side, in one run.
+
+    python launch/bench_gpu.py                          # CUDA: 8k .. 4M particles, 4 x 8k and 1 x 100k steps
+    python launch/bench_gpu.py --device cpu --quick     # the same on small sizes (CI runs this)
+    python launch/bench_gpu.py --device cpu --graphs-only --max-nodes 1000000   # CPU radius graphs
+
+Radius graphs (~20 neighbours): torch-cluster and the cell list (torch and Triton pair searches),
+with a check that the edge sets agree. Training steps (graph build + forward + backward + Adam):
+EGNN and FastEGNN-<3,0.75>, 4 layers, H=64, fp32 and bf16, as edge-layers/s and as a ratio to a
+plain EGNN in the published code's style. Writes bench/gpu_<device>.csv and .png and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scaleq.eval.gpu_bench import device_slug, run  # noqa: E402
+from scaleq.eval.report import write_rows  # noqa: E402
+
+COLUMNS = ("part", "case", "variant", "model", "precision", "nodes", "edges", "ms", "edge_layers_per_s",
+           "ratio_to_reference", "peak_mb", "agree", "device", "torch", "cuda", "triton")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds on a CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (median reported; default 10, quick 1)")
+    parser.add_argument("--max-nodes", type=int, default=None, help="skip radius-graph cases with more particles")
+    parser.add_argument("--graphs-only", action="store_true", help="radius graphs only, no training steps")
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here (use --device cpu --quick)")
+    device = torch.device(args.device)
+    repeats = args.repeats or (1 if args.quick else 10)
+    rows = run(device, args.quick, repeats, steps=not args.graphs_only, max_nodes=args.max_nodes)
+
+    env = rows[0]
+    print(f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}, Triton {env['triton']}")
+    print(f"\n{'radius graph':<14}{'backend':<22}{'edges':>12}{'ms':>11}{'peak MB':>10}  agree")
+    for r in (r for r in rows if r["part"] == "radius_graph"):
+        print(f"{r['case']:<14}{r['variant']:<22}{r['edges']:>12}{r['ms']:>11.2f}{_mb(r['peak_mb']):>10}  {r['agree']}")
+    steps = [r for r in rows if r["part"] == "train_step"]
+    if steps:
+        print(f"\n{'step':<10}{'variant':<20}{'prec':<6}{'edges':>10}{'ms':>10}{'M edge-layers/s':>17}{'x ref':>7}{'peak MB':>10}")
+    for r in steps:
+        print(f"{r['case']:<10}{r['variant']:<20}{r['precision']:<6}{r['edges']:>10}{r['ms']:>10.1f}"
+              f"{r['edge_layers_per_s'] / 1e6:>17.2f}{r['ratio_to_reference']:>7.2f}{_mb(r['peak_mb']):>10}")
+
+    stem = args.out / f"gpu_{device_slug(device)}"
+    write_rows(rows, Path(f"{stem}.csv"), COLUMNS)
+    plot(rows, Path(f"{stem}.png"), str(env["device"]))
+    print(f"\nwrote {stem}.csv and {stem}.png")
+    return 0
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    graphs = [r for r in rows if r["part"] == "radius_graph"]
+    cases = list(dict.fromkeys(r["case"] for r in graphs))
+    backends = list(dict.fromkeys(r["variant"] for r in graphs))
+    width = 0.8 / len(backends)
+    for k, backend in enumerate(backends):
+        ms = {r["case"]: r["ms"] for r in graphs if r["variant"] == backend}
+        left.bar([i + k * width for i in range(len(cases))], [ms.get(c, 0.0) for c in cases], width, label=backend)
+    left.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases)
+    left.set_yscale("log")
+    left.set_ylabel("radius graph (ms)")
+    left.legend(fontsize=8)
+    steps = [r for r in rows if r["part"] == "train_step"]
+    labels = [f"{r['case']}\n{r['variant']} {r['precision']}" for r in steps]
+    bars = right.barh(labels, [r["edge_layers_per_s"] / 1e6 for r in steps],
+                      color=["#888" if r["model"] == "reference" else "#2a7" for r in steps])
+    right.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in steps], fontsize=7)
+    right.tick_params(axis="y", labelsize=6)
+    right.invert_yaxis()
+    right.set_xlabel("training step, M edge-layers/s (x: over the reference EGNN)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

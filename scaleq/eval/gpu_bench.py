@@ -1,0 +1,295 @@
+"""The GPU benchmark: radius-graph backends and full training steps, side by side in one process.
+
+Part 1, radius graphs: uniform particles in unit cubes (one per graph) with about 20 neighbours
+each, for every backend (torch-cluster, the cell list's torch and Triton pair searches); each
+backend's edge set is compared with torch-cluster's ('exact', or how many pairs differ and whether
+they all lie within rounding of r).
+
+Part 2, training steps: graph build + forward + backward + optimizer step, per
+:class:`StepVariant` (name, model name, model kwargs, precision, edge drop), as edge-layers per
+second (edges the model sees x layers / step time) and as a ratio to :class:`ReferenceEGNN` on the
+same workload and precision: a plain EGNN in the published code's style (cat + Linear + index_add).
+Adding a model path (e.g. other model kwargs) is one more StepVariant.
+
+GPU times come from CUDA events after warm-up runs (compilation, caches); CPU times from
+perf_counter. Each row is the median of the timed runs; peak memory is CUDA's max allocated
+during that variant (empty on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scaleq.config import LossConfig
+from scaleq.data.cell_list import cell_list_radius_graph, triton_available
+from scaleq.data.graph import GraphBuilder, radius_graph
+from scaleq.eval.model_bench import Workload, random_particles
+from scaleq.losses import training_loss
+from scaleq.models import MODELS
+
+NEIGHBOURS = 20.0
+LAYERS, HIDDEN = 4, 64
+CAP = 128  # max_num_neighbors: far above the ~20 of uniform points, so nothing is cut
+
+
+@dataclass(frozen=True)
+class GraphCase:
+    label: str
+    graphs: int
+    nodes: int  # per graph
+
+
+@dataclass(frozen=True)
+class StepVariant:
+    label: str
+    model: str  # a key of scaleq.models.MODELS, or 'reference'
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # 'fp32' or 'bf16' (autocast)
+    edge_drop: float = 0.0
+
+
+def graph_cases(quick: bool) -> list[GraphCase]:
+    if quick:
+        return [GraphCase("300", 1, 300), GraphCase("1k", 1, 1000), GraphCase("4 x 250", 4, 250)]
+    return [GraphCase("8k", 1, 8000), GraphCase("100k", 1, 100_000), GraphCase("1M", 1, 1_000_000),
+            GraphCase("4M", 1, 4_000_000), GraphCase("16 x 8k", 16, 8000)]
+
+
+def step_workloads(quick: bool) -> list[GraphCase]:
+    if quick:
+        return [GraphCase("2 x 100", 2, 100), GraphCase("1 x 300", 1, 300)]
+    return [GraphCase("4 x 8k", 4, 8000), GraphCase("1 x 100k", 1, 100_000)]
+
+
+def step_variants() -> list[StepVariant]:
+    """The reference first in each precision: ratios are taken against it."""
+    fast = {"virtual_nodes": 3}
+    out = []
+    for precision in ("fp32", "bf16"):
+        out += [
+            StepVariant("reference EGNN", "reference", {}, precision),
+            StepVariant("EGNN", "egnn", {}, precision),
+            StepVariant("FastEGNN-<3,0.75>", "fastegnn", fast, precision, edge_drop=0.75),
+        ]
+    return out
+
+
+class ReferenceEGCL(nn.Module):
+    """One EGNN layer written as the published code writes it (E_GCL_vel): concatenation, Linear
+    layers, index_add sums; coordinates aggregated by mean. No project helpers on purpose."""
+
+    def __init__(self, hidden: int, edge_dim: int) -> None:
+        super().__init__()
+        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden + 1 + edge_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        last = nn.Linear(hidden, 1, bias=False)
+        nn.init.xavier_uniform_(last.weight, gain=0.001)
+        self.coord_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), last)
+        self.coord_mlp_vel = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, h: Tensor, x: Tensor, v: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+        """
+        Shapes:
+            h: [N, H], x: [N, D], v: [N, D], edge_index: [2, E] (j -> i), edge_attr: [E, Fe] -> ([N, H], [N, D])
+        """
+        col, row = edge_index  # row: receiver i, col: sender j (the published names)
+        coord_diff = x[row] - x[col]
+        radial = (coord_diff**2).sum(1, keepdim=True)
+        edge_feat = self.edge_mlp(torch.cat([h[row], h[col], radial, edge_attr], dim=1))
+        trans = coord_diff * self.coord_mlp(edge_feat)
+        count = torch.zeros(x.shape[0], 1, device=x.device, dtype=trans.dtype).index_add_(
+            0, row, torch.ones_like(trans[:, :1]))
+        agg = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=trans.dtype).index_add_(0, row, trans)
+        x = x + agg / count.clamp(min=1) + self.coord_mlp_vel(h) * v
+        agg_h = torch.zeros(h.shape[0], edge_feat.shape[1], device=h.device, dtype=edge_feat.dtype).index_add_(0, row, edge_feat)
+        h = h + self.node_mlp(torch.cat([h, agg_h.to(h.dtype)], dim=1))
+        return h, x
+
+
+class ReferenceEGNN(nn.Module):
+    def __init__(self, *, in_node_features: int, in_edge_features: int, hidden: int = 64, layers: int = 4) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(in_node_features, hidden)
+        self.layers = nn.ModuleList(ReferenceEGCL(hidden, in_edge_features) for _ in range(layers))
+
+    def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: ANN401 (a PyG Batch)
+        """
+        Shapes:
+            batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E] -> {"pos": [N, D]}
+        """
+        h, x = self.embedding(batch.h), batch.pos
+        for layer in self.layers:
+            h, x = layer(h, x, batch.vel, batch.edge_index, batch.edge_attr)
+        return {"pos": x}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1, budget_s: float = 20.0) -> float:
+    """Median milliseconds of ``repeats`` runs after ``warmup`` runs (fewer runs once the timed
+    ones pass ``budget_s``: a 30 s brute-force search is timed once)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+        if sum(times) > 1000 * budget_s:
+            break
+    return statistics.median(times)
+
+
+def uniform_cloud(case: GraphCase, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, float]:
+    """``case.graphs`` unit cubes of ``case.nodes`` uniform points each; r gives ~20 neighbours."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(case.graphs * case.nodes, 3, generator=g).to(device)
+    batch = torch.repeat_interleave(torch.arange(case.graphs), case.nodes).to(device)
+    return pos, batch, (3 * NEIGHBOURS / (4 * math.pi * case.nodes)) ** (1 / 3)
+
+
+def compare_edges(edges: Tensor, reference: Tensor, pos: Tensor, radius: float) -> str:
+    """'exact' when both edge sets are equal; else how many pairs differ, and whether every one of
+    them lies within rounding of r (|d^2 - r^2| <= 1e-5 r^2: FMA and summation order differ)."""
+    n = pos.shape[0]
+    a = torch.sort(edges[1] * n + edges[0]).values
+    b = torch.sort(reference[1] * n + reference[0]).values
+    if torch.equal(a, b):
+        return "exact"
+    diff = torch.cat([a[~torch.isin(a, b)], b[~torch.isin(b, a)]])
+    source, target = diff % n, torch.div(diff, n, rounding_mode="floor")
+    d2 = (pos[target] - pos[source]).double().pow(2).sum(-1)
+    boundary = bool(((d2 - radius**2).abs() <= 1e-5 * radius**2).all())
+    return f"{'boundary' if boundary else 'MISMATCH'} ({diff.numel()} pairs)"
+
+
+def radius_backends(device: torch.device) -> dict[str, Callable[[Tensor, float, Tensor, int], Tensor]]:
+    """Name -> search returning edge_index; the Triton path only where it is compiled (CUDA)."""
+    out: dict[str, Callable[[Tensor, float, Tensor, int], Tensor]] = {
+        "torch_cluster": lambda p, r, b, g: radius_graph(p, r, b, CAP, backend="torch_cluster", num_graphs=g).edge_index,
+        "cell_list (torch)": lambda p, r, b, g: cell_list_radius_graph(
+            p, r, b, num_graphs=g, max_num_neighbors=CAP, pair_search="torch").edge_index,
+    }
+    if device.type == "cuda" and triton_available():
+        out["cell_list (triton)"] = lambda p, r, b, g: cell_list_radius_graph(
+            p, r, b, num_graphs=g, max_num_neighbors=CAP, pair_search="triton").edge_index
+    return out
+
+
+def bench_radius_graphs(device: torch.device, quick: bool, repeats: int, max_nodes: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for case in graph_cases(quick):
+        if max_nodes is not None and case.graphs * case.nodes > max_nodes:
+            continue
+        pos, batch, radius = uniform_cloud(case, device)
+        reference = None
+        for name, search in radius_backends(device).items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            edges = search(pos, radius, batch, case.graphs)  # also the warm-up run
+            reference = edges if reference is None else reference
+            args = (pos, radius, batch, case.graphs)
+            ms = time_ms(lambda s=search, a=args: s(*a), device, repeats, warmup=0)
+            rows.append({
+                "part": "radius_graph", "case": case.label, "variant": name, "nodes": pos.shape[0],
+                "edges": edges.shape[1], "ms": ms, "peak_mb": _peak_mb(device),
+                "agree": compare_edges(edges, reference, pos, radius),
+            })
+            del edges
+    return rows
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _build_model(variant: StepVariant) -> nn.Module:
+    common = {"in_node_features": 2, "in_edge_features": 2, "hidden": HIDDEN, "layers": LAYERS}
+    if variant.model == "reference":
+        return ReferenceEGNN(**common, **variant.kwargs)
+    return MODELS[variant.model](**common, **variant.kwargs)
+
+
+def bench_steps(device: torch.device, quick: bool, repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for case in step_workloads(quick):
+        work = Workload(graphs=case.graphs, nodes=case.nodes, neighbours=NEIGHBOURS)
+        raw = random_particles(work).to(device)
+        reference_rate: dict[str, float] = {}
+        for variant in step_variants():
+            torch.manual_seed(0)
+            model = _build_model(variant).to(device)
+            builder = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=CAP, edge_drop=variant.edge_drop)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+            loss_config = LossConfig(mmd_weight=0.01) if variant.model == "fastegnn" else LossConfig()
+
+            def step(model: nn.Module = model, builder: GraphBuilder = builder, optimizer: torch.optim.Optimizer = optimizer,
+                     loss_config: LossConfig = loss_config, precision: str = variant.precision, raw: Any = raw) -> None:  # noqa: ANN401
+                batch = builder(raw)  # the graph is built inside the step, as in training
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    output = model(batch)
+                loss, _ = training_loss(output, batch, loss_config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            ms = time_ms(step, device, repeats, warmup=1 if quick else 3)
+            edges = int(raw.edge_index.shape[1])
+            rate = edges * LAYERS / (ms / 1000)
+            reference_rate.setdefault(variant.precision, rate)
+            rows.append({
+                "part": "train_step", "case": case.label, "variant": variant.label, "model": variant.model,
+                "precision": variant.precision, "nodes": raw.num_nodes, "edges": edges, "ms": ms,
+                "edge_layers_per_s": rate, "ratio_to_reference": rate / reference_rate[variant.precision],
+                "peak_mb": _peak_mb(device),
+            })
+            del model, optimizer
+    return rows
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    triton = "none"
+    if triton_available():
+        import triton as triton_module
+
+        triton = triton_module.__version__
+    return {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda), "triton": triton}
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def run(device: torch.device, quick: bool, repeats: int, *, steps: bool = True, max_nodes: int | None = None) -> list[dict[str, Any]]:
+    """Every row of the benchmark (radius graphs up to ``max_nodes`` particles, then training steps
+    unless ``steps`` is False), each with the device name and the torch / CUDA / Triton versions."""
+    env = environment(device)
+    rows = bench_radius_graphs(device, quick, repeats, max_nodes) + (bench_steps(device, quick, repeats) if steps else [])
+    return [{**row, **env} for row in rows]
