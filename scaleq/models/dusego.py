@@ -57,9 +57,9 @@ from torch_geometric.data import Batch
 
 from scaleq.models.egnn import EGNNLayer, check_block_options, edge_layout
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.graph_reduce import graph_mean
 from scaleq.nn.message_passing import EdgeLayout, Halo, Kernel
 from scaleq.nn.ode import FIXED_GRID_METHODS, integrate_interval
-from scaleq.nn.scatter import scatter_mean
 
 Activation = Literal["identity", "tanh", "relu", "silu"]
 State = tuple[Tensor, Tensor, Tensor, Tensor]  # (X [N, D], H [N, H], Y [N, D], U [N, H])
@@ -236,7 +236,7 @@ class DuSEGO(nn.Module):
         """
         x, h, y, u = state
         h_new, x_new = layer(h, x, graph)  # F(X_{n-1}, H_{n-1})
-        centre = scatter_mean(x, graph.batch, graph.num_graphs)[graph.batch]  # [N, D]
+        centre = graph_mean(x, graph.batch, graph.num_graphs, graph.halo)[graph.batch]  # [N, D], all ranks' nodes
         acc_x = vector_activation(x_new - centre, self.sigma_pos) - self.gamma1 * (x - centre) - self.alpha * y
         acc_h = _ELEMENTWISE[self.sigma](h_new.to(h.dtype)) - self.gamma2 * h - self.alpha * u
         return acc_x, acc_h

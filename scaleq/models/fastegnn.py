@@ -40,9 +40,9 @@ from torch_geometric.data import Batch
 
 from scaleq.models.egnn import check_block_options, edge_layout
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.graph_reduce import graph_mean
 from scaleq.nn.message_passing import EdgeLayout, Halo, Kernel, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
-from scaleq.nn.scatter import scatter_mean
 
 VirtualDistance = Literal["plain", "squared"]
 VirtualAggregation = Literal["concat", "mean"]
@@ -131,7 +131,8 @@ class FastEGNNLayer(nn.Module):
         degree = layout.degree(pos.dtype)  # [N, 1]
 
         # virtual-global Gram message, from the current centre of mass of each graph
-        centre = scatter_mean(pos, batch, num_graphs)  # [B, D]
+        # per-graph means over every rank's nodes under graph parallelism (halo.sum_over_ranks)
+        centre = graph_mean(pos, batch, num_graphs, halo)  # [B, D]
         offset = z - centre[:, None, :]  # [B, C, D]
         gram = (offset[:, :, None, :] * offset[:, None, :, :]).sum(-1)  # [B, C, C]; elementwise: stays fp32
 
@@ -148,13 +149,13 @@ class FastEGNNLayer(nn.Module):
             new_pos = new_pos + self.phi_v(h).to(pos.dtype) * vel
         if self.phi_g is not None and gravity is not None:
             new_pos = new_pos + self.phi_g(h).to(pos.dtype) * gravity
-        z = z + scatter_mean(-virtual_diff * self.phi_zv(m_v).to(pos.dtype), batch, num_graphs)  # z_c - x_i
+        z = z + graph_mean(-virtual_diff * self.phi_zv(m_v).to(pos.dtype), batch, num_graphs, halo)  # z_c - x_i
 
         # features: real from the mean of real messages and the ordered (or averaged) virtual ones
         virtual_in = m_v.flatten(1) if self.virtual_aggregation == "concat" else m_v.mean(1)  # [N, C*H] or [N, H]
         real_in = real.message_sum / degree.to(h.dtype)  # [N, H] mean of the real messages
         h_new = h + self.phi_h(cat_features([h, real_in, virtual_in])).to(h.dtype)
-        s = s + self.phi_hv(cat_features([s, scatter_mean(m_v.to(s.dtype), batch, num_graphs)])).to(s.dtype)
+        s = s + self.phi_hv(cat_features([s, graph_mean(m_v.to(s.dtype), batch, num_graphs, halo)])).to(s.dtype)
         return h_new, new_pos, z, s
 
 
@@ -234,7 +235,7 @@ class FastEGNN(nn.Module):
         pos, graph = batch.pos, batch.batch
         num_graphs = int(batch.num_graphs)
         h = self.embed(batch.h).to(pos.dtype)  # the residual streams keep coordinate precision
-        centre = scatter_mean(pos, graph, num_graphs)  # [B, D] centre of mass of the input frame
+        centre = graph_mean(pos, graph, num_graphs, getattr(batch, "halo", None))  # [B, D] input centre of mass
         z = centre[:, None, :].expand(-1, self.virtual_nodes, -1).contiguous()  # [B, C, D]
         s = self.virtual_features.to(pos.dtype)[None].expand(num_graphs, -1, -1)  # [B, C, H]
         gravity = None if self.gravity is None else self.gravity.to(pos.dtype)

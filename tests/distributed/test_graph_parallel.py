@@ -10,7 +10,14 @@ import torch
 
 from scaleq.distributed.process_group import free_port
 from scaleq.testing.distributed import spawn
-from scaleq.testing.graph_parallel import CASES, GRAPH_SIZES, assemble, graph_parallel_cases, run_case, train_rank
+from scaleq.testing.graph_parallel import (
+    CASES,
+    GRAPH_SIZES,
+    assemble,
+    graph_parallel_cases,
+    run_case,
+    train_rank,
+)
 from scaleq.train.metrics import read_metrics
 from tests.distributed.conftest import tiny_raw
 
