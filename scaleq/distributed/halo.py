@@ -27,7 +27,7 @@ from torch.autograd import Function
 from torch_geometric.data import Batch
 
 from scaleq.data.graph import GraphBuilder
-from scaleq.distributed.partition import GraphPart, coordinate_bisection, local_batch, split_edges
+from scaleq.distributed.partition import GraphPart, coordinate_bisection, shard_batch
 
 
 class GraphHalo:
@@ -133,10 +133,8 @@ def split_batch(batch: Batch, graph: GraphBuilder, group: Any, *, training: bool
             f"graph.local is {graph.local!r}: the local graph (EGHN) is not supported under graph parallelism; "
             "set engine.graph_parallel to 1"
         )
-    batch = graph(batch, training=training)  # the whole graph, as on one device (partition.py: why)
     rank, num_ranks = dist.get_rank(group), dist.get_world_size(group)
     owner = coordinate_bisection(batch.pos, batch.batch, int(batch.num_graphs), num_ranks)
-    part = split_edges(batch.edge_index, owner, rank, num_ranks)
-    out = local_batch(batch, part)
+    out, part = shard_batch(batch, graph, owner, rank, num_ranks, training=training)
     out.halo = build_halo(part, batch.batch, group)
     return out

@@ -6,19 +6,25 @@ samples). Each rank then
 1. assigns every node of every graph to a rank by recursive coordinate bisection
    (:func:`coordinate_bisection`: the same answer on every rank, computed with torch on the batch's
    device, node counts balanced to within one per cut);
-2. builds the graph the single-device run builds, with the same :class:`GraphBuilder`, on the
-   whole batch, and keeps the edges INTO the nodes it owns (:func:`split_edges`). Sources of
-   those edges that another rank owns form its halo.
+2. builds the edges INTO the nodes it owns, exactly the single-device graph's (:func:`shard_batch`).
+   Sources of those edges that another rank owns form its halo.
 
-Why the whole graph on every rank (the "global edge set" route): it is exact by construction for
-every graph option the single-device run has (complete graphs, radius graphs, max_num_neighbors
-truncation whichever neighbours torch-cluster keeps, 'shortest' dropping with its ties, 'random'
-dropping, which draws the same numbers from the same RNG state on every rank), and its cost is
-small next to the model's: the integer edge list (16 bytes per edge) and one neighbour search per
-rank, against per-edge activations of several hundred bytes per layer that are split R ways.
-What is NOT split is that search and the edge list itself; a later local route can build only
-the owned targets' edges from owned + halo candidates (exact for radius graphs without dropping
-or truncation; see the README).
+Two routes to those edges, chosen per batch and rank:
+
+- Local (radius graphs without edge dropping, not periodic): the candidates are the owned nodes
+  plus every node inside the owned nodes' bounding box grown by r (per graph; a superset of the
+  halo, since a neighbour within r is within r along every axis). The same :class:`GraphBuilder`
+  runs on that sub-batch and the edges into owned nodes are kept. Each owned node's neighbours
+  within r are all candidates, so its edges are the single-device ones. Cost: the search and
+  the edge list are about 1/R of the whole plus the halo. If an owned node reaches
+  max_num_neighbors, which neighbours the search keeps may depend on the point set, so that rank
+  takes the global route instead (exact, and only where truncation happens).
+- Global (complete graphs, edge dropping, periodic boxes, the fallback above): the whole graph as
+  the single-device run builds it, then the edges into owned nodes. Exact by construction:
+  'shortest' dropping ranks the whole graph's edges with its ties, 'random' dropping draws the
+  same numbers from the same RNG state on every rank. Cost: each rank holds the whole integer edge
+  list (16 bytes per edge) for a moment and runs the whole search, small next to the model's
+  per-edge activations, which are split R ways.
 
 The model then sees the OWNED nodes only (``pos``, ``vel``, ``h``, ``target``, ``node_attr``,
 ``batch`` have N_own rows), ``edge_index[1]`` indexing them and ``edge_index[0]`` indexing the
@@ -35,6 +41,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from scaleq.data.graph import GraphBuilder
 from scaleq.nn.scatter import rank_within_groups
 
 # Per-node fields a batch may carry; they are cut to the owned rows. Other node-sized fields are
@@ -125,6 +132,63 @@ def split_edges(edge_index: Tensor, part: Tensor, rank: int, parts: int) -> Grap
     return GraphPart(owned, halo, halo_counts, keep, torch.stack([local[source], local[target]]))
 
 
+def radius_candidates(pos: Tensor, batch: Tensor, num_graphs: int, owned: Tensor, radius: float) -> Tensor:
+    """Global ids (ascending) of the owned nodes and of every node of the same graph inside the
+    owned nodes' bounding box grown by ``radius`` on every side.
+
+    Shapes:
+        pos: [N, D], batch: [N], owned: [N_own] -> [N_cand]
+    """
+    dim = pos.shape[1]
+    index = batch[owned][:, None].expand(-1, dim)
+    low = pos.new_full((num_graphs, dim), torch.inf).scatter_reduce_(0, index, pos[owned], "amin") - radius
+    high = pos.new_full((num_graphs, dim), -torch.inf).scatter_reduce_(0, index, pos[owned], "amax") + radius
+    inside = ((pos >= low[batch]) & (pos <= high[batch])).all(-1)  # graphs without owned nodes: none
+    inside[owned] = True
+    return torch.nonzero(inside).squeeze(1)
+
+
+def _local_route(graph: GraphBuilder) -> bool:
+    return graph.kind == "radius" and graph.edge_drop == 0 and not getattr(graph, "periodic", False)
+
+
+def shard_batch(
+    batch: Batch, graph: GraphBuilder, owner: Tensor, rank: int, parts: int, *, training: bool = True
+) -> tuple[Batch, GraphPart]:
+    """This rank's share of the whole ``batch`` (no edges yet) with the single-device graph's edges
+    into its owned nodes, by the local route where it applies, else the global one (module docstring).
+
+    Shapes:
+        batch: N nodes, owner: [N] rank of each node -> (N_own nodes with E_own edges, GraphPart)
+    """
+    if _local_route(graph):
+        assert graph.radius is not None
+        owned = torch.nonzero(owner == rank).squeeze(1)
+        candidates = radius_candidates(batch.pos, batch.batch, int(batch.num_graphs), owned, graph.radius)
+        sub = graph(_select_nodes(batch, candidates), training=training)
+        sub_owned = owner[candidates] == rank
+        degree = torch.bincount(sub.edge_index[1], minlength=candidates.numel())
+        if not (degree[sub_owned] >= graph.max_num_neighbors).any():  # no owned neighbourhood truncated
+            part = split_edges(candidates[sub.edge_index], owner, rank, parts)
+            return local_batch(batch, part, edges=sub), part
+    whole = graph(batch, training=training)
+    part = split_edges(whole.edge_index, owner, rank, parts)
+    return local_batch(whole, part), part
+
+
+def _select_nodes(batch: Batch, nodes: Tensor) -> Batch:
+    """The rows ``nodes`` (ascending global ids) of every per-node field; per-graph fields kept."""
+    n, num_graphs = batch.pos.shape[0], int(batch.num_graphs)
+    out = copy.copy(batch)
+    for key in _node_fields(batch, n):
+        out[key] = batch[key][nodes]
+    counts = torch.bincount(out.batch, minlength=num_graphs)
+    out.ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    out.num_nodes = nodes.numel()
+    out._num_graphs = num_graphs
+    return out
+
+
 def _node_fields(batch: Batch, num_nodes: int) -> list[str]:
     fields = [key for key in NODE_FIELDS if getattr(batch, key, None) is not None]
     for key in batch.keys():
@@ -135,24 +199,18 @@ def _node_fields(batch: Batch, num_nodes: int) -> list[str]:
     return fields
 
 
-def local_batch(batch: Batch, part: GraphPart) -> Batch:
+def local_batch(batch: Batch, part: GraphPart, edges: Batch | None = None) -> Batch:
     """The owned rows of every per-node field, this rank's edges and their attributes; per-graph
     fields (``horizon``) and ``num_graphs`` unchanged; ``ptr`` counts owned nodes per graph.
+    ``edges`` holds the edge fields ``part.edge_keep`` selects from (default: ``batch``).
 
     Shapes:
         batch: N nodes, E edges -> N_own nodes, E_own edges
     """
-    n = batch.pos.shape[0]
-    num_graphs = int(batch.num_graphs)
-    out = copy.copy(batch)
-    for key in _node_fields(batch, n):
-        out[key] = batch[key][part.owned]
+    edges = batch if edges is None else edges
+    out = _select_nodes(batch, part.owned)
     out.edge_index = part.edge_index
     for key in ("edge_attr", "edge_shift"):
-        if getattr(batch, key, None) is not None:
-            out[key] = batch[key][part.edge_keep]
-    counts = torch.bincount(out.batch, minlength=num_graphs)
-    out.ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    out.num_nodes = part.owned.numel()
-    out._num_graphs = num_graphs
+        if getattr(edges, key, None) is not None:
+            out[key] = edges[key][part.edge_keep]
     return out

@@ -7,7 +7,13 @@ import torch
 from torch_geometric.data import Batch
 
 from scaleq.data.graph import GraphBuilder
-from scaleq.distributed.partition import coordinate_bisection, local_batch, split_edges
+from scaleq.distributed.partition import (
+    coordinate_bisection,
+    local_batch,
+    radius_candidates,
+    shard_batch,
+    split_edges,
+)
 from scaleq.testing.stores import random_batch
 
 
@@ -86,3 +92,44 @@ def test_a_rank_that_owns_nothing_of_a_graph_gets_an_empty_share_of_it():
         owns_graph0 = bool((shard.batch == 0).any())
         assert owns_graph0 == (rank == int(owner[0]))
         assert shard.ptr.tolist()[-1] == shard.pos.shape[0]
+
+
+def _global_edges(shard, part):
+    """A shard's edges in global node ids, sorted, with their attributes in the same order."""
+    local_to_global = torch.cat([part.owned, part.halo])
+    edges = local_to_global[shard.edge_index]
+    order = torch.argsort(edges[0] * 10_000 + edges[1])
+    return edges[:, order], shard.edge_attr[order]
+
+
+@pytest.mark.parametrize("max_num_neighbors", [64, 3])  # 3: owned neighbourhoods truncated -> global route
+@pytest.mark.parametrize("parts", [2, 4])
+def test_local_radius_route_gives_the_global_route_edges(parts, max_num_neighbors):
+    batch = random_batch(3, nodes=(30, 12, 2), seed=6)
+    graph = GraphBuilder(kind="radius", radius=1.2, max_num_neighbors=max_num_neighbors)
+    whole = graph(batch.clone())
+    owner = coordinate_bisection(batch.pos, batch.batch, 3, parts)
+    halo_rows = 0
+    for rank in range(parts):
+        shard, part = shard_batch(batch.clone(), graph, owner, rank, parts)
+        expected = split_edges(whole.edge_index, owner, rank, parts)
+        reference = local_batch(whole, expected)
+        got_edges, got_attr = _global_edges(shard, part)
+        want_edges, want_attr = _global_edges(reference, expected)
+        assert torch.equal(got_edges, want_edges)
+        torch.testing.assert_close(got_attr, want_attr, rtol=0, atol=0)
+        assert torch.equal(part.halo, expected.halo)  # the same halo, in the same order
+        halo_rows += part.halo.numel()
+    assert halo_rows > 0
+
+
+def test_radius_candidates_hold_every_neighbour_of_the_owned_nodes():
+    batch = random_batch(2, nodes=(40, 5), seed=7)
+    owner = coordinate_bisection(batch.pos, batch.batch, 2, 4)
+    owned = torch.nonzero(owner == 1).squeeze(1)
+    candidates = radius_candidates(batch.pos, batch.batch, 2, owned, 0.8)
+    dist = torch.cdist(batch.pos[owned], batch.pos)
+    same_graph = batch.batch[owned][:, None] == batch.batch[None, :]
+    needed = torch.nonzero(((dist < 0.8) & same_graph).any(0)).squeeze(1)
+    assert set(needed.tolist()) <= set(candidates.tolist())
+    assert candidates.numel() < batch.pos.shape[0]  # and not simply everything
