@@ -45,38 +45,37 @@ CASES: dict[str, dict[str, Any]] = {
 PER_NODE = ("pos", "h", "vel")  # outputs with one row per node; the others are per graph (replicated)
 
 
-def example_batch() -> Batch:
-    """fp64 copy of a fixed random batch (no edges yet)."""
+def example_batch(dtype: torch.dtype = torch.float64) -> Batch:
+    """A fixed random batch (no edges yet) in ``dtype``."""
     batch = random_batch(len(GRAPH_SIZES), nodes=GRAPH_SIZES, node_features=2, seed=11)
     for key in ("pos", "vel", "h", "node_attr", "target", "horizon"):
-        batch[key] = batch[key].double()
+        batch[key] = batch[key].to(dtype)
     return batch
 
 
 def build_case_model(name: str) -> torch.nn.Module:
     model_name, options = CASES[name]["model"]
     torch.manual_seed(0)
-    model = MODELS[model_name](in_node_features=2, in_edge_features=2, hidden=8, layers=2, **options)
-    return model.double()
+    return MODELS[model_name](in_node_features=2, in_edge_features=2, hidden=8, layers=2, **options)
 
 
-def run_case(name: str, engine: Any = None) -> dict[str, Any]:
-    """One forward and backward of case ``name`` in fp64; on one process when ``engine`` is None."""
+def run_case(name: str, engine: Any = None, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+    """One forward and backward of case ``name`` in ``dtype``; on one process when ``engine`` is None."""
     default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # parameters drawn in fp64, the same on every process
+    torch.set_default_dtype(dtype)  # parameters drawn in this dtype, the same on every process
     try:
-        return _run_case(name, engine)
+        return _run_case(name, engine, dtype)
     finally:
         torch.set_default_dtype(default)
 
 
-def _run_case(name: str, engine: Any) -> dict[str, Any]:
+def _run_case(name: str, engine: Any, dtype: torch.dtype) -> dict[str, Any]:
     case = CASES[name]
     model = build_case_model(name)
     module = engine.wrap(model, None) if engine is not None else model
     graph = GraphBuilder(**case["graph"])
     torch.manual_seed(1)  # the draws of 'random' dropping and of the MMD sample
-    batch = example_batch()
+    batch = example_batch(dtype)
     batch = engine.prepare_batch(batch, graph) if engine is not None else graph(batch)
     output = module(batch)
     loss, parts = training_loss(output, batch, LossConfig(**case["loss"]))
@@ -97,16 +96,21 @@ def _run_case(name: str, engine: Any) -> dict[str, Any]:
     }
 
 
-def graph_parallel_cases(rank: int, world_size: int, port: int, names: list[str], out: str) -> None:
-    """Rank ``rank`` of a ``world_size``-rank graph-parallel group: every case in ``names``; each
-    rank writes ``<out>/<case>-<rank>.pt``."""
-    from scaleq.distributed import TorchEngine
+def graph_parallel_cases(
+    rank: int, world_size: int, port: int, names: list[str], out: str, kind: str = "torch", dtype: str = "float64"
+) -> None:
+    """Rank ``rank`` of a ``world_size``-rank graph-parallel group of engine ``kind`` ("torch":
+    DDP, "deepspeed": ZeRO stage 0, which leaves the averaged gradients in ``.grad``; it reduces
+    no fp64 gradients): every case in ``names`` in ``dtype``; each rank writes
+    ``<out>/<case>-<rank>.pt``."""
+    from scaleq.distributed import make_engine
 
     rank_env(rank, world_size, port)
-    engine = TorchEngine(device="cpu", graph_parallel=world_size)
+    options: dict[str, Any] = {"micro_batch_size": 1} if kind == "deepspeed" else {}
+    engine = make_engine(kind, device="cpu", graph_parallel=world_size, **options)
     try:
         for name in names:
-            torch.save(run_case(name, engine), Path(out) / f"{name}-{rank}.pt")
+            torch.save(run_case(name, engine, getattr(torch, dtype)), Path(out) / f"{name}-{rank}.pt")
     finally:
         engine.close()
 
