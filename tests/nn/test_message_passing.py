@@ -247,3 +247,43 @@ def test_two_part_split_with_halo_equals_the_whole_graph(options):
     for a, b in zip(got, expected):
         if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+# -- memory: what the backward keeps ---------------------------------------------------------------
+
+
+def saved_bytes(model, batch):
+    """Bytes of the distinct storages autograd keeps for the backward of ``model(batch)``."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(batch)["pos"].sum()
+    return sum(storages.values())
+
+
+def test_chunked_path_keeps_memory_independent_of_the_number_of_edges():
+    """At fixed N, 4x the edges: the chunked path keeps exactly as many bytes, the plain path
+    grows with E. (No edge attributes here: they are input data, O(E Fe), kept by both.)"""
+    n = 300
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = EGNN(in_node_features=2, in_edge_features=0, hidden=HIDDEN, layers=3)
+    kept = {}
+    for e in (3_000, 12_000):
+        batch = SimpleNamespace(
+            pos=torch.randn(n, 3, generator=generator).requires_grad_(), vel=torch.randn(n, 3, generator=generator),
+            h=torch.randn(n, 2, generator=generator), edge_index=torch.randint(0, n, (2, e), generator=generator),
+            edge_attr=torch.zeros(e, 0),
+        )
+        for chunk in (0, 256):
+            for layer in model.layers:
+                layer.edge_chunk = chunk
+            kept[e, chunk] = saved_bytes(model, batch)
+    assert kept[12_000, 256] == kept[3_000, 256]
+    assert kept[3_000, 256] < 4 * 3 * n * HIDDEN * 4 * 4  # a few [N, H] fp32 tensors per layer
+    assert kept[12_000, 0] - kept[3_000, 0] > 9_000 * 3 * HIDDEN * 4  # plain: at least an [E, H] per layer
