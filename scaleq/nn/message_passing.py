@@ -188,7 +188,7 @@ def edge_sums(
         wx1=phi_x[0].weight, bx1=phi_x[0].bias, wx2=phi_x[2].weight,
     )
     message_dtype = h.dtype
-    use_triton = resolve_kernel(kernel, h.device)
+    use_triton = resolve_kernel(kernel, pos)
     if not use_triton and edge_chunk == 0:
         m, coord = edge_terms(
             p_recv[layout.target], p_src[layout.source], pos[layout.target], pos_src[layout.source],
@@ -205,8 +205,9 @@ def edge_sums(
     return EdgeSums(message_sum, coord_sum)
 
 
-def resolve_kernel(kernel: Kernel, device: torch.device) -> bool:
-    """True when the fused Triton kernel should run."""
+def resolve_kernel(kernel: Kernel, pos: Tensor) -> bool:
+    """True when the fused Triton kernel should run: always for "triton"; for "auto" on CUDA with
+    fp32 coordinates when Triton imports (fp64 stays on the torch path there)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
     if kernel == "torch":
@@ -217,7 +218,7 @@ def resolve_kernel(kernel: Kernel, device: torch.device) -> bool:
         if not triton_edges.available():
             raise RuntimeError("kernel='triton' needs the triton package (pip install triton)")
         return True
-    return device.type == "cuda" and triton_edges.available()
+    return pos.device.type == "cuda" and pos.dtype == torch.float32 and triton_edges.available()
 
 
 def edge_terms(

@@ -42,11 +42,7 @@ def _kernel(interpret: bool) -> Any:  # cached per interpreter mode: triton.jit 
     import triton.language as tl
 
     @triton.jit
-    def silu(x):  # noqa: ANN001, ANN202
-        return x / (1.0 + tl.exp(-x))
-
-    @triton.jit
-    def edge_sums_kernel(  # noqa: ANN202
+    def edge_sums_kernel(
         ptr_ptr, source_ptr, target_ptr, p_recv_ptr, p_src_ptr, pos_ptr, pos_src_ptr, attr_ptr, shift_ptr,  # noqa: ANN001
         w_r_ptr, w_e_ptr, w2_ptr, b2_ptr, wx1_ptr, bx1_ptr, wx2_ptr, message_ptr, coord_ptr,  # noqa: ANN001
         num_nodes,  # noqa: ANN001
@@ -90,8 +86,12 @@ def _kernel(interpret: bool) -> Any:  # cached per interpreter mode: triton.jit 
                 attr = tl.load(attr_ptr + edges * FE + f, mask=edge_ok, other=0.0).to(compute)
                 w_e = tl.load(w_e_ptr + cols * FE + f, mask=col_ok, other=0.0)
                 pre += attr[:, None] * w_e[None, :]
-            m = silu(tl.dot(silu(pre), w2t, input_precision="ieee") + b2[None, :])  # [BLOCK_E, HP]
-            hidden_x = silu(tl.dot(m, wx1t, input_precision="ieee") + bx1[None, :])
+            # SiLU written out (x sigmoid(x)): nested jit helpers are not visible to the interpreter
+            a1 = pre / (1.0 + tl.exp(-pre))
+            pre2 = tl.dot(a1, w2t, input_precision="ieee") + b2[None, :]
+            m = pre2 / (1.0 + tl.exp(-pre2))  # [BLOCK_E, HP]
+            pre3 = tl.dot(m, wx1t, input_precision="ieee") + bx1[None, :]
+            hidden_x = pre3 / (1.0 + tl.exp(-pre3))
             phi_x = tl.sum(hidden_x * wx2[None, :], axis=1)  # [BLOCK_E]
             tl.atomic_add(message_ptr + target[:, None] * H + cols[None, :], m, mask=row_ok)
             tl.atomic_add(coord_ptr + target[:, None] * D + dims[None, :], diff * phi_x[:, None], mask=vec_ok)
