@@ -6,7 +6,7 @@
 
 For EGNN and FastEGNN-<3, 0.75> (4 x 64, ~20 neighbours per particle) and each path (reference:
 EGNN before the shared block; torch; chunked; triton), N doubles from --start-nodes until a step
-needs more than --budget-mb or fails; every size runs in a fresh process (scaleq.eval.large_graph).
+needs more than --budget-mb (peak) or fails; every size runs in a fresh process (scaleq.eval.large_graph).
 Then the step time of each path at --compare-nodes, side by side in one process, and each path's
 peak there. Writes bench/large_graph.csv and bench/large_graph_times.csv and prints tables.
 """
@@ -54,11 +54,11 @@ def main() -> int:
         rows += largest_graph(trial, args.budget_mb, args.max_nodes)
     write_rows(rows, args.out / "large_graph.csv")
     print(f"\nlargest graph within {args.budget_mb:.0f} MB ({args.device}):")
-    print(f"{'model':9s} {'path':10s} {'nodes':>10s} {'edges':>12s} {'peak MB':>9s}")
+    print(f"{'model':9s} {'path':10s} {'nodes':>10s} {'edges':>12s} {'peak MB':>9s} {'saved MB':>9s}")
     for trial in trials:
         fitting = [r for r in rows if r["model"] == trial.model and r["path"] == trial.path and r["fits"]]
         best = fitting[-1] if fitting else None
-        print(f"{trial.model:9s} {trial.path:10s} " + (f"{best['nodes']:>10,d} {best['edges']:>12,d} {best['peak_mb']:>9.1f}"
+        print(f"{trial.model:9s} {trial.path:10s} " + (f"{best['nodes']:>10,d} {best['edges']:>12,d} {best['peak_mb']:>9.1f} {best['saved_mb']:>9.1f}"
                                                        if best else f"{'none':>10s}"))
     if args.compare_nodes:
         compared = [replace(t, nodes=args.compare_nodes) for t in trials]
@@ -66,13 +66,15 @@ def main() -> int:
         times = []
         for trial, s in zip(compared, seconds):
             peak = measure_in_fresh_process(trial, steps=0)
-            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan")}
+            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan"),
+                        "saved_mb": float("nan")}
             times.append({**(peak or fallback), "step_s": round(s, 3)})
         write_rows(times, args.out / "large_graph_times.csv")
         print(f"\none step at N={args.compare_nodes} (times side by side in one process; peaks in fresh processes):")
-        print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s}")
+        print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s} {'saved MB':>9s}")
         for row in times:
-            print(f"{row['model']:9s} {row['path']:10s} {row['edges']:>9,d} {row['step_s']:>8.3f} {row['peak_mb']:>9.1f}")
+            print(f"{row['model']:9s} {row['path']:10s} {row['edges']:>9,d} {row['step_s']:>8.3f} {row['peak_mb']:>9.1f} "
+                  f"{row['saved_mb']:>9.1f}")
     print(f"\nwrote {args.out / 'large_graph.csv'}" + (f" and {args.out / 'large_graph_times.csv'}" if args.compare_nodes else ""))
     return 0
 

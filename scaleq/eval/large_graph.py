@@ -9,7 +9,9 @@ cube with about ``neighbours`` neighbours each, along one path:
     chunked    the block, chunks of ``edge_chunk`` edges recomputed in backward
     triton     the fused Triton forward kernel + chunked recomputing backward
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the step over what was allocated
+Memory, two ways: ``saved_mb``, the bytes of the distinct storages autograd keeps for the
+backward (counted with saved-tensor hooks during the forward: exact, independent of the allocator);
+``peak_mb``, on CUDA ``torch.cuda.max_memory_allocated`` during the step over what was allocated
 before it; on the CPU the peak resident set during the step (the kernel's high-water mark is reset
 just before it through /proc/self/clear_refs) over the resident set before it. Every size runs in
 a fresh process, so one trial's peak never hides another's and an out-of-memory kill ends only it.
@@ -49,7 +51,8 @@ class Trial:
 
 
 def build_step(trial: Trial) -> tuple[Any, int]:
-    """The trial's training step (a closure) and the number of edges of its graph."""
+    """The trial's forward pass to the loss (a closure returning the loss; ``.backward()`` on it
+    completes a training step) and the number of edges of its graph."""
     import torch
 
     from scaleq.config import LossConfig
@@ -76,38 +79,55 @@ def build_step(trial: Trial) -> tuple[Any, int]:
         model, loss_config = FastEGNN(**common, virtual_nodes=3, **trial.model_options()), LossConfig(mmd_weight=0.01)
     model = model.to(device)
 
-    def step() -> None:
+    def forward() -> Any:
         model.zero_grad(set_to_none=True)
-        loss, _ = training_loss(model(batch), batch, loss_config)
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        return training_loss(model(batch), batch, loss_config)[0]
 
-    return step, int(batch.edge_index.shape[1])
+    return forward, int(batch.edge_index.shape[1])
+
+
+def _step(forward: Any, saved: dict[int, int] | None = None) -> None:
+    """One training step; with ``saved``, record {storage address: bytes} of what the forward keeps."""
+    import torch
+
+    if saved is None:
+        loss = forward()
+    else:
+        def pack(t: Any) -> Any:
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = forward()
+    loss.backward()
+    if loss.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
     """Peak memory of the first step and the best time of ``steps`` more (this process)."""
     import torch
 
-    step, edges = build_step(trial)
+    forward, edges = build_step(trial)
+    saved: dict[int, int] = {}
     if trial.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step()
+        _step(forward, saved)
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _resident_bytes()
         _reset_peak_resident()
-        step()
+        _step(forward, saved)
         peak = max(0, _peak_resident_bytes() - base)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        step()
+        _step(forward)
         times.append(time.perf_counter() - start)
-    return {**asdict(trial), "edges": edges, "peak_mb": round(peak / 2**20, 1),
-            "step_s": round(min(times), 4) if times else math.nan}
+    return {**asdict(trial), "edges": edges, "saved_mb": round(sum(saved.values()) / 2**20, 1),
+            "peak_mb": round(peak / 2**20, 1), "step_s": round(min(times), 4) if times else math.nan}
 
 
 def measure_in_fresh_process(trial: Trial, steps: int = 1, timeout_s: float = 3600) -> dict[str, Any] | None:
@@ -139,10 +159,12 @@ def largest_graph(trial: Trial, budget_mb: float, max_nodes: int, growth: float 
     while nodes <= max_nodes:
         row = measure_in_fresh_process(replace(trial, nodes=nodes), steps=0)  # the peak only
         fits = row is not None and row["peak_mb"] <= budget_mb
-        rows.append({**(row or {**asdict(replace(trial, nodes=nodes)), "edges": None, "peak_mb": None, "step_s": None}),
+        rows.append({**(row or {**asdict(replace(trial, nodes=nodes)), "edges": None, "saved_mb": None, "peak_mb": None,
+                                "step_s": None}),
                      "budget_mb": budget_mb, "fits": fits})
         print(f"  {trial.model:8s} {trial.path:9s} N={nodes:>9,d}: "
-              + (f"{row['edges']:>11,d} edges, {row['peak_mb']:>9.1f} MB" if row else "failed"), flush=True)
+              + (f"{row['edges']:>11,d} edges, {row['peak_mb']:>9.1f} MB peak, {row['saved_mb']:>9.1f} MB saved"
+                 if row else "failed"), flush=True)
         if not fits:
             break
         nodes = int(nodes * growth)
@@ -153,13 +175,13 @@ def side_by_side_times(trials: list[Trial], repeats: int = 3) -> list[float]:
     """Best step time of each trial, timed round-robin in this process (one warm-up round), so
     that every path sees the same load from the rest of the machine."""
     steps = [build_step(t)[0] for t in trials]
-    for step in steps:
-        step()
+    for forward in steps:
+        _step(forward)
     best = [math.inf] * len(steps)
     for _ in range(repeats):
-        for k, step in enumerate(steps):
+        for k, forward in enumerate(steps):
             start = time.perf_counter()
-            step()
+            _step(forward)
             best[k] = min(best[k], time.perf_counter() - start)
     return best
 
