@@ -9,6 +9,14 @@ EGNN before the shared block; torch; chunked; triton), N doubles from --start-no
 needs more than --budget-mb (peak) or fails; every size runs in a fresh process (scaleq.eval.large_graph).
 Then the step time of each path at --compare-nodes, side by side in one process, and each path's
 peak there. Writes bench/large_graph.csv and bench/large_graph_times.csv and prints tables.
+
+    python launch/bench_large_graph.py --graph-parallel 1 2 4 --compare-nodes 20000      # CPU, gloo
+    python launch/bench_large_graph.py --graph-parallel 1 2 4 8 --compare-nodes 1000000 --device cuda
+
+--graph-parallel R...: strong scaling instead: ONE graph of --compare-nodes particles split over R
+ranks (fresh processes, gloo or nccl; scaleq.eval.graph_parallel_bench): step time, efficiency,
+halo traffic per layer and memory per rank, to bench/graph_parallel.csv/.png. On a CPU with fewer
+cores than R the ranks share cores (then only the memory and halo columns mean something).
 """
 
 from __future__ import annotations
@@ -43,7 +51,12 @@ def main() -> int:
     parser.add_argument("--neighbours", type=float, default=20.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--graph-parallel", type=int, nargs="+", default=None, metavar="R",
+                        help="strong scaling of one graph over R ranks instead (EGNN, --compare-nodes particles)")
+    parser.add_argument("--steps", type=int, default=3, help="--graph-parallel: timed steps after a warm-up step")
     args = parser.parse_args()
+    if args.graph_parallel:
+        return graph_parallel_mode(args)
 
     base = Trial(model="egnn", path="torch", nodes=args.start_nodes, neighbours=args.neighbours,
                  edge_chunk=args.edge_chunk, device=args.device)
@@ -76,6 +89,23 @@ def main() -> int:
             print(f"{row['model']:9s} {row['path']:10s} {row['edges']:>9,d} {row['step_s']:>8.3f} {row['peak_mb']:>9.1f} "
                   f"{row['saved_mb']:>9.1f}")
     print(f"\nwrote {args.out / 'large_graph.csv'}" + (f" and {args.out / 'large_graph_times.csv'}" if args.compare_nodes else ""))
+    return 0
+
+
+def graph_parallel_mode(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from scaleq.eval.graph_parallel_bench import FIELDS, plot, print_table, run_strong_scaling
+
+    cfg = {"particles": args.compare_nodes, "neighbours": args.neighbours, "hidden": 64, "layers": 4,
+           "steps": args.steps, "device": args.device}
+    print(f"one graph of {args.compare_nodes} particles, EGNN 4 x 64, ranks {args.graph_parallel} on {args.device}")
+    with tempfile.TemporaryDirectory(prefix="gp-bench-") as folder:
+        rows = run_strong_scaling(cfg, args.graph_parallel, Path(folder))
+    write_rows(rows, args.out / "graph_parallel.csv", FIELDS)
+    plot(rows, args.out / "graph_parallel.png")
+    print_table(rows)
+    print(f"wrote {args.out / 'graph_parallel.csv'} and {args.out / 'graph_parallel.png'}")
     return 0
 
 

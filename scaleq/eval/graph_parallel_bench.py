@@ -5,9 +5,10 @@ graph-parallel group through the real engine (``TorchEngine(graph_parallel=R)``)
 training steps of EGNN on the same radius graph: the partition and graph build
 (``engine.prepare_batch``), forward with the per-layer halo exchange, loss, backward (halo
 gradients back to their owners, DDP's gradient sum) and the optimizer step. Each rank reports
-its median step time, its share (owned nodes, edges, halo rows) and its memory: on CUDA the peak
-allocated bytes; on the CPU the peak resident set size and its growth over the process's size
-just before the first batch (imports and the model excluded).
+its median step time, its share (owned nodes, edges, halo rows) and the memory of its first step
+over what it held before (imports and the model excluded): on CUDA the peak allocated bytes, on
+the CPU the peak resident set (as ``scaleq.eval.large_graph`` measures it); ``peak_mb`` is the
+process's whole peak. The graph is ``scaleq.eval.model_bench``'s random particle cloud.
 
 Halo traffic per layer: the message-passing block extends the source term W_j h [N, H] and the
 positions [N, D] once per layer, so each rank receives N_halo (H + D) values per layer in the
@@ -17,7 +18,6 @@ forward pass and sends as many gradients back in the backward pass.
 from __future__ import annotations
 
 import json
-import math
 import resource
 import statistics
 import time
@@ -25,38 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch_geometric.data import Batch, Data
 
 from scaleq.data.graph import GraphBuilder
+from scaleq.eval.large_graph import _peak_resident_bytes, _reset_peak_resident, _resident_bytes
+from scaleq.eval.model_bench import Workload, random_particles
 
 FIELDS = [
     "ranks", "particles", "edges", "step_s", "speedup", "efficiency", "halo_rows_per_rank",
     "halo_mb_per_layer", "peak_mb_per_rank", "growth_mb_per_rank",
 ]
-
-
-def uniform_graph(particles: int, *, degree: float, dim: int = 3, seed: int = 0) -> Batch:
-    """One graph of ``particles`` uniform in a cube sized so that a radius-1 ball holds ``degree``
-    neighbours on average (inputs random; no edges yet).
-
-    Shapes: -> pos, vel, target [N, D], h [N, 2], node_attr [N, 1]
-    """
-    generator = torch.Generator().manual_seed(seed)
-    ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1)  # volume of the unit ball
-    side = (particles * ball / degree) ** (1 / dim)
-    pos = torch.rand(particles, dim, generator=generator) * side
-    data = Data(
-        pos=pos, vel=0.01 * torch.randn(particles, dim, generator=generator),
-        target=pos + 0.01 * torch.randn(particles, dim, generator=generator),
-        h=torch.randn(particles, 2, generator=generator), node_attr=torch.randn(particles, 1, generator=generator),
-        horizon=torch.tensor([1.0]), num_nodes=particles,
-    )
-    return Batch.from_data_list([data])
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: str) -> None:
@@ -73,13 +50,17 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
     torch.manual_seed(0)
     model = EGNN(in_node_features=2, in_edge_features=2, hidden=cfg["hidden"], layers=cfg["layers"])
     wrapped = engine.wrap(model, torch.optim.Adam(model.parameters(), lr=1e-4))
-    whole = uniform_graph(cfg["particles"], degree=cfg["degree"])
-    graph = GraphBuilder(kind="radius", radius=1.0, max_num_neighbors=cfg["max_num_neighbors"])
+    work = Workload(graphs=1, nodes=cfg["particles"], neighbours=cfg["neighbours"])
+    whole = random_particles(work)
+    graph = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=4 * int(cfg["neighbours"]) + 16)
     cuda = engine.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(engine.device)
-    before = _rss_mb()
-    times, batch = [], None
+        before = torch.cuda.memory_allocated(engine.device)
+    else:
+        before = _resident_bytes()
+        _reset_peak_resident()
+    times, batch, growth = [], None, 0.0
     for step in range(cfg["steps"] + 1):
         engine.barrier()
         start = time.perf_counter()
@@ -90,16 +71,18 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
         if cuda:
             torch.cuda.synchronize(engine.device)
         engine.barrier()
-        if step:  # the first step warms up
+        if step:  # the first step warms up and is the one whose memory is measured
             times.append(time.perf_counter() - start)
+        else:
+            top = torch.cuda.max_memory_allocated(engine.device) if cuda else _peak_resident_bytes()
+            growth = max(0, top - before) / 2**20
     assert batch is not None
     halo = getattr(batch, "halo", None)
     peak = (torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     report = {
         "step_s": statistics.median(times), "owned": int(batch.pos.shape[0]), "edges": int(batch.edge_index.shape[1]),
-        "halo_rows": 0 if halo is None else halo.num_halo, "peak_mb": peak,
-        "growth_mb": peak if cuda else peak - before,
+        "halo_rows": 0 if halo is None else halo.num_halo, "peak_mb": peak, "growth_mb": growth,
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     engine.close()
@@ -139,6 +122,13 @@ def run_strong_scaling(cfg: dict[str, Any], ranks: list[int], folder: Path) -> l
         base = base or (r, max(report["step_s"] for report in reports))
         rows.append(summarise(r, reports, cfg, base))
     return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("R", "edges", "step s", "speed-up", "eff.", "halo rows/rank", "halo MB/layer", "peak MB/rank", "step MB/rank")
+    print("".join(f"{h:>15}" for h in header))
+    for r in rows:
+        print("".join(f"{r[k]:>15}" for k in FIELDS if k != "particles"))
 
 
 def plot(rows: list[dict[str, Any]], png: Path) -> None:
