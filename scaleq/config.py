@@ -170,6 +170,9 @@ class EngineConfig:
     offload_optimizer: bool = False  # DeepSpeed: optimizer states on the CPU (ZeRO >= 1)
     gradient_accumulation: int = 1  # micro-batches per optimizer step
     activation_checkpointing: int = 0  # checkpoint every k layers (> 0 overrides model.gradient_checkpointing)
+    # ranks that share each graph (spatial partition + halo exchange); ranks = graph_parallel x
+    # data-parallel groups, every graph_parallel consecutive ranks one group
+    graph_parallel: int = 1
     # Ray Train (``ray job submit -- python launch/train.py`` or ``--launcher ray``)
     workers: int = 2
     use_gpu: bool = False
@@ -186,6 +189,8 @@ class EngineConfig:
             raise ConfigError(f"engine.gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
         if self.activation_checkpointing < 0:
             raise ConfigError(f"engine.activation_checkpointing must be >= 0, got {self.activation_checkpointing}")
+        if self.graph_parallel < 1:
+            raise ConfigError(f"engine.graph_parallel must be >= 1, got {self.graph_parallel}")
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
             raise ConfigError("engine.workers must be >= 1 and engine.cpus_per_worker/gpus_per_worker > 0")
         if self.max_failures < -1:
@@ -223,6 +228,10 @@ class TrainConfig:
             raise ConfigError(f"train.rollout_every must be >= 0 (0: off), got {self.rollout_every}")
 
 
+# models whose per-graph pooling is not split across ranks (see scaleq/distributed/partition.py)
+GRAPH_PARALLEL_UNSUPPORTED = ("eghn",)
+
+
 @dataclass(kw_only=True)
 class Config:
     name: str = "run"
@@ -234,6 +243,14 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.engine.graph_parallel > 1 and (self.model.name in GRAPH_PARALLEL_UNSUPPORTED or self.graph.local != "none"):
+            raise ConfigError(
+                f"engine.graph_parallel = {self.engine.graph_parallel} is not supported for model {self.model.name!r} "
+                f"with graph.local {self.graph.local!r}: EGHN's pooling and local graph are global per graph; "
+                "set engine.graph_parallel to 1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)

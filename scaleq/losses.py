@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ def kernel(a: Tensor, b: Tensor, sigma: float, kind: Literal["plain", "squared"]
 def mmd_virtual(
     pos: Tensor, virtual_pos: Tensor, batch: Tensor, num_graphs: int, *, sigma: float,
     kind: Literal["plain", "squared"] = "plain", samples_per_virtual: int = 3, generator: torch.Generator | None = None,
+    halo: Any = None,
 ) -> Tensor:
     """FastEGNN's MMD term, per graph then averaged over graphs:
 
@@ -56,20 +57,32 @@ def mmd_virtual(
 
     with x_s a random sample of min(samples_per_virtual * C, n_b) PREDICTED positions of graph
     b (the published code; the k(x, x) term does not depend on Z and is left out). Graphs may
-    have different sizes; nodes need not be sorted by graph.
+    have different sizes; nodes need not be sorted by graph. Computed in fp32 at least.
+
+    With ``halo`` (graph parallelism: ``pos`` and ``batch`` are this rank's nodes, ``virtual_pos``
+    the same on every rank) the sample is the one a single device draws (the same random numbers,
+    one per node of the whole batch) and the result is this rank's SHARE: its sampled nodes'
+    cross terms plus 1/R of the virtual term, so that the shares sum to the MMD over the group.
 
     Shapes:
         pos: [N, D], virtual_pos: [B * C, D] (graph-major), batch: [N] -> []
     """
-    pos, virtual_pos = pos.float(), virtual_pos.float()
+    dtype = torch.promote_types(pos.dtype, torch.float32)
+    pos, virtual_pos = pos.to(dtype), virtual_pos.to(dtype)
     z = virtual_pos.view(num_graphs, -1, virtual_pos.shape[-1])  # [B, C, D]
     c = z.shape[1]
     virtual_term = kernel(z[:, :, None], z[:, None], sigma, kind).mean((1, 2))  # [B]
-    chosen = sample_per_graph(batch, num_graphs, samples_per_virtual * c, generator)
+    if halo is None:
+        chosen = sample_per_graph(batch, num_graphs, samples_per_virtual * c, generator)
+        sampled = torch.bincount(batch[chosen], minlength=num_graphs)
+    else:  # draw over the whole batch, keep the owned nodes' part
+        chosen_anywhere = sample_per_graph(halo.global_batch, num_graphs, samples_per_virtual * c, generator)
+        sampled = torch.bincount(halo.global_batch[chosen_anywhere], minlength=num_graphs)
+        chosen = chosen_anywhere[halo.global_id]
+        virtual_term = virtual_term / halo.num_ranks
     graph = batch[chosen]
     cross = kernel(pos[chosen][:, None], z[graph], sigma, kind).sum(1)  # [M] sum over c
-    sampled = torch.bincount(graph, minlength=num_graphs).clamp_min(1).to(pos.dtype)  # [B]
-    cross_term = scatter_sum(cross, graph, num_graphs) / (sampled * c)  # [B]
+    cross_term = scatter_sum(cross, graph, num_graphs) / (sampled.clamp_min(1).to(dtype) * c)  # [B]
     return (virtual_term - 2 * cross_term).mean()
 
 
@@ -92,11 +105,23 @@ def training_loss(output: dict[str, Tensor], batch: Batch, config: LossConfig) -
     ``mmd_weight`` times :func:`mmd_virtual` (FastEGNN) and ``connectivity_weight`` times
     :func:`connectivity_loss` (EGHN) when those weights are positive.
 
+    Under graph parallelism (``batch.halo``; each rank holds its own nodes of every graph) the
+    MSE is over all nodes of the group and the returned loss's VALUE (and every part) is the
+    group's total, the same on every rank, while its GRADIENT is that of this rank's share; the
+    shares' gradients sum to the single-device gradient (the engine scales for the average over
+    data-parallel ranks).
+
     Shapes:
         output["pos"]: [N, D], batch.target: [N, D], output["virtual_pos"]: [B * C, D] (with
         mmd_weight > 0), output["pooled_adjacency"]: [B, K, K] (with connectivity_weight > 0) -> loss []
     """
-    mse = position_mse(output["pos"], batch.target)
+    halo = getattr(batch, "halo", None)
+    if halo is None:
+        mse = position_mse(output["pos"], batch.target)
+    else:
+        count = halo.sum_over_ranks(torch.tensor([float(batch.target.numel())], dtype=torch.float64, device=batch.target.device))
+        squared = squared_error_sum(output["pos"], batch.target)
+        mse = squared / count[0].to(squared.dtype)
     loss, parts = mse, {"mse": mse.detach()}
     if config.mmd_weight > 0:
         if "virtual_pos" not in output:
@@ -106,7 +131,7 @@ def training_loss(output: dict[str, Tensor], batch: Batch, config: LossConfig) -
             )
         mmd = mmd_virtual(
             output["pos"], output["virtual_pos"], batch.batch, int(batch.num_graphs), sigma=config.mmd_sigma,
-            kind=config.mmd_kernel, samples_per_virtual=config.mmd_samples_per_virtual,
+            kind=config.mmd_kernel, samples_per_virtual=config.mmd_samples_per_virtual, halo=halo,
         )
         loss = loss + config.mmd_weight * mmd
         parts["mmd"] = mmd.detach()
@@ -116,7 +141,14 @@ def training_loss(output: dict[str, Tensor], batch: Batch, config: LossConfig) -
                 f"loss.connectivity_weight = {config.connectivity_weight} needs a model that returns "
                 f"'pooled_adjacency' (e.g. eghn); this model returns only {sorted(output)}"
             )
+        if halo is not None:
+            raise ValueError("loss.connectivity_weight (EGHN) is not supported under graph parallelism")
         connectivity = connectivity_loss(output["pooled_adjacency"])
         loss = loss + config.connectivity_weight * connectivity
         parts["connectivity"] = connectivity.detach()
+    if halo is not None:  # shares -> the group's totals, as values only
+        names = list(parts)
+        totals = halo.sum_over_ranks(torch.stack([loss.detach(), *(parts[k] for k in names)]).to(loss.dtype))
+        parts = {k: totals[i + 1] for i, k in enumerate(names)}
+        loss = loss + (totals[0] - loss).detach()
     return loss, parts

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on the CPU under Triton's interpreter; it must be chosen before anything
+# imports triton (torch_geometric does), so here, before the test modules are collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

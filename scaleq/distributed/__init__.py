@@ -33,6 +33,7 @@ def engine_from_config(config: Config, device: str | None = None) -> Engine:
         "grad_clip": train.grad_clip,
         "gradient_accumulation": engine.gradient_accumulation,
         "activation_checkpointing": engine.activation_checkpointing,
+        "graph_parallel": engine.graph_parallel,
     }
     if engine.kind == "deepspeed":
         options.update(

@@ -99,6 +99,7 @@ class DeepSpeedEngine(Engine):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         config_overrides: dict[str, Any] | None = None,
+        graph_parallel: int = 1,
     ) -> None:
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self._owns_group = not dist.is_initialized()
@@ -110,6 +111,7 @@ class DeepSpeedEngine(Engine):
         # Reuses an existing process group (Ray Train, torchrun + our own join) or makes one.
         deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.join_graph_parallel(graph_parallel)
         self.precision = precision
         self.activation_checkpointing = activation_checkpointing
         self.config = _merge(
@@ -138,7 +140,9 @@ class DeepSpeedEngine(Engine):
         return self._ds.optimizer
 
     def backward(self, loss: Tensor) -> None:
-        self._ds.backward(loss)
+        # Graph parallelism: each rank holds its share of the group's gradient and DeepSpeed
+        # averages over all R x P ranks, so scale by R (as TorchEngine.backward).
+        self._ds.backward(loss * self.graph_parallel if self.graph_parallel > 1 else loss)
 
     def step(self) -> None:
         """DeepSpeed steps the optimizer only at accumulation boundaries, clips and zeroes."""

@@ -2,6 +2,12 @@
 
 The training loop talks only to this interface, so the same loop runs as one process, under DDP
 or under DeepSpeed.
+
+Graph parallelism (``engine.graph_parallel`` = R > 1) is the engine's business too: the ranks form
+a grid of data-parallel groups of R consecutive ranks each; the loop asks the engine for its
+sampler shard (``data_rank`` of ``data_world_size``), the same for the R ranks of a group, and for
+each batch's graph (:meth:`Engine.prepare_batch`), which then is this rank's share of every graph
+with ``batch.halo`` attached.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from scaleq.data.graph import GraphBuilder
+from scaleq.distributed.halo import split_batch
+from scaleq.distributed.process_group import Ranks, graph_parallel_group
 
 
 class Engine(ABC):
@@ -21,12 +32,37 @@ class Engine(ABC):
     rank: int = 0
     world_size: int = 1
     precision: str = "fp32"
+    graph_parallel: int = 1  # R: ranks that share each graph
+    graph_group: Any = None  # this rank's graph-parallel process group (None when R = 1)
     # Set by a launcher (Ray) to hear of every end-of-epoch checkpoint: (path, metrics).
     on_checkpoint: Callable[[Path, dict[str, Any]], None] | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def data_rank(self) -> int:
+        """Which data-parallel group this rank is in: the sampler shard it reads."""
+        return self.rank // self.graph_parallel
+
+    @property
+    def data_world_size(self) -> int:
+        """How many data-parallel groups there are: the number of sampler shards."""
+        return self.world_size // self.graph_parallel
+
+    def join_graph_parallel(self, graph_parallel: int) -> None:
+        """Form the graph-parallel groups (collective: every rank calls it once, after joining)."""
+        self.graph_group = graph_parallel_group(Ranks(self.rank, self.world_size), graph_parallel)
+        self.graph_parallel = graph_parallel
+
+    def prepare_batch(self, batch: Batch, graph: GraphBuilder, *, training: bool = True) -> Batch:
+        """Move ``batch`` to the device and build its graph there; under graph parallelism, keep
+        this rank's share of every graph and attach ``batch.halo``."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.graph_group is None:
+            return graph(batch, training=training)
+        return split_batch(batch, graph, self.graph_group, training=training)
 
     @abstractmethod
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,3 +72,27 @@ def single_process_env() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def graph_parallel_group(ranks: Ranks, graph_parallel: int) -> Any:
+    """The graph-parallel group of this rank: ``graph_parallel`` consecutive ranks (so, with ranks
+    numbered node by node as torchrun, the deepspeed launcher and Ray's PACK placement do, a
+    group sits inside one node and its halo exchange stays on the fast intra-node links).
+
+    Every rank creates every group (``new_group`` is collective), always as a group of its own,
+    never the default group: DDP reduces gradients on the default group while the halo exchange
+    runs inside the same backward pass. None when ``graph_parallel`` is 1.
+    """
+    if graph_parallel < 1 or ranks.world_size % graph_parallel:
+        raise ValueError(
+            f"engine.graph_parallel = {graph_parallel} must be >= 1 and divide the number of ranks "
+            f"({ranks.world_size}): ranks = graph_parallel x data-parallel groups"
+        )
+    if graph_parallel == 1:
+        return None
+    mine = None
+    for first in range(0, ranks.world_size, graph_parallel):
+        group = dist.new_group(list(range(first, first + graph_parallel)))
+        if first <= ranks.rank < first + graph_parallel:
+            mine = group
+    return mine

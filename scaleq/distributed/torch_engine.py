@@ -6,6 +6,11 @@ ranks, so with equal-sized shards (the N-body sets: equal batch sizes of equal-s
 step equals one process's step on the whole batch. With ragged graphs each rank's loss is the
 mean over its own nodes and the average of those means weights nodes slightly unevenly, as
 every data-parallel trainer that averages per-rank losses does.
+
+Under graph parallelism (R ranks per graph) each rank's loss carries the gradient of its share of
+the group's loss; DDP's average over all R x P ranks is then R times too small, so
+:meth:`TorchEngine.backward` scales by R and the step equals the single-process step on the
+data-parallel groups' batches.
 """
 
 from __future__ import annotations
@@ -53,12 +58,14 @@ class TorchEngine(Engine):
         grad_clip: float | None = None,
         gradient_accumulation: int = 1,
         activation_checkpointing: int = 0,
+        graph_parallel: int = 1,
     ) -> None:
         self.device = pick_device(device, launched_ranks().local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         ranks, self._owns_group = join(self.device)
         self.rank, self.world_size = ranks.rank, ranks.world_size
+        self.join_graph_parallel(graph_parallel)
         self.precision = precision
         self.grad_clip = grad_clip
         self.accumulation = gradient_accumulation
@@ -91,7 +98,8 @@ class TorchEngine(Engine):
         return self._model
 
     def backward(self, loss: Tensor) -> None:
-        (loss / self.accumulation if self.accumulation > 1 else loss).backward()
+        scale = self.graph_parallel / self.accumulation  # see the module docstring
+        (loss * scale if scale != 1 else loss).backward()
 
     def step(self) -> None:
         assert self._optimizer is not None, "wrap() with an optimizer first"

@@ -55,10 +55,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.models.egnn import EGNNLayer
+from scaleq.models.egnn import EGNNLayer, check_block_options, edge_layout
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.graph_reduce import graph_mean
+from scaleq.nn.message_passing import EdgeLayout, Halo, Kernel
 from scaleq.nn.ode import FIXED_GRID_METHODS, integrate_interval
-from scaleq.nn.scatter import scatter_mean
 
 Activation = Literal["identity", "tanh", "relu", "silu"]
 State = tuple[Tensor, Tensor, Tensor, Tensor]  # (X [N, D], H [N, H], Y [N, D], U [N, H])
@@ -72,7 +73,8 @@ class GraphInputs:
     """What a coupling layer may read besides (h, pos): fixed for the whole integration.
 
     Shapes: vel [N, D] input velocity, edge_index [2, E] (j -> i), edge_attr [E, Fe], batch [N]
-    graph id of each node (num_graphs B of them).
+    graph id of each node (num_graphs B of them). ``layout``: the same edges sorted by receiver
+    (built once per forward for the message-passing block); ``halo``: graph parallelism's halo.
     """
 
     vel: Tensor
@@ -80,6 +82,8 @@ class GraphInputs:
     edge_attr: Tensor
     batch: Tensor
     num_graphs: int
+    layout: EdgeLayout | None = None
+    halo: Halo | None = None
 
 
 class CouplingLayer(Protocol):
@@ -95,19 +99,21 @@ class CouplingLayer(Protocol):
 class EGNNCoupling(nn.Module):
     """EGNN's layer (Eq. 10 of the DuSEGO paper, velocity variant) as a coupling function."""
 
-    def __init__(self, hidden: int, edge_dim: int, *, velocity: bool = True) -> None:
+    def __init__(
+        self, hidden: int, edge_dim: int, *, velocity: bool = True, edge_chunk: int = 0, kernel: Kernel = "torch"
+    ) -> None:
         super().__init__()
-        self.layer = EGNNLayer(hidden, edge_dim, velocity=velocity)
+        self.layer = EGNNLayer(hidden, edge_dim, velocity=velocity, edge_chunk=edge_chunk, kernel=kernel)
 
     def forward(self, h: Tensor, pos: Tensor, graph: GraphInputs) -> tuple[Tensor, Tensor]:
         """
         Shapes:
             h: [N, H], pos: [N, D] -> (h' [N, H], pos' [N, D])
         """
-        return self.layer(h, pos, graph.vel, graph.edge_index, graph.edge_attr)
+        return self.layer(h, pos, graph.vel, graph.edge_index, graph.edge_attr, layout=graph.layout, halo=graph.halo)
 
 
-# name -> factory(hidden, edge_dim, velocity=...) returning a CouplingLayer module
+# name -> factory(hidden, edge_dim, velocity=..., edge_chunk=..., kernel=...) returning a CouplingLayer module
 COUPLINGS: dict[str, Callable[..., nn.Module]] = {"egnn": EGNNCoupling}
 
 
@@ -160,6 +166,7 @@ class DuSEGO(nn.Module):
         method, substeps, adjoint_method: torchdiffeq fixed-grid method, steps per layer
             interval, and the method of the adjoint solve (only for the odeint solvers).
         gradient_checkpointing: checkpoint every k steps (0: off).
+        edge_chunk, kernel: options of the backbone's message-passing block (see EGNN).
     """
 
     def __init__(
@@ -184,6 +191,8 @@ class DuSEGO(nn.Module):
         substeps: int = 1,
         adjoint_method: str = "rk4",
         gradient_checkpointing: int = 0,
+        edge_chunk: int = 0,
+        kernel: Kernel = "torch",
     ) -> None:
         super().__init__()
         if backbone not in COUPLINGS:
@@ -203,9 +212,13 @@ class DuSEGO(nn.Module):
             raise ValueError(f"DuSEGO method must be one of {list(FIXED_GRID_METHODS)}, got {method!r}")
         if substeps < 1:
             raise ValueError(f"DuSEGO substeps must be >= 1, got {substeps}")
+        check_block_options(edge_chunk, kernel)
         self.embed = nn.Linear(in_node_features, hidden)
         make = COUPLINGS[backbone]
-        self.layers = nn.ModuleList(make(hidden, in_edge_features, velocity=velocity) for _ in range(1 if shared_weights else layers))
+        self.layers = nn.ModuleList(
+            make(hidden, in_edge_features, velocity=velocity, edge_chunk=edge_chunk, kernel=kernel)
+            for _ in range(1 if shared_weights else layers)
+        )
         self.num_steps = layers
         self.dt, self.alpha, self.gamma1, self.gamma2 = dt, alpha, gamma1, gamma2
         self.sigma, self.sigma_pos = sigma, sigma_pos
@@ -223,7 +236,7 @@ class DuSEGO(nn.Module):
         """
         x, h, y, u = state
         h_new, x_new = layer(h, x, graph)  # F(X_{n-1}, H_{n-1})
-        centre = scatter_mean(x, graph.batch, graph.num_graphs)[graph.batch]  # [N, D]
+        centre = graph_mean(x, graph.batch, graph.num_graphs, graph.halo)[graph.batch]  # [N, D], all ranks' nodes
         acc_x = vector_activation(x_new - centre, self.sigma_pos) - self.gamma1 * (x - centre) - self.alpha * y
         acc_h = _ELEMENTWISE[self.sigma](h_new.to(h.dtype)) - self.gamma2 * h - self.alpha * u
         return acc_x, acc_h
@@ -264,7 +277,10 @@ class DuSEGO(nn.Module):
         if node_batch is None:  # a single graph
             node_batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
         num_graphs = int(getattr(batch, "num_graphs", 1))  # known on the host: no device sync
-        graph = GraphInputs(batch.vel, batch.edge_index, batch.edge_attr, node_batch, num_graphs)
+        graph = GraphInputs(
+            batch.vel, batch.edge_index, batch.edge_attr, node_batch, num_graphs,
+            layout=edge_layout(batch, pos.shape[0]), halo=getattr(batch, "halo", None),
+        )
         scale = self._velocity_scale(batch, node_batch, pos.dtype)
         h = self.embed(batch.h).to(pos.dtype)  # the states keep coordinate precision
         y = torch.zeros_like(pos) if self.initial_velocity == "zero" else batch.vel.to(pos.dtype) * scale

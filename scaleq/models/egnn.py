@@ -10,6 +10,10 @@ v^0 is the INPUT velocity at every layer. Coordinates are updated before feature
 same messages. phi_x ends in a bias-free Linear(H, 1) with xavier gain 0.001. The published code
 also clamps each component of the coordinate update to +-100; a per-component clamp is not
 rotation-equivariant, so it is left out.
+
+The edge work (phi_e, phi_x and the sums over neighbours) runs in the shared message-passing
+block (scaleq.nn.message_passing): ``edge_chunk`` bounds its memory, ``kernel`` picks the fused
+Triton kernel on CUDA.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.message_passing import KERNELS, EdgeLayout, Halo, Kernel, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
-from scaleq.nn.scatter import scatter_mean, scatter_sum
 
 
 class EGNNLayer(nn.Module):
@@ -31,31 +35,54 @@ class EGNNLayer(nn.Module):
         hidden: width H of h and of the messages.
         edge_dim: width Fe of the invariant edge attributes.
         velocity: add phi_v(h_i) v_i^0 to the coordinate update.
+        edge_chunk: edges per chunk of the message-passing block (0: all at once).
+        kernel: "torch", "triton" or "auto" (see scaleq.nn.message_passing).
     """
 
-    def __init__(self, hidden: int, edge_dim: int, *, velocity: bool = True) -> None:
+    def __init__(
+        self, hidden: int, edge_dim: int, *, velocity: bool = True, edge_chunk: int = 0, kernel: Kernel = "torch"
+    ) -> None:
         super().__init__()
         self.phi_e = mlp(2 * hidden + 1 + edge_dim, hidden, hidden, act_last=True)
         self.phi_x = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), small_init_(nn.Linear(hidden, 1, bias=False)))
         self.phi_h = mlp(2 * hidden, hidden, hidden)
         self.phi_v = mlp(hidden, hidden, 1) if velocity else None
+        check_edge_mlps(self.phi_e, self.phi_x)
+        self.edge_chunk, self.kernel = edge_chunk, kernel
 
-    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        vel: Tensor,
+        edge_index: Tensor | None,
+        edge_attr: Tensor | None,
+        *,
+        layout: EdgeLayout | None = None,
+        halo: Halo | None = None,
+        edge_shift: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """
+        ``layout`` (the receiver-sorted edges, built once per model forward) replaces
+        ``edge_index``, ``edge_attr`` and ``edge_shift`` when given. ``halo``: see
+        scaleq.nn.message_passing (sources may then index halo nodes).
+
         Shapes:
             h: [N, H], pos: [N, D], vel: [N, D] (input velocity), edge_index: [2, E] (j -> i),
-            edge_attr: [E, Fe] -> (h [N, H], pos [N, D])
+            edge_attr: [E, Fe], edge_shift: [E, D] or None -> (h [N, H], pos [N, D])
         """
-        source, target = edge_index
-        diff = pos[target] - pos[source]  # [E, D] x_i - x_j, kept in coordinate precision
-        radial = diff.pow(2).sum(-1, keepdim=True)  # [E, 1]
-        m = self.phi_e(cat_features([h[target], h[source], radial, edge_attr]))  # [E, H]
-        pos = pos + scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, pos.shape[0])
+        if layout is None:
+            if edge_index is None or edge_attr is None:
+                raise ValueError("EGNNLayer needs edge_index and edge_attr, or a prebuilt layout")
+            layout = EdgeLayout.build(edge_index, pos.shape[0], edge_attr, edge_shift)
+        sums = edge_sums(
+            self.phi_e, self.phi_x, h, pos, layout, halo=halo, edge_chunk=self.edge_chunk, kernel=self.kernel
+        )
+        pos_new = pos + sums.coord_sum / layout.degree(pos.dtype)  # mean over incoming edges
         if self.phi_v is not None:
-            pos = pos + self.phi_v(h).to(pos.dtype) * vel
-        aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
-        h = h + self.phi_h(cat_features([h, aggregated])).to(h.dtype)
-        return h, pos
+            pos_new = pos_new + self.phi_v(h).to(pos.dtype) * vel
+        h = h + self.phi_h(cat_features([h, sums.message_sum])).to(h.dtype)
+        return h, pos_new
 
 
 class EGNN(nn.Module):
@@ -66,6 +93,10 @@ class EGNN(nn.Module):
         in_edge_features: width of ``batch.edge_attr``.
         hidden: H. layers: L. velocity: use the velocity term.
         gradient_checkpointing: checkpoint every k layers (0: off).
+        edge_chunk: K > 0 runs the edge work in chunks of K edges with recomputation in backward
+            (memory O(N H + K H) per layer instead of O(E H)); 0: all edges at once.
+        kernel: "torch"; "triton" (fused forward kernel, needs the triton package); "auto"
+            (Triton on CUDA when it imports, torch otherwise).
     """
 
     def __init__(
@@ -77,29 +108,50 @@ class EGNN(nn.Module):
         layers: int = 4,
         velocity: bool = True,
         gradient_checkpointing: int = 0,
+        edge_chunk: int = 0,
+        kernel: Kernel = "torch",
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
             raise ValueError(f"EGNN needs hidden >= 1 and layers >= 1, got hidden={hidden}, layers={layers}")
+        check_block_options(edge_chunk, kernel)
         self.embed = nn.Linear(in_node_features, hidden)
-        self.layers = nn.ModuleList(EGNNLayer(hidden, in_edge_features, velocity=velocity) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            EGNNLayer(hidden, in_edge_features, velocity=velocity, edge_chunk=edge_chunk, kernel=kernel)
+            for _ in range(layers)
+        )
         self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """
         Shapes:
             batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E],
-            batch.edge_attr: [E, Fe] -> {"pos": [N, D]}
+            batch.edge_attr: [E, Fe], batch.edge_shift: [E, D] (periodic boxes only)
+            -> {"pos": [N, D]}
         """
         pos = batch.pos
         h = self.embed(batch.h).to(pos.dtype)  # the residual stream keeps coordinate precision
-        steps = [
-            functools.partial(_layer_step, layer, vel=batch.vel, edge_index=batch.edge_index, edge_attr=batch.edge_attr)
-            for layer in self.layers
-        ]
+        layout = edge_layout(batch, pos.shape[0])  # sorted once, shared by every layer
+        halo = getattr(batch, "halo", None)
+        steps = [functools.partial(_layer_step, layer, vel=batch.vel, layout=layout, halo=halo) for layer in self.layers]
         h, pos = run_layers(steps, (h, pos), self.gradient_checkpointing)
         return {"pos": pos}
 
 
-def _layer_step(layer: EGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
-    return layer(h, pos, vel, edge_index, edge_attr)
+def edge_layout(batch: Batch, num_nodes: int) -> EdgeLayout:
+    """The receiver-sorted edges of ``batch`` (with ``edge_shift`` when the graph is periodic)."""
+    return EdgeLayout.build(batch.edge_index, num_nodes, batch.edge_attr, getattr(batch, "edge_shift", None))
+
+
+def check_block_options(edge_chunk: int, kernel: str) -> None:
+    """Constructor checks of the message-passing block's options, shared by the models."""
+    if isinstance(edge_chunk, bool) or not isinstance(edge_chunk, int) or edge_chunk < 0:
+        raise ValueError(f"edge_chunk must be 0 (off) or a positive number of edges, got {edge_chunk!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+
+
+def _layer_step(
+    layer: EGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, layout: EdgeLayout, halo: Halo | None
+) -> tuple[Tensor, Tensor]:
+    return layer(h, pos, vel, None, None, layout=layout, halo=halo)

@@ -22,6 +22,9 @@ ordered virtual nodes (published); ``"mean"`` averages them (the later DistEGNN 
 neighbour messages are MEANED into h (EGNN sums them). Graphs may have different sizes and nodes
 need not be sorted by graph: everything per graph is an index_add over ``batch``.
 
+The real-real edge work (phi_e, phi_x, sums over neighbours) runs in the shared message-passing
+block (scaleq.nn.message_passing; ``edge_chunk`` and ``kernel`` as in EGNN).
+
 The gravity term adds a fixed vector, so a model with ``gravity`` is only equivariant under
 rotations about the gravity axis (and reflections that keep it), as is the data it is used for.
 """
@@ -35,9 +38,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from scaleq.models.egnn import check_block_options, edge_layout
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.graph_reduce import graph_mean
+from scaleq.nn.message_passing import EdgeLayout, Halo, Kernel, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
-from scaleq.nn.scatter import scatter_mean
 
 VirtualDistance = Literal["plain", "squared"]
 VirtualAggregation = Literal["concat", "mean"]
@@ -67,6 +72,7 @@ class FastEGNNLayer(nn.Module):
         hidden: H. edge_dim: width Fe of the real edge attributes. virtual_nodes: C.
         velocity: add phi_v(h_i) v_i^0. gravity: add phi_g(h_i) g with this fixed vector g.
         virtual_distance, virtual_aggregation: see the module docstring.
+        edge_chunk, kernel: options of the message-passing block (see FastEGNN).
     """
 
     def __init__(
@@ -79,8 +85,11 @@ class FastEGNNLayer(nn.Module):
         gravity: bool = False,
         virtual_distance: VirtualDistance = "plain",
         virtual_aggregation: VirtualAggregation = "concat",
+        edge_chunk: int = 0,
+        kernel: Kernel = "torch",
     ) -> None:
         super().__init__()
+        self.edge_chunk, self.kernel = edge_chunk, kernel
         self.virtual_distance = virtual_distance
         self.virtual_aggregation = virtual_aggregation
         c = virtual_nodes
@@ -94,6 +103,7 @@ class FastEGNNLayer(nn.Module):
         virtual_width = c * hidden if virtual_aggregation == "concat" else hidden
         self.phi_h = mlp(2 * hidden + virtual_width, hidden, hidden)
         self.phi_hv = mlp(2 * hidden, hidden, hidden)
+        check_edge_mlps(self.phi_e, self.phi_x)
 
     def forward(
         self,
@@ -103,25 +113,26 @@ class FastEGNNLayer(nn.Module):
         s: Tensor,
         *,
         vel: Tensor,
-        edge_index: Tensor,
-        edge_attr: Tensor,
+        layout: EdgeLayout,
         batch: Tensor,
         gravity: Tensor | None = None,
+        halo: Halo | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """
         Shapes:
             h: [N, H], pos: [N, D], z: [B, C, D] virtual coordinates, s: [B, C, H] virtual
-            features, vel: [N, D] input velocity, edge_index: [2, E] (j -> i), edge_attr: [E, Fe],
-            batch: [N] graph of each node, gravity: [D] -> (h, pos, z, s) with the same shapes
+            features, vel: [N, D] input velocity, layout: the receiver-sorted real edges
+            (scaleq.nn.message_passing.EdgeLayout), batch: [N] graph of each node, gravity: [D]
+            -> (h, pos, z, s) with the same shapes
         """
-        n, num_graphs = pos.shape[0], z.shape[0]
-        # real-real messages
-        source, target = edge_index
-        diff = pos[target] - pos[source]  # [E, D] x_i - x_j
-        m = self.phi_e(cat_features([h[target], h[source], diff.pow(2).sum(-1, keepdim=True), edge_attr]))  # [E, H]
+        num_graphs = z.shape[0]
+        # real-real messages: node-level sums from the message-passing block
+        real = edge_sums(self.phi_e, self.phi_x, h, pos, layout, halo=halo, edge_chunk=self.edge_chunk, kernel=self.kernel)
+        degree = layout.degree(pos.dtype)  # [N, 1]
 
         # virtual-global Gram message, from the current centre of mass of each graph
-        centre = scatter_mean(pos, batch, num_graphs)  # [B, D]
+        # per-graph means over every rank's nodes under graph parallelism (halo.sum_over_ranks)
+        centre = graph_mean(pos, batch, num_graphs, halo)  # [B, D]
         offset = z - centre[:, None, :]  # [B, C, D]
         gram = (offset[:, :, None, :] * offset[:, None, :, :]).sum(-1)  # [B, C, C]; elementwise: stays fp32
 
@@ -132,19 +143,19 @@ class FastEGNNLayer(nn.Module):
         m_v = self.phi_ev(cat_features([h[:, None, :].expand(-1, c, -1), s[batch], dist, gram[batch]]))  # [N, C, H]
 
         # coordinates: real-real, real-virtual, velocity, gravity (published order); virtual from old x
-        new_pos = pos + scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, n)
+        new_pos = pos + real.coord_sum / degree  # mean over incoming real edges
         new_pos = new_pos + (virtual_diff * self.phi_xv(m_v).to(pos.dtype)).mean(1)
         if self.phi_v is not None:
             new_pos = new_pos + self.phi_v(h).to(pos.dtype) * vel
         if self.phi_g is not None and gravity is not None:
             new_pos = new_pos + self.phi_g(h).to(pos.dtype) * gravity
-        z = z + scatter_mean(-virtual_diff * self.phi_zv(m_v).to(pos.dtype), batch, num_graphs)  # z_c - x_i
+        z = z + graph_mean(-virtual_diff * self.phi_zv(m_v).to(pos.dtype), batch, num_graphs, halo)  # z_c - x_i
 
         # features: real from the mean of real messages and the ordered (or averaged) virtual ones
         virtual_in = m_v.flatten(1) if self.virtual_aggregation == "concat" else m_v.mean(1)  # [N, C*H] or [N, H]
-        real_in = scatter_mean(m.to(h.dtype), target, n)  # [N, H]
+        real_in = real.message_sum / degree.to(h.dtype)  # [N, H] mean of the real messages
         h_new = h + self.phi_h(cat_features([h, real_in, virtual_in])).to(h.dtype)
-        s = s + self.phi_hv(cat_features([s, scatter_mean(m_v.to(s.dtype), batch, num_graphs)])).to(s.dtype)
+        s = s + self.phi_hv(cat_features([s, graph_mean(m_v.to(s.dtype), batch, num_graphs, halo)])).to(s.dtype)
         return h_new, new_pos, z, s
 
 
@@ -161,6 +172,8 @@ class FastEGNN(nn.Module):
         virtual_distance: 'plain' |x_i - z_c| (published code) or 'squared' (paper).
         virtual_aggregation: 'concat' over ordered virtual nodes (published) or 'mean' (DistEGNN).
         gradient_checkpointing: checkpoint every k layers (0: off).
+        edge_chunk: K > 0 runs the real edges in chunks of K with recomputation in backward; 0: off.
+        kernel: "torch", "triton" or "auto" for the real edges (see scaleq.nn.message_passing).
 
     Outputs: ``pos`` [N, D] predicted coordinates, ``virtual_pos`` [B * C, D] and ``virtual_h``
     [B * C, H] virtual coordinates and features, graph-major (rows b * C .. b * C + C - 1 belong
@@ -181,6 +194,8 @@ class FastEGNN(nn.Module):
         virtual_distance: VirtualDistance = "plain",
         virtual_aggregation: VirtualAggregation = "concat",
         gradient_checkpointing: int = 0,
+        edge_chunk: int = 0,
+        kernel: Kernel = "torch",
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1 or virtual_nodes < 1:
@@ -193,6 +208,7 @@ class FastEGNN(nn.Module):
             raise ValueError(f"virtual_distance must be 'plain' or 'squared', got {virtual_distance!r}")
         if virtual_aggregation not in ("concat", "mean"):
             raise ValueError(f"virtual_aggregation must be 'concat' or 'mean', got {virtual_aggregation!r}")
+        check_block_options(edge_chunk, kernel)
         self.virtual_nodes = virtual_nodes
         self.embed = nn.Linear(in_node_features, hidden)
         self.virtual_features = nn.Parameter(torch.randn(virtual_nodes, hidden))  # S, shared by all graphs
@@ -203,6 +219,7 @@ class FastEGNN(nn.Module):
             FastEGNNLayer(
                 hidden, in_edge_features, virtual_nodes, velocity=velocity, gravity=gravity is not None,
                 virtual_distance=virtual_distance, virtual_aggregation=virtual_aggregation,
+                edge_chunk=edge_chunk, kernel=kernel,
             )
             for _ in range(layers)
         )
@@ -212,20 +229,21 @@ class FastEGNN(nn.Module):
         """
         Shapes:
             batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E],
-            batch.edge_attr: [E, Fe], batch.batch: [N]
+            batch.edge_attr: [E, Fe], batch.batch: [N], batch.edge_shift: [E, D] (periodic only)
             -> {"pos": [N, D], "virtual_pos": [B * C, D], "virtual_h": [B * C, H]}
         """
         pos, graph = batch.pos, batch.batch
         num_graphs = int(batch.num_graphs)
         h = self.embed(batch.h).to(pos.dtype)  # the residual streams keep coordinate precision
-        centre = scatter_mean(pos, graph, num_graphs)  # [B, D] centre of mass of the input frame
+        centre = graph_mean(pos, graph, num_graphs, getattr(batch, "halo", None))  # [B, D] input centre of mass
         z = centre[:, None, :].expand(-1, self.virtual_nodes, -1).contiguous()  # [B, C, D]
         s = self.virtual_features.to(pos.dtype)[None].expand(num_graphs, -1, -1)  # [B, C, H]
         gravity = None if self.gravity is None else self.gravity.to(pos.dtype)
+        layout = edge_layout(batch, pos.shape[0])  # sorted once, shared by every layer
         steps = [
             functools.partial(
-                _layer_step, layer, vel=batch.vel, edge_index=batch.edge_index, edge_attr=batch.edge_attr,
-                batch=graph, gravity=gravity,
+                _layer_step, layer, vel=batch.vel, layout=layout, batch=graph, gravity=gravity,
+                halo=getattr(batch, "halo", None),
             )
             for layer in self.layers
         ]
@@ -233,5 +251,5 @@ class FastEGNN(nn.Module):
         return {"pos": pos, "virtual_pos": z.reshape(-1, z.shape[-1]), "virtual_h": s.reshape(-1, s.shape[-1])}
 
 
-def _layer_step(layer: FastEGNNLayer, h: Tensor, pos: Tensor, z: Tensor, s: Tensor, **inputs: Tensor | None) -> tuple[Tensor, ...]:
+def _layer_step(layer: FastEGNNLayer, h: Tensor, pos: Tensor, z: Tensor, s: Tensor, **inputs: object) -> tuple[Tensor, ...]:
     return layer(h, pos, z, s, **inputs)

@@ -123,12 +123,13 @@ class FiniteGuard:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, graph: GraphBuilder, engine: Engine) -> float:
-    """Position MSE over every node and axis of the loader's samples, summed across ranks."""
+    """Position MSE over every node and axis of the loader's samples, summed across ranks (under
+    graph parallelism each rank counts the nodes it owns, so every node counts once)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
     for batch in device_batches(loader, engine.device):
-        batch = graph(batch, training=False)
+        batch = engine.prepare_batch(batch, graph, training=False)
         with engine.autocast():
             output = model(batch)
         totals[0] += squared_error_sum(output["pos"], batch.target).double()
@@ -157,17 +158,15 @@ class Trainer:
         data = config.data
         eval_batch = data.eval_batch_size or data.batch_size
         pin = engine.device.type == "cuda"
-        self.train_sampler = ShardedSampler(
-            len(datasets["train"]), shuffle=True, seed=config.seed, rank=engine.rank, world_size=engine.world_size
-        )
+        # one shard per data-parallel group: the ranks of a graph-parallel group read the same batches
+        shard = {"rank": engine.data_rank, "world_size": engine.data_world_size}
+        self.train_sampler = ShardedSampler(len(datasets["train"]), shuffle=True, seed=config.seed, **shard)
         self.train_loader = make_loader(datasets["train"], data.batch_size, self.train_sampler, data.num_workers, pin)
         self.eval_loaders = {
             split: make_loader(
                 datasets[split],
                 eval_batch,
-                ShardedSampler(
-                    len(datasets[split]), shuffle=False, seed=0, rank=engine.rank, world_size=engine.world_size, pad=False
-                ),
+                ShardedSampler(len(datasets[split]), shuffle=False, seed=0, pad=False, **shard),
                 data.num_workers,
                 pin,
             )
@@ -284,7 +283,7 @@ class Trainer:
             disable=not (engine.is_main and cfg.progress) or len(self.train_loader) < 20,
         )
         for batch in bar:
-            batch = self.graph(batch, training=True)
+            batch = engine.prepare_batch(batch, self.graph)
             with engine.autocast():
                 output = self.model(batch)
             loss, parts = training_loss(output, batch, self.config.loss)

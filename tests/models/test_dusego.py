@@ -12,6 +12,7 @@ from scaleq.data.nbody import NBodyParams
 from scaleq.models import EGNN, MODELS, DuSEGO
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
+from scaleq.testing.block_paths import PATHS, assert_paths_agree, path_available
 from scaleq.testing.equivariance import check_equivariance, random_orthogonal
 from scaleq.testing.stores import random_batch, tiny_nbody_dataset
 
@@ -270,3 +271,31 @@ def test_horizon_is_required_only_when_used():
     with pytest.raises(ValueError, match="batch.horizon"):
         make_model()(batch)
     assert make_model(initial_velocity="input")(batch)["pos"].shape == batch.pos.shape
+
+
+# -- the message-passing block's paths through EGNN's layer ---------------------------------------
+
+
+def dusego_loss(out):
+    return out["pos"].pow(2).sum() + out["h"].pow(2).mean() + out["vel"].pow(2).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", ["chunk1", "chunk5", "triton"])
+def test_every_block_path_gives_the_same_outputs_and_gradients(dtype, path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert_paths_agree(make_model(dtype), make_batch(dtype), PATHS[path], dusego_loss, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("path", ["chunk5", pytest.param("triton", marks=pytest.mark.slow)])  # interpreter: seconds
+def test_every_block_path_is_equivariant(path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    check_equivariance(make_model(**PATHS[path]), make_batch(), OUTPUTS, dtype=torch.float64)
+
+
+def test_chunking_with_the_adjoint_solver_and_checkpointing():
+    model = make_model(torch.float64, solver="odeint", method="rk4", gradient_checkpointing=2, edge_chunk=5)
+    assert_paths_agree(model, make_batch(torch.float64), {"edge_chunk": 5}, dusego_loss, rtol=1e-10, atol=1e-10)

@@ -3,6 +3,14 @@ import torch
 
 from scaleq.data.graph import GraphBuilder
 from scaleq.models import EGNN
+from scaleq.testing.block_paths import (
+    PATHS,
+    assert_paths_agree,
+    chunk_splits_a_receiver,
+    outputs_and_gradients,
+    path_available,
+    with_path,
+)
 from scaleq.testing.equivariance import check_equivariance
 from scaleq.testing.stores import random_batch
 
@@ -53,3 +61,77 @@ def test_bf16_autocast_keeps_coordinates_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(make_batch())["pos"]
     assert out.dtype == torch.float32
+
+
+# -- the message-passing block's paths: chunked with recomputation, fused Triton kernel ----------
+
+MIXED = (5, 9, 1, 7)  # mixed graph sizes, one single-node graph
+
+
+def radius_batch(edge_drop=0.0):
+    """Radius graph over mixed graph sizes: some nodes have no neighbours at this radius."""
+    return GraphBuilder(kind="radius", radius=2.0, edge_drop=edge_drop)(random_batch(num_graphs=4, nodes=MIXED))
+
+
+def double(batch):
+    return batch.apply(lambda x: x.double() if x.is_floating_point() else x)
+
+
+def pos_loss(out):
+    return out["pos"].pow(2).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_block_path_gives_the_same_outputs_and_gradients(dtype, path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    batch = radius_batch().apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
+    assert torch.bincount(batch.edge_index[1], minlength=batch.num_nodes).min() == 0  # isolated nodes
+    assert chunk_splits_a_receiver(batch.edge_index, 5)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert_paths_agree(make_model().to(dtype), batch, PATHS[path], pos_loss, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("path", ["chunk5", "triton"])
+def test_every_block_path_handles_a_graph_without_edges(path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    batch = double(radius_batch(edge_drop=1.0))
+    assert batch.edge_index.shape[1] == 0
+    assert_paths_agree(make_model().double(), batch, PATHS[path], pos_loss, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", ["chunk5", pytest.param("triton", marks=pytest.mark.slow)])  # interpreter: seconds
+def test_every_block_path_is_equivariant(dtype, path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    report = check_equivariance(make_model(**PATHS[path]), make_batch(), {"pos": "node_position"}, dtype=dtype)
+    assert report.errors["pos"] < (1e-9 if dtype == torch.float64 else 1e-4)
+
+
+def test_gradient_checkpointing_works_on_top_of_chunking():
+    batch = double(radius_batch())
+    model = make_model(gradient_checkpointing=1, edge_chunk=3).double()
+    assert_paths_agree(model, batch, {"edge_chunk": 3}, pos_loss, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_path_under_bf16_autocast_keeps_coordinates_fp32():
+    batch = radius_batch()
+    model = make_model()
+    outputs = {}
+    for chunk in (0, 4):
+        model = with_path(model, {"edge_chunk": chunk})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[chunk], grads = outputs_and_gradients(model, batch, pos_loss)
+        assert outputs[chunk]["pos"].dtype == torch.float32
+        assert all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(outputs[4]["pos"], outputs[0]["pos"], rtol=1e-2, atol=1e-2)
+
+
+def test_bad_block_options_are_refused():
+    with pytest.raises(ValueError, match="edge_chunk must be"):
+        EGNN(in_node_features=2, in_edge_features=2, edge_chunk=-3)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        EGNN(in_node_features=2, in_edge_features=2, kernel="cuda")

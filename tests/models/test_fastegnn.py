@@ -4,6 +4,7 @@ from torch_geometric.data import Batch
 
 from scaleq.data.graph import GraphBuilder
 from scaleq.models import FastEGNN
+from scaleq.testing.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 from scaleq.testing.equivariance import Transform, check_equivariance, random_orthogonal
 from scaleq.testing.stores import random_batch
 
@@ -138,3 +139,43 @@ def test_bad_options_are_refused():
         FastEGNN(in_node_features=2, in_edge_features=2, gravity=[0.0, -1.0])
     with pytest.raises(ValueError, match="virtual_nodes >= 1"):
         FastEGNN(in_node_features=2, in_edge_features=2, virtual_nodes=0)
+
+
+# -- the message-passing block's paths on the real edges -----------------------------------------
+
+
+def fast_loss(out):
+    return out["pos"].pow(2).sum() + out["virtual_pos"].pow(2).sum() + out["virtual_h"].pow(2).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_block_path_gives_the_same_outputs_and_gradients(dtype, path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    batch = make_batch(kind="radius").apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
+    assert chunk_splits_a_receiver(batch.edge_index, 5)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert_paths_agree(make_model().to(dtype), batch, PATHS[path], fast_loss, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("path", ["chunk5", "triton"])
+def test_every_block_path_handles_no_real_edges(path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    batch = double(make_batch(edge_drop=1.0, kind="radius"))
+    assert_paths_agree(make_model().double(), batch, PATHS[path], fast_loss, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", ["chunk5", pytest.param("triton", marks=pytest.mark.slow)])  # interpreter: seconds
+def test_every_block_path_is_equivariant(dtype, path):
+    if not path_available(path):
+        pytest.skip("triton is not installed")
+    report = check_equivariance(make_model(**PATHS[path]), make_batch(), OUTPUTS, dtype=dtype)
+    assert max(report.errors.values()) < (1e-9 if dtype == torch.float64 else 1e-4)
+
+
+def test_gradient_checkpointing_works_on_top_of_chunking():
+    model = make_model(gradient_checkpointing=2, edge_chunk=4).double()
+    assert_paths_agree(model, double(make_batch()), {"edge_chunk": 4}, fast_loss, rtol=1e-10, atol=1e-10)

@@ -1,0 +1,205 @@
+"""How large a single graph one training step can take, per path of the message-passing block.
+
+A trial is one training step (forward, loss, backward) of EGNN or FastEGNN-<3, 0.75> (3 virtual
+nodes, 75% of the real edges dropped) on ONE radius graph of N uniform random particles in a unit
+cube with about ``neighbours`` neighbours each, along one path:
+
+    reference  EGNN as it was before the shared block (scaleq.eval.reference_egnn; EGNN only)
+    torch      the block, all edges at once (edge_chunk 0)
+    chunked    the block, chunks of ``edge_chunk`` edges recomputed in backward
+    triton     the fused Triton forward kernel + chunked recomputing backward
+
+Memory, two ways: ``saved_mb``, the bytes of the distinct storages autograd keeps for the
+backward (counted with saved-tensor hooks during the forward: exact, independent of the allocator);
+``peak_mb``, on CUDA ``torch.cuda.max_memory_allocated`` during the step over what was allocated
+before it; on the CPU the peak resident set during the step (the kernel's high-water mark is reset
+just before it through /proc/self/clear_refs) over the resident set before it. Every size runs in
+a fresh process, so one trial's peak never hides another's and an out-of-memory kill ends only it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+PATHS = ("reference", "torch", "chunked", "triton")
+MODELS = ("egnn", "fastegnn")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trial:
+    model: str  # 'egnn' or 'fastegnn' (FastEGNN-<3, 0.75>)
+    path: str  # one of PATHS
+    nodes: int
+    neighbours: float = 20.0
+    hidden: int = 64
+    layers: int = 4
+    edge_chunk: int = 32768
+    device: str = "cpu"
+    seed: int = 0
+
+    def model_options(self) -> dict[str, Any]:
+        chunk = self.edge_chunk if self.path in ("chunked", "triton") else 0
+        return {"edge_chunk": chunk, "kernel": "triton" if self.path == "triton" else "torch"}
+
+
+def build_step(trial: Trial) -> tuple[Any, int]:
+    """The trial's forward pass to the loss (a closure returning the loss; ``.backward()`` on it
+    completes a training step) and the number of edges of its graph."""
+    import torch
+
+    from scaleq.config import LossConfig
+    from scaleq.data.graph import GraphBuilder
+    from scaleq.eval.model_bench import Workload, random_particles
+    from scaleq.eval.reference_egnn import ReferenceEGNN
+    from scaleq.losses import training_loss
+    from scaleq.models import EGNN, FastEGNN
+
+    device = torch.device(trial.device)
+    torch.manual_seed(trial.seed)
+    work = Workload(graphs=1, nodes=trial.nodes, neighbours=trial.neighbours, seed=trial.seed)
+    drop = 0.75 if trial.model == "fastegnn" else 0.0
+    graph = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=4 * int(trial.neighbours) + 16, edge_drop=drop)
+    batch = graph(random_particles(work).to(device))
+    common = {"in_node_features": 2, "in_edge_features": 2, "hidden": trial.hidden, "layers": trial.layers}
+    if trial.path == "reference":
+        if trial.model != "egnn":
+            raise ValueError("the reference path exists for EGNN only")
+        model, loss_config = ReferenceEGNN(**common), LossConfig()
+    elif trial.model == "egnn":
+        model, loss_config = EGNN(**common, **trial.model_options()), LossConfig()
+    else:
+        model, loss_config = FastEGNN(**common, virtual_nodes=3, **trial.model_options()), LossConfig(mmd_weight=0.01)
+    model = model.to(device)
+
+    def forward() -> Any:
+        model.zero_grad(set_to_none=True)
+        return training_loss(model(batch), batch, loss_config)[0]
+
+    return forward, int(batch.edge_index.shape[1])
+
+
+def _step(forward: Any, saved: dict[int, int] | None = None) -> None:
+    """One training step; with ``saved``, record {storage address: bytes} of what the forward keeps."""
+    import torch
+
+    if saved is None:
+        loss = forward()
+    else:
+        def pack(t: Any) -> Any:
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = forward()
+    loss.backward()
+    if loss.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
+    """Peak memory of the first step and the best time of ``steps`` more (this process)."""
+    import torch
+
+    forward, edges = build_step(trial)
+    saved: dict[int, int] = {}
+    if trial.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _step(forward, saved)
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _resident_bytes()
+        _reset_peak_resident()
+        _step(forward, saved)
+        peak = max(0, _peak_resident_bytes() - base)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        _step(forward)
+        times.append(time.perf_counter() - start)
+    return {**asdict(trial), "edges": edges, "saved_mb": round(sum(saved.values()) / 2**20, 1),
+            "peak_mb": round(peak / 2**20, 1), "step_s": round(min(times), 4) if times else math.nan}
+
+
+def measure_in_fresh_process(trial: Trial, steps: int = 1, timeout_s: float = 3600) -> dict[str, Any] | None:
+    """:func:`measure` in a new interpreter; None if it failed (out of memory, killed, timed out)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code = "import sys, json; from scaleq.eval.large_graph import _measure_json; print(_measure_json(sys.argv[1]))"
+    payload = json.dumps({"trial": asdict(trial), "steps": steps})
+    try:
+        done = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, env=env,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure_json(payload: str) -> str:
+    data = json.loads(payload)
+    return json.dumps(measure(Trial(**data["trial"]), steps=data["steps"]))
+
+
+def largest_graph(trial: Trial, budget_mb: float, max_nodes: int, growth: float = 2.0) -> list[dict[str, Any]]:
+    """Rows for N = trial.nodes, growth N, ... up to ``max_nodes``, stopping after the first size
+    that fails or needs more than ``budget_mb``; each row says whether it ``fits``."""
+    rows = []
+    nodes = trial.nodes
+    while nodes <= max_nodes:
+        row = measure_in_fresh_process(replace(trial, nodes=nodes), steps=0)  # the peak only
+        fits = row is not None and row["peak_mb"] <= budget_mb
+        rows.append({**(row or {**asdict(replace(trial, nodes=nodes)), "edges": None, "saved_mb": None, "peak_mb": None,
+                                "step_s": None}),
+                     "budget_mb": budget_mb, "fits": fits})
+        print(f"  {trial.model:8s} {trial.path:9s} N={nodes:>9,d}: "
+              + (f"{row['edges']:>11,d} edges, {row['peak_mb']:>9.1f} MB peak, {row['saved_mb']:>9.1f} MB saved"
+                 if row else "failed"), flush=True)
+        if not fits:
+            break
+        nodes = int(nodes * growth)
+    return rows
+
+
+def side_by_side_times(trials: list[Trial], repeats: int = 3) -> list[float]:
+    """Best step time of each trial, timed round-robin in this process (one warm-up round), so
+    that every path sees the same load from the rest of the machine."""
+    steps = [build_step(t)[0] for t in trials]
+    for forward in steps:
+        _step(forward)
+    best = [math.inf] * len(steps)
+    for _ in range(repeats):
+        for k, forward in enumerate(steps):
+            start = time.perf_counter()
+            _step(forward)
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_resident() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_resident_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
