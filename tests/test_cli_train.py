@@ -132,6 +132,8 @@ CASES = [
          r"out_dir .*afile/runs: cannot create the run directory .*Not a directory"),
     Case("NaN in the training split", lambda w: put_nan(w.data / "train.zarr", 1, 30), [], 2,
          r"train\.zarr: array 'positions', frame 30 of trajectory 1: 3 values are NaN or infinite"),
+    Case("NaN read in a DataLoader worker", lambda w: put_nan(w.data / "train.zarr", 1, 30), ["data.num_workers=1"], 2,
+         r"^error: \S*train\.zarr: array 'positions', frame 30 of trajectory 1: 3 values are NaN or infinite"),
     Case("NaN in the validation split", lambda w: put_nan(w.data / "valid.zarr", 2, 40), [], 2,
          r"valid\.zarr: array 'positions', frame 40 of trajectory 2: 3 values are NaN or infinite"),
     Case("NaN loss", huge_positions, [], 1,

@@ -21,6 +21,9 @@ from pathlib import Path
 from scaleq.io import remove_stale_temporaries
 
 CHECKPOINTS = "checkpoints"
+# Temporaries of earlier scaleq versions, named without the writer's pid: only a run that holds the
+# directory's lock may remove them (no live writer can own them then).
+LEGACY_TEMPORARIES = (".config.yaml.tmp", ".summary.json.tmp")
 
 
 class RunDirError(RuntimeError):
@@ -70,9 +73,13 @@ class RunDirectory:
 
 
 def remove_dead_temporaries(run_dir: Path) -> None:
-    """Temporaries that writers killed mid-write left in a run directory and its checkpoints."""
+    """Temporaries that writers killed mid-write left in a run directory and its checkpoints
+    (call with the directory's lock held)."""
     for folder in (run_dir, run_dir / CHECKPOINTS):
         remove_stale_temporaries(folder)
+    for name in LEGACY_TEMPORARIES:
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
 
 
 def claim_run_dir(out_dir: str | os.PathLike[str], name: str, *, resume: bool,

@@ -7,9 +7,10 @@ steps), ``best.pt`` on improvement; both atomically. Resuming restores model, op
 states, the position inside the epoch and the epoch's running loss sums, so a resumed run continues
 the same sequence of batches and logs the same numbers.
 
-A training step never waits for the device: the loss's finiteness is recorded on the device and
-read every ``train.finite_check_every`` steps and at the end of each epoch, always before a
-checkpoint is written, so a NaN loss stops the run without ever being saved. On CUDA the next
+A training step never waits for the device: the epoch's loss sums stay on the device (a NaN or
+infinite loss makes them non-finite, so they are the NaN flag too) and are read every
+``train.finite_check_every`` steps and at the end of each epoch, always before a checkpoint is
+written, so a NaN loss stops the run without ever being saved. On CUDA the next
 batch is copied to the device (pinned memory, a side stream) while the current one trains.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader as GraphLoader
@@ -97,28 +98,6 @@ def device_batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Ba
         current = upcoming.apply(lambda t: (t.record_stream(main), t)[1])  # freed only after main used it
         upcoming = copy(next(batches, None))
         yield current
-
-
-class FiniteGuard:
-    """Watches the training loss for NaN or inf without a device-to-host copy per step: the first
-    bad step and its loss value stay on the device until :meth:`first_bad` is asked."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.step = torch.full((), -1, dtype=torch.int64, device=device)
-        self.value = torch.zeros((), dtype=torch.float32, device=device)
-
-    def observe(self, loss: Tensor, step: int) -> None:
-        first = ~torch.isfinite(loss.detach()) & (self.step < 0)
-        self.step = torch.where(first, step, self.step)
-        self.value = torch.where(first, loss.detach().float(), self.value)
-
-    def first_bad(self, engine: Engine) -> tuple[int, float] | None:
-        """(step, loss) of this rank's first non-finite loss; (-1, nan) when only another rank saw
-        one; None when every rank's losses were finite. A collective: every rank calls it."""
-        local_bad = (self.step >= 0).to(torch.float64)
-        if float(engine.all_reduce_sum(local_bad.reshape(1))[0]) == 0:
-            return None
-        return (int(self.step), float(self.value)) if bool(local_bad) else (-1, math.nan)
 
 
 @torch.no_grad()
@@ -274,9 +253,9 @@ class Trainer:
         if not state.batch_in_epoch:
             self._sums.zero_()
         self.model.train()
-        guard = FiniteGuard(engine.device)
-        zero = torch.zeros((), dtype=torch.float64, device=engine.device)
-        one = torch.ones((), dtype=torch.float64, device=engine.device)
+        zero = torch.zeros((), dtype=torch.float32, device=engine.device)
+        one = torch.ones((), dtype=torch.float32, device=engine.device)
+        checked = state.step  # the loss sums were finite up to this step
         bar = tqdm(
             device_batches(self.train_loader, engine.device), total=len(self.train_loader), desc=f"epoch {epoch + 1}",
             leave=False, unit="batch", dynamic_ncols=True,
@@ -287,21 +266,22 @@ class Trainer:
             with engine.autocast():
                 output = self.model(batch)
             loss, parts = training_loss(output, batch, self.config.loss)
-            guard.observe(loss, state.step)
             engine.backward(loss)
             engine.step()
             state.step += 1
             state.batch_in_epoch += 1
-            # Summed on the device: reading them here would wait for the step to finish.
+            # Summed on the device, never read here (that would wait for the step to finish). A NaN
+            # or infinite loss makes the sum non-finite, so the sum is also the NaN flag.
             self._sums += torch.stack(
-                [loss.detach().double(), *(parts[p].double() if p in parts else zero for p in LOSS_PARTS), one]
-            )
+                [loss.detach().float(), *(parts[p].float() if p in parts else zero for p in LOSS_PARTS), one]
+            ).double()
             checkpoint_now = bool(cfg.checkpoint_every_steps) and state.step % cfg.checkpoint_every_steps == 0
             if checkpoint_now or state.step % cfg.finite_check_every == 0:
-                self._stop_if_not_finite(guard, epoch)
+                self._stop_if_not_finite(epoch, checked)
+                checked = state.step
             if checkpoint_now:
                 self.save(LAST)
-        self._stop_if_not_finite(guard, epoch)
+        self._stop_if_not_finite(epoch, checked)
         totals = engine.all_reduce_sum(self._sums).tolist()
         batches = totals[-1]
         mean = (lambda v: v / batches) if batches > 0 else (lambda v: math.nan)
@@ -312,13 +292,14 @@ class Trainer:
                 losses[f"train_{part}"] = mean(totals[i])
         return losses
 
-    def _stop_if_not_finite(self, guard: FiniteGuard, epoch: int) -> None:
-        """Raise when a loss since the epoch started was NaN or inf (before anything is saved)."""
-        bad = guard.first_bad(self.engine)
-        if bad is None:
+    def _stop_if_not_finite(self, epoch: int, checked: int) -> None:
+        """Raise when a training loss since step ``checked`` was NaN or inf, on any rank. Called
+        before anything is saved; the one host read of the loss sums between two checks."""
+        value = float(self.engine.all_reduce_sum(self._sums[:1])[0])
+        if math.isfinite(value):
             return
-        step, value = bad
-        where = f"step {step + 1}" if step >= 0 else "a step on another rank"
+        first, last_step = checked + 1, self.state.step
+        where = f"step {first}" if first == last_step else f"one of steps {first}..{last_step}"
         last = self.checkpoint_dir / LAST
         if last.exists():
             saved = f"the last good checkpoint is {last} (resume with --resume)"
