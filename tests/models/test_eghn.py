@@ -207,6 +207,7 @@ def test_missing_local_graph_is_a_clear_error():
         make_model()(batch)
 
 
+@pytest.mark.slow
 def test_training_on_a_fixed_batch_lowers_the_loss():
     torch.manual_seed(1)
     batch = make_batch(graphs())
@@ -223,3 +224,27 @@ def test_training_on_a_fixed_batch_lowers_the_loss():
         optimizer.step()
         losses.append(float(parts["mse"]))
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_row_normalised_cluster_edges():
+    """The named option divides each row of S^T A_global S by its sum; the default feeds it raw."""
+    batch = _double(make_batch(graphs()))
+    seen = {}
+    for option in ("raw", "row_normalised"):
+        model = make_model(cluster_edge_attr=option).double()
+        hook = model.high.layers[0].register_forward_pre_hook(lambda m, args, option=option: seen.update({option: args[4]}))
+        out = model(batch)
+        hook.remove()
+        s = out["assignments"]
+        for b in range(len(SIZES)):
+            nodes = (batch.batch == b).nonzero().flatten()
+            adjacency = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)
+            index = {int(v): i for i, v in enumerate(nodes)}
+            for j, i in batch.edge_index.t().tolist():
+                if j in index:
+                    adjacency[index[i], index[j]] += 1.0
+            pooled = s[nodes].T @ adjacency @ s[nodes]  # [K, K], row = receiving cluster
+            expected = pooled / pooled.sum(-1, keepdim=True) if option == "row_normalised" else pooled
+            torch.testing.assert_close(seen[option][9 * b : 9 * (b + 1), 0], expected.flatten())
+    with pytest.raises(ValueError, match="cluster_edge_attr must be 'raw' or 'row_normalised'"):
+        make_model(cluster_edge_attr="softmax")
