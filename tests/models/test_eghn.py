@@ -67,6 +67,15 @@ def test_eghn_and_its_pooled_quantities_are_equivariant(dtype, local):
     assert set(report.errors) == set(OUTPUTS)
 
 
+def test_equivariant_with_as_many_local_edges_as_nodes():
+    """With one nearest neighbour per node the local graph has E_local = N edges: its attributes
+    must still be read as edge fields (kept in order), not permuted like node fields."""
+    batch = make_batch(graphs(), local="knn")
+    batch = GraphBuilder(kind="radius", radius=6.0, local="knn", local_k=1)(batch)
+    assert batch.local_attr.shape[0] == batch.num_nodes
+    check_equivariance(make_model(), batch, OUTPUTS)
+
+
 def test_check_sees_a_broken_pooling():
     """Pooling without the division by the column sum, S^T X, is not translation-equivariant: the
     check must say so, which shows that it looks at the cluster positions at all."""
