@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import EdgeDropMode, GraphBuilder, GraphKind, LocalKind
+from scaleq.data.graph import EdgeAttrKind, EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -96,6 +96,8 @@ class GraphConfig:
     local: LocalKind = "none"
     local_k: int = 4
     local_radius: float | None = None
+    # edge attributes: 'egnn' [q_i q_j, |x_i - x_j|^2] or 'distance' |x_i - x_j| (FastEGNN's datasets)
+    edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
         try:
@@ -107,7 +109,7 @@ class GraphConfig:
         return GraphBuilder(
             kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
             edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
-            local=self.local, local_k=self.local_k, local_radius=self.local_radius,
+            local=self.local, local_k=self.local_k, local_radius=self.local_radius, edge_attr=self.edge_attr,
         )
 
 

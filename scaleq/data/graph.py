@@ -22,6 +22,7 @@ from scaleq.nn.scatter import rank_within_groups
 GraphKind = Literal["complete", "radius"]
 EdgeDropMode = Literal["shortest", "random"]
 LocalKind = Literal["bonds", "knn", "radius", "none"]
+EdgeAttrKind = Literal["egnn", "distance"]
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -94,15 +95,18 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
     return torch_cluster.knn_graph(pos, k=k, batch=batch, loop=False, flow="source_to_target")
 
 
-def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor) -> Tensor:
-    """Invariant edge attributes: products of the static node features of both ends and the
-    squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2]).
+def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor, kind: EdgeAttrKind = "egnn") -> Tensor:
+    """Invariant edge attributes in the input frame. 'egnn': products of the static node features
+    of both ends and the squared distance (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2]);
+    'distance': the distance |x_i - x_j| alone (FastEGNN's N-body and protein datasets).
 
     Shapes:
-        pos: [N, D], node_attr: [N, F], edge_index: [2, E] -> [E, F + 1]
+        pos: [N, D], node_attr: [N, F], edge_index: [2, E] -> [E, F + 1] ('egnn') or [E, 1]
     """
     source, target = edge_index
     dist2 = (pos[target] - pos[source]).pow(2).sum(-1, keepdim=True)
+    if kind == "distance":
+        return dist2.sqrt()
     return torch.cat([node_attr[target] * node_attr[source], dist2], dim=-1)
 
 
@@ -152,7 +156,7 @@ class GraphBuilder:
     With ``local`` other than 'none' it also adds a local graph ``local_index`` [2, E_local]: the
     store's static bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the
     neighbours within ``local_radius`` ('radius'), all in the input frame, and its attributes
-    ``local_attr`` [E_local, F + 1], computed as ``edge_attr``.
+    ``local_attr``, computed as ``edge_attr`` (``edge_attr``: see :func:`edge_features`).
     """
 
     kind: GraphKind = "complete"
@@ -163,8 +167,11 @@ class GraphBuilder:
     local: LocalKind = "none"
     local_k: int = 4
     local_radius: float | None = None
+    edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
+        if self.edge_attr not in ("egnn", "distance"):
+            raise ValueError(f"edge_attr must be 'egnn' or 'distance', got {self.edge_attr!r}")
         if self.kind not in ("complete", "radius"):
             raise ValueError(f"graph kind must be 'complete' or 'radius', got {self.kind!r}")
         if self.kind == "radius" and (self.radius is None or self.radius <= 0):
@@ -183,7 +190,7 @@ class GraphBuilder:
             raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
 
     def num_edge_features(self, num_node_attr: int) -> int:
-        return num_node_attr + 1
+        return 1 if self.edge_attr == "distance" else num_node_attr + 1
 
     def __call__(self, batch: Batch, *, training: bool = True) -> Batch:
         pos, node_batch = batch.pos, batch.batch
@@ -198,7 +205,7 @@ class GraphBuilder:
                 generator = torch.Generator(device=pos.device).manual_seed(0)
             edge_index = drop_edges(edge_index, pos, node_batch, self.edge_drop, self.edge_drop_mode, generator)
         batch.edge_index = edge_index
-        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index)
+        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index, self.edge_attr)
         if self.local == "bonds":
             if getattr(batch, "bond_index", None) is None:
                 raise ValueError("graph.local is 'bonds' but the batch has no bond_index: the store has no "
@@ -211,5 +218,5 @@ class GraphBuilder:
             batch.local_index = radius_graph(pos, self.local_radius, node_batch, self.max_num_neighbors)
         if self.local != "none":
             # the global graph's kind of attributes on the local edges (EGHN's E-Pool reads them)
-            batch.local_attr = edge_features(pos, batch.node_attr, batch.local_index)
+            batch.local_attr = edge_features(pos, batch.node_attr, batch.local_index, self.edge_attr)
         return batch

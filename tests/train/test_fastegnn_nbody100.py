@@ -29,7 +29,7 @@ def train(tmp_path, data_path, name, model, edge_drop, loss):
         "out_dir": str(tmp_path / "runs"),
         "seed": 0,
         "data": {"path": str(data_path), "delta": 10, "velocity": "store", "batch_size": 16},
-        "graph": {"kind": "complete", "edge_drop": edge_drop},
+        "graph": {"kind": "complete", "edge_drop": edge_drop, "edge_attr": "distance"},
         "model": {"name": model, "hidden": 16, "layers": 2},
         "loss": loss,
         "train": {"epochs": 15, "lr": 5e-3, "eval_every": 5, "patience": 100, "progress": False},
