@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import Backend, EdgeDropMode, GraphBuilder, GraphKind, LocalKind
+from scaleq.data.graph import Backend, EdgeAttrKind, EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.io import atomic_write_text
 from scaleq.models import MODELS
 from scaleq.models.build import instantiate
@@ -102,6 +102,8 @@ class GraphConfig:
     local: LocalKind = "none"
     local_k: int = 4
     local_radius: float | None = None
+    # edge attributes: 'egnn' [q_i q_j, |x_i - x_j|^2] or 'distance' |x_i - x_j| (FastEGNN's datasets)
+    edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
         try:
@@ -113,7 +115,7 @@ class GraphConfig:
         return GraphBuilder(
             kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
             backend=self.backend, periodic=self.periodic, edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
-            local=self.local, local_k=self.local_k, local_radius=self.local_radius,
+            local=self.local, local_k=self.local_k, local_radius=self.local_radius, edge_attr=self.edge_attr,
         )
 
 

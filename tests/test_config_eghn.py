@@ -22,7 +22,7 @@ def test_eghn_protein_config_has_the_published_settings():
     assert config.graph.local == "bonds" and config.graph.radius == pytest.approx(10.0)
     assert config.loss.connectivity_weight == 2.0
     assert config.model.options == {"hidden": 128, "clusters": 20, "interaction_layers": 4, "pooling_layers": 4,
-                                    "decoder_layers": 2}
+                                    "decoder_layers": 2, "cluster_edge_attr": "row_normalised"}
 
 
 def test_a_config_naming_another_model_drops_the_parents_model_options(tmp_path):

@@ -23,6 +23,7 @@ def test_fastegnn_nbody100_has_the_published_settings():
     # FastEGNN's own generator (run_100_3.sh): GMN's system of isolated balls in 3 Gaussians, seed 43
     assert (config.data.generate.system, config.data.generate.gaussians, config.data.generate.seed) == ("fastegnn", 3, 43)
     assert (config.data.generate.steps, config.data.velocity) == (5000, "store")
+    assert config.graph.edge_attr == "distance"  # FastEGNN's edge attribute |x_i - x_j|
     assert (config.data.generate.train, config.data.generate.valid, config.data.generate.test) == (5000, 2000, 2000)
     assert (config.data.input_frame, config.data.delta, config.data.batch_size) == (30, 10, 100)
     assert config.model.options == {"hidden": 64, "layers": 4, "virtual_nodes": 3}

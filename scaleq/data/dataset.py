@@ -107,7 +107,8 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             raise StoreError(f"{self.store.path}: velocity 'store' asked for, but the store has no 'velocities' array")
         self.index = build_index(self.store, spec)
         self.columns = _feature_columns(self.store, node_features)
-        self.feature_scale = _feature_scale(scale_from if scale_from is not None else self.store, self.columns, self.store.num_node_features)
+        scale_store = scale_from if scale_from is not None else self.store
+        self.feature_scale = _feature_scale(scale_store, self.columns, self.store.num_node_features)
         # Stored velocities are per unit time; finite differences are per frame.
         self.horizon = spec.delta * (self.store.attrs.dt if spec.velocity == "store" else 1.0)
         bounds = self.store.attrs.bounds

@@ -25,6 +25,7 @@ from scaleq.nn.scatter import rank_within_groups
 GraphKind = Literal["complete", "radius"]
 EdgeDropMode = Literal["shortest", "random"]
 LocalKind = Literal["bonds", "knn", "radius", "none"]
+EdgeAttrKind = Literal["egnn", "distance"]
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -122,15 +123,21 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
     return torch_cluster.knn_graph(pos, k=k, batch=batch, loop=False, flow="source_to_target")
 
 
-def edge_features(pos: Tensor, node_attr: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
-    """Invariant edge attributes: products of the static node features of both ends and the
-    squared distance in the input frame (EGNN's N-body edge attribute [q_i q_j, |x_i - x_j|^2];
-    minimum image with ``edge_shift``).
+def edge_features(
+    pos: Tensor, node_attr: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None, kind: EdgeAttrKind = "egnn"
+) -> Tensor:
+    """Invariant edge attributes in the input frame (minimum image with ``edge_shift``). 'egnn':
+    products of the static node features of both ends and the squared distance (EGNN's N-body edge
+    attribute [q_i q_j, |x_i - x_j|^2]); 'distance': the distance |x_i - x_j| alone (FastEGNN's
+    N-body and protein datasets).
 
     Shapes:
-        pos: [N, D], node_attr: [N, F], edge_index: [2, E], edge_shift: [E, D] -> [E, F + 1]
+        pos: [N, D], node_attr: [N, F], edge_index: [2, E], edge_shift: [E, D] -> [E, F + 1] ('egnn') or [E, 1]
     """
-    return torch.cat([node_attr[edge_index[1]] * node_attr[edge_index[0]], edge_length2(pos, edge_index, edge_shift)[:, None]], dim=-1)
+    dist2 = edge_length2(pos, edge_index, edge_shift)[:, None]
+    if kind == "distance":
+        return dist2.sqrt()
+    return torch.cat([node_attr[edge_index[1]] * node_attr[edge_index[0]], dist2], dim=-1)
 
 
 def edge_length2(pos: Tensor, edge_index: Tensor, edge_shift: Tensor | None = None) -> Tensor:
@@ -256,7 +263,7 @@ class GraphBuilder:
     With ``local`` other than 'none' it also adds a local graph ``local_index`` [2, E_local]: the
     store's static bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the
     neighbours within ``local_radius`` ('radius'), all in the input frame (not periodic), and its
-    attributes ``local_attr`` [E_local, F + 1], computed as ``edge_attr``.
+    attributes ``local_attr``, computed as ``edge_attr`` (``edge_attr``: see :func:`edge_features`).
     """
 
     kind: GraphKind = "complete"
@@ -269,11 +276,14 @@ class GraphBuilder:
     local: LocalKind = "none"
     local_k: int = 4
     local_radius: float | None = None
+    edge_attr: EdgeAttrKind = "egnn"
     _main_cap: CapWarning = field(default_factory=lambda: CapWarning("radius graph"), init=False, repr=False, compare=False)
     _local_cap: CapWarning = field(default_factory=lambda: CapWarning("local radius graph"), init=False, repr=False, compare=False)
     _boxes_checked: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.edge_attr not in ("egnn", "distance"):
+            raise ValueError(f"edge_attr must be 'egnn' or 'distance', got {self.edge_attr!r}")
         if self.kind not in ("complete", "radius"):
             raise ValueError(f"graph kind must be 'complete' or 'radius', got {self.kind!r}")
         if self.kind == "radius" and (self.radius is None or self.radius <= 0):
@@ -301,7 +311,7 @@ class GraphBuilder:
             raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
 
     def num_edge_features(self, num_node_attr: int) -> int:
-        return num_node_attr + 1
+        return 1 if self.edge_attr == "distance" else num_node_attr + 1
 
     def __call__(self, batch: Batch, *, training: bool = True) -> Batch:
         pos, node_batch = batch.pos, batch.batch
@@ -326,7 +336,7 @@ class GraphBuilder:
             edge_shift = edge_shift[keep] if edge_shift is not None else None
         batch.edge_index = edge_index
         batch.edge_shift = edge_shift
-        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index, edge_shift)
+        batch.edge_attr = edge_features(pos, batch.node_attr, edge_index, edge_shift, self.edge_attr)
         if self.local == "bonds":
             if getattr(batch, "bond_index", None) is None:
                 raise ValueError("graph.local is 'bonds' but the batch has no bond_index: the store has no "
@@ -342,7 +352,7 @@ class GraphBuilder:
             batch.local_index = local.edge_index
         if self.local != "none":
             # the global graph's kind of attributes on the local edges (EGHN's E-Pool reads them)
-            batch.local_attr = edge_features(pos, batch.node_attr, batch.local_index)
+            batch.local_attr = edge_features(pos, batch.node_attr, batch.local_index, kind=self.edge_attr)
         return batch
 
     def _box(self, batch: Batch) -> Tensor:

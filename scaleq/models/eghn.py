@@ -35,6 +35,8 @@ Where this module departs from the published code, and why:
 - ``start_at_input=True`` (off by default; published: PyTorch's default initialisation) starts the
   decoder's last layer as the identity on the node's offset from its cluster, so the first
   prediction is the input moved with its clusters.
+- ``cluster_edge_attr='row_normalised'`` (off by default) divides each row of S^T A_global S by
+  its sum before it becomes the cluster edge feature (see the class's arguments for why).
 
 Batches may mix graphs of different sizes in any node order (the published code needs equal
 sizes): node-level work uses edge lists only; cluster-level work uses a padded [B, N_max, K]
@@ -44,6 +46,7 @@ assignment tensor and [B, K, K] matrices.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +57,7 @@ from scaleq.nn.checkpoint import run_layers
 from scaleq.nn.mlp import cat_features, mlp, small_init_
 from scaleq.nn.scatter import scatter_mean, scatter_sum
 
+ClusterEdgeAttr = Literal["raw", "row_normalised"]
 POOL_CHANNELS = 3  # [x - centre, dx from the external block, v]
 UNPOOL_CHANNELS = 4  # [cluster displacement, x - cluster position, v - cluster velocity, dx]
 OFFSET_CHANNEL = 1  # x - cluster position: with start_at_input the decoder starts by copying it
@@ -282,6 +286,10 @@ class EGHN(nn.Module):
         start_at_input: start the decoder's output vector as x_i - sum_k s_ik X_k, so the first
             prediction is the input moved with its clusters (scaleq's option; off: the published
             default initialisation).
+        cluster_edge_attr: 'raw' S^T A_global S entries on the cluster edges (published) or
+            'row_normalised' (each row divided by its sum): on dense global graphs (a protein's
+            10 A contacts) the raw entries reach thousands and, without the published clamp, the
+            high-level coordinates blow up.
         gradient_checkpointing: checkpoint every k layers of each stack (0: off).
     """
 
@@ -296,17 +304,21 @@ class EGHN(nn.Module):
         pooling_layers: int = 4,
         decoder_layers: int = 2,
         start_at_input: bool = False,
+        cluster_edge_attr: ClusterEdgeAttr = "raw",
         gradient_checkpointing: int = 0,
     ) -> None:
         super().__init__()
         if hidden < 1 or clusters < 1:
             raise ValueError(f"EGHN needs hidden >= 1 and clusters >= 1, got hidden={hidden}, clusters={clusters}")
+        if cluster_edge_attr not in ("raw", "row_normalised"):
+            raise ValueError(f"cluster_edge_attr must be 'raw' or 'row_normalised', got {cluster_edge_attr!r}")
         if min(interaction_layers, pooling_layers, decoder_layers) < 1:
             raise ValueError(
                 "EGHN needs at least one layer in each block, got interaction_layers="
                 f"{interaction_layers}, pooling_layers={pooling_layers}, decoder_layers={decoder_layers}"
             )
         self.clusters = clusters
+        self.cluster_edge_attr = cluster_edge_attr
         self.gradient_checkpointing = gradient_checkpointing
         self.embed = nn.Linear(in_node_features, hidden)
         self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing)
@@ -368,10 +380,13 @@ class EGHN(nn.Module):
         cluster_vel = clusters.pool(vel)  # [B, K, D]
         cluster_h = clusters.pool(h)  # [B, K, H]: the encoder's features
 
-        # high level: EGNN over all K x K cluster pairs of each graph, edge feature = (S^T A_global S)[k, l]
+        # high level: EGNN over all K x K cluster pairs of each graph, edge feature (S^T A_global S)[k, l]
         k = self.clusters
         high_index = complete_cluster_graph(num_graphs, k, pos.device)
-        high_attr = clusters.pooled_adjacency(batch.edge_index).reshape(-1, 1)  # [B K K, 1], edge order of high_index
+        pooled_global = clusters.pooled_adjacency(batch.edge_index)  # [B, K, K]
+        if self.cluster_edge_attr == "row_normalised":
+            pooled_global = F.normalize(pooled_global, p=1, dim=-1)
+        high_attr = pooled_global.reshape(-1, 1)  # [B K K, 1], in the edge order of high_index
         h_high, pos_high = self.high(cluster_h.flatten(0, 1), cluster_pos.flatten(0, 1), cluster_vel.flatten(0, 1),
                                      high_index, high_attr.to(pos.dtype))
         h_high = h_high.view(num_graphs, k, -1)

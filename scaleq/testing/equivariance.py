@@ -31,6 +31,8 @@ OutputKind = Literal["node_position", "node_vector", "node_invariant", "position
 POSITION_FIELDS = ("pos", "target")
 VECTOR_FIELDS = ("vel",)
 INDEX_FIELDS = ("edge_index", "bond_index", "local_index")
+# Edge-indexed fields keep their order even when a graph happens to have as many edges as nodes.
+EDGE_FIELDS = ("edge_attr", "bond_attr", "local_attr")
 
 
 def random_orthogonal(dim: int, generator: torch.Generator, dtype: torch.dtype, reflect: bool) -> Tensor:
@@ -59,6 +61,8 @@ class Transform:
                 continue
             if key in INDEX_FIELDS:
                 out[key] = inverse[value]
+            elif key in EDGE_FIELDS:
+                continue
             elif value.dim() >= 1 and value.shape[0] == n and key not in ("ptr",):
                 value = value[self.permutation]
                 if key in POSITION_FIELDS:

@@ -37,6 +37,7 @@ def test_model_section_keeps_what_each_model_accepts(tmp_path):
     assert dusego["sigma"] == "identity" and dusego["layers"] == 3 and dusego["gradient_checkpointing"] == 1
 
 
+@pytest.mark.slow
 def test_accuracy_sweep_trains_both_models_at_each_depth(tmp_path, nbody):
     rows = accuracy_sweep(sweep_config(nbody), depths=[2, 3], deltas=[10, 20], out_dir=tmp_path)
     assert {(r["model"], r["layers"], r["delta"]) for r in rows} == {
@@ -69,6 +70,7 @@ def test_memory_sweep_measures_each_variant(tmp_path, nbody):
     assert "dusego + checkpointing" in memory_table(rows)
 
 
+@pytest.mark.slow
 def test_diagnostics_before_and_after_training(tmp_path, nbody):
     energies, gradients = diagnostics_run(sweep_config(nbody), layers=3, alphas=[0.0, 1.0], epochs=1, graphs=4,
                                           out_dir=tmp_path)

@@ -213,6 +213,7 @@ def nbody_batches(tmp_path_factory):
     return [graphs(Batch.from_data_list([dataset[i] for i in range(k, k + 32)])) for k in (0, 32)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", [16, 32, 64])
 def test_deep_stacks_train_without_nan(layers, nbody_batches):
     """The paper's setting (5-body data, H = 64, Adam lr 5e-4) with the default dt: no NaN and no

@@ -67,6 +67,15 @@ def test_eghn_and_its_pooled_quantities_are_equivariant(dtype, local):
     assert set(report.errors) == set(OUTPUTS)
 
 
+def test_equivariant_with_as_many_local_edges_as_nodes():
+    """With one nearest neighbour per node the local graph has E_local = N edges: its attributes
+    must still be read as edge fields (kept in order), not permuted like node fields."""
+    batch = make_batch(graphs(), local="knn")
+    batch = GraphBuilder(kind="radius", radius=6.0, local="knn", local_k=1)(batch)
+    assert batch.local_attr.shape[0] == batch.num_nodes
+    check_equivariance(make_model(), batch, OUTPUTS)
+
+
 def test_check_sees_a_broken_pooling():
     """Pooling without the division by the column sum, S^T X, is not translation-equivariant: the
     check must say so, which shows that it looks at the cluster positions at all."""
@@ -207,6 +216,7 @@ def test_missing_local_graph_is_a_clear_error():
         make_model()(batch)
 
 
+@pytest.mark.slow
 def test_training_on_a_fixed_batch_lowers_the_loss():
     torch.manual_seed(1)
     batch = make_batch(graphs())
@@ -223,3 +233,27 @@ def test_training_on_a_fixed_batch_lowers_the_loss():
         optimizer.step()
         losses.append(float(parts["mse"]))
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_row_normalised_cluster_edges():
+    """The named option divides each row of S^T A_global S by its sum; the default feeds it raw."""
+    batch = _double(make_batch(graphs()))
+    seen = {}
+    for option in ("raw", "row_normalised"):
+        model = make_model(cluster_edge_attr=option).double()
+        hook = model.high.layers[0].register_forward_pre_hook(lambda m, args, option=option: seen.update({option: args[4]}))
+        out = model(batch)
+        hook.remove()
+        s = out["assignments"]
+        for b in range(len(SIZES)):
+            nodes = (batch.batch == b).nonzero().flatten()
+            adjacency = torch.zeros(len(nodes), len(nodes), dtype=torch.float64)
+            index = {int(v): i for i, v in enumerate(nodes)}
+            for j, i in batch.edge_index.t().tolist():
+                if j in index:
+                    adjacency[index[i], index[j]] += 1.0
+            pooled = s[nodes].T @ adjacency @ s[nodes]  # [K, K], row = receiving cluster
+            expected = pooled / pooled.sum(-1, keepdim=True) if option == "row_normalised" else pooled
+            torch.testing.assert_close(seen[option][9 * b : 9 * (b + 1), 0], expected.flatten())
+    with pytest.raises(ValueError, match="cluster_edge_attr must be 'raw' or 'row_normalised'"):
+        make_model(cluster_edge_attr="softmax")

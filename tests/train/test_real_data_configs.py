@@ -17,6 +17,7 @@ SHORT = ["train.epochs=1", "train.eval_every=1", "train.progress=false", "data.n
          "model.layers=2", "data.max_train_samples=4", "data.max_eval_samples=2"]
 
 
+@pytest.mark.slow
 def test_water3d_config_on_converted_tfrecords(tmp_path):
     trajs = random_raw_trajectories(4, 25, [300, 250, 280, 260], seed=1)
     write_water3d_source(tmp_path / "src", {"train": trajs[:2], "valid": trajs[2:3], "test": trajs[3:]},

@@ -29,6 +29,7 @@ def nbody(tmp_path_factory):
     return tiny_nbody_dataset(tmp_path_factory.mktemp("nbody"))
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_writes_its_outputs(tmp_path, nbody):
     summary = run(tiny_config(tmp_path, nbody, epochs=20))
     run_dir = Path(summary.run_dir)
@@ -43,6 +44,7 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path, nbody):
     assert list((run_dir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_result(tmp_path, nbody):
     full = run(tiny_config(tmp_path / "a", nbody, epochs=6))
     first = run(tiny_config(tmp_path / "b", nbody, epochs=3))
@@ -52,6 +54,7 @@ def test_resume_continues_to_the_same_result(tmp_path, nbody):
     assert resumed.test_mse == pytest.approx(full.test_mse, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_reports_user_errors_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  path: nowhere\ntrain:\n  lrr: 1\n")
