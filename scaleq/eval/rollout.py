@@ -408,9 +408,11 @@ def plot_metrics(metrics: HorizonMetrics, png: Path, *, name: str, baseline_name
     if not small and "energy_true" in keys:
         panels.append(("total energy", [("energy_true", "truth"), ("energy", name), ("energy_baseline", baseline_name)],
                        False))
-        panels.append(("|momentum drift|", [("momentum_drift_true", "truth linear"), ("momentum_drift", f"{name} linear"),
-                                            ("angular_momentum_drift", f"{name} angular"),
-                                            ("angular_momentum_drift_baseline", f"{baseline_name} angular")], False))
+        panels.append(("momentum drift |P_k - P_0|, |L_k - L_0|",
+                       [("momentum_drift_true", "truth P"), ("momentum_drift", f"{name} P"),
+                        ("momentum_drift_baseline", f"{baseline_name} P"),
+                        ("angular_momentum_drift_true", "truth L"), ("angular_momentum_drift", f"{name} L"),
+                        ("angular_momentum_drift_baseline", f"{baseline_name} L")], False))
     if not small and "rmsd" in keys:
         panels.append(("RMSD after superposition", [("rmsd", name), ("rmsd_baseline", baseline_name)], False))
         panels.append(("radius of gyration", [("rg_true", "truth"), ("rg", name), ("rg_baseline", baseline_name)], False))
@@ -421,10 +423,11 @@ def plot_metrics(metrics: HorizonMetrics, png: Path, *, name: str, baseline_name
         for key, label in series:
             if key in keys:
                 values = [r[key] for r in rows]
-                if log:  # step 0 has zero error: drawn from step 1
-                    ax.plot(steps[1:], values[1:], marker=".", label=label)
-                else:
-                    ax.plot(steps, values, marker=".", label=label)
+                # one colour per run in every panel: truth black, model blue, baseline orange
+                style = {"color": "k" if key.endswith("_true") else "C1" if key.endswith("_baseline") else "C0",
+                         "linestyle": "--" if key.startswith("angular") else "-", "marker": ".", "label": label}
+                first = 1 if log else 0  # step 0 has zero error: the log plot starts at step 1
+                ax.plot(steps[first:], values[first:], **style)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel(f"step (x {rows[1]['frame'] - rows[0]['frame'] if len(rows) > 1 else 1} frames)")
