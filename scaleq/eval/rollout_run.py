@@ -15,16 +15,18 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.eval.animation import animate, default_format, frame_grid
 from scaleq.eval.loading import load_run
 from scaleq.eval.rollout import (
-    HorizonMetrics,
     Reference,
     Rollout,
     first_start_frame,
-    horizon_metrics,
     linear_baseline,
     max_steps,
-    plot_metrics,
     reference,
     rollout,
+)
+from scaleq.eval.rollout_metrics import (
+    HorizonMetrics,
+    horizon_metrics,
+    plot_metrics,
     summary_line,
     write_metrics_csv,
 )

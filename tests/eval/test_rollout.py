@@ -3,24 +3,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
-from scaleq.data.nbody import NBodyParams, draw_initial_states, simulate
 from scaleq.data.store import StoreAttrs, StoreError, Trajectory, write_store
-from scaleq.eval.animation import animate, frame_grid, mp4_available
-from scaleq.eval.rollout import (
+from scaleq.eval.rollout import max_steps, reference, rollout, velocity_estimate
+from scaleq.eval.rollout_metrics import (
     horizon_metrics,
-    kabsch_rmsd,
-    max_steps,
-    nbody_invariants,
-    radius_of_gyration,
-    reference,
-    rollout,
     summary_line,
-    velocity_estimate,
 )
 from scaleq.models.baselines import LinearDynamics
 from scaleq.testing.stores import tiny_nbody_dataset
@@ -130,54 +121,6 @@ def test_short_store_and_unknown_trajectory_fail_with_one_clear_line(nbody):
         reference(backward, [0], 0, steps=1)
 
 
-def test_simulator_energy_is_conserved_to_its_integrators_accuracy():
-    """Leapfrog stores velocities half a step behind the positions, so the energy computed from a
-    stored frame is off by O(dt): halving dt halves the drift. (Trajectories with close encounters,
-    where the force clip acts, are not conservative at all; the median is not one of them.)"""
-    init = draw_initial_states(NBodyParams(), np.random.RandomState(7), 12)
-    drifts = []
-    for dt, steps, every in ((0.001, 2000, 100), (0.0005, 4000, 200)):
-        params = NBodyParams(dt=dt, num_steps=steps, sample_every=every)
-        loc, vel = simulate(params, init)
-        per = [nbody_invariants(torch.from_numpy(loc[s]), torch.from_numpy(vel[s]),
-                                torch.from_numpy(init.charges[s]), vars(params)) for s in range(12)]
-        drift = torch.stack([(p["energy"] - p["energy"][0]).abs().max() for p in per])
-        drifts.append(float(drift.median()))
-        momentum = torch.stack([(p["momentum"] - p["momentum"][0]).norm(dim=-1).max() for p in per])
-        assert float(momentum.median()) < 1e-9  # pairwise forces cancel unless the clip acts
-    assert drifts[0] < 1e-2, drifts  # against a kinetic energy of 5 * 0.5^2 / 2 = 0.625
-    assert 0.35 < drifts[1] / drifts[0] < 0.65, drifts
-
-
-def test_kabsch_rmsd_ignores_rotation_and_translation_but_not_reflection():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 30, 3, generator=g, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    rotation = q * torch.sign(torch.linalg.det(q))  # a proper rotation
-    moved = x @ rotation.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
-    assert float(kabsch_rmsd(moved, x)[0]) < 1e-12
-    mirrored = x * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
-    assert float(kabsch_rmsd(mirrored, x)[0]) > 0.1
-    noisy = x + 0.01 * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    assert 0.005 < float(kabsch_rmsd(noisy, x)[0]) < 0.02
-    assert math.isnan(float(kabsch_rmsd(torch.full_like(x, math.nan), x)[0]))
-    square = torch.tensor([[[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]]) + 5.0
-    assert float(radius_of_gyration(square)[0]) == pytest.approx(math.sqrt(2.0))
-
-
-def test_md_store_metrics_have_rmsd_and_radius_of_gyration(tmp_path):
-    from scaleq.testing.stores import random_walk_trajectories
-
-    trajectories = random_walk_trajectories(2, 12, [7, 5], bonds=True)
-    write_store(tmp_path / "md.zarr", StoreAttrs(kind="md", dim=3, dt=1.0, feature_names=["charge"]), trajectories)
-    dataset = TrajectoryDataset(tmp_path / "md.zarr", SampleSpec(delta=2, velocity="backward"))
-    ref = reference(dataset, [0, 1], 1, steps=4)
-    metrics = horizon_metrics(ref, rollout(LinearDynamics(), ref, GraphBuilder(kind="complete", local="bonds")))
-    row = metrics.rows[3]
-    assert row["rmsd"] > 0 and row["rg"] > 0 and row["rg_true"] > 0
-    assert metrics.rows[0]["rmsd"] < 1e-6 and metrics.rows[0]["rg"] == pytest.approx(metrics.rows[0]["rg_true"])
-
-
 def test_nan_predictions_are_reported_and_do_not_spread_to_other_trajectories(nbody):
     class Explodes(nn.Module):
         def forward(self, batch):
@@ -196,34 +139,6 @@ def test_nan_predictions_are_reported_and_do_not_spread_to_other_trajectories(nb
     metrics = horizon_metrics(ref, run)
     assert metrics.first_nan == 1
     assert "NaN: step 1" in summary_line(metrics, name="x")
-
-
-def test_animation_has_the_asked_number_of_frames(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    true = torch.cumsum(0.1 * torch.randn(7, 40, 3, generator=g), 0)
-    pred = true + 0.05 * torch.randn(7, 40, 3, generator=g)
-    path = animate(pred, true, tmp_path / "sub" / "roll.gif", colours=torch.arange(40) % 2, fps=5)
-    with Image.open(path) as gif:
-        assert gif.n_frames == 7
-        assert gif.size[0] > 200
-    flat = animate(pred[:4, :, :2], true[:4, :, :2], tmp_path / "flat.gif", colours=torch.zeros(4, 40),
-                   max_particles=10)
-    with Image.open(flat) as gif:
-        assert gif.n_frames == 4
-    grid = frame_grid(pred, true, tmp_path / "grid.png", [0, 3, 6])
-    with Image.open(grid) as png:
-        assert png.size[0] > 300 and np.asarray(png).std() > 1  # not blank
-    with pytest.raises(ValueError, match="steps must be in"):
-        frame_grid(pred, true, tmp_path / "bad.png", [7])
-    if not mp4_available():
-        with pytest.raises(ValueError, match="imageio-ffmpeg"):
-            animate(pred, true, tmp_path / "roll.mp4")
-        return
-    import imageio_ffmpeg
-
-    frames = imageio_ffmpeg.read_frames(str(animate(pred, true, tmp_path / "roll.mp4")))
-    next(frames)  # the metadata
-    assert sum(1 for _ in frames) == 7
 
 
 MODEL_SECTIONS = {
