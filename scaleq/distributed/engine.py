@@ -4,10 +4,10 @@ The training loop talks only to this interface, so the same loop runs as one pro
 or under DeepSpeed.
 
 Graph parallelism (``engine.graph_parallel`` = R > 1) is the engine's business too: the ranks form
-a grid of data-parallel groups of R consecutive ranks each; the loop asks the engine for its
-sampler shard (``data_rank`` of ``data_world_size``), the same for the R ranks of a group, and for
-each batch's graph (:meth:`Engine.prepare_batch`), which then is this rank's share of every graph
-with ``batch.halo`` attached.
+a grid of graph-parallel groups (R consecutive ranks each) x data-parallel groups. The loop asks
+the engine for its sampler shard (``data_rank`` of ``data_world_size``: the same for the R ranks
+of a group) and for each batch's graph (:meth:`Engine.prepare_batch`): this rank's share of every
+graph, with ``batch.halo`` attached.
 """
 
 from __future__ import annotations

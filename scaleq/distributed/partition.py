@@ -47,7 +47,7 @@ from scaleq.nn.scatter import rank_within_groups
 # Per-node fields a batch may carry; they are cut to the owned rows. Other node-sized fields are
 # found by shape (see :func:`_node_fields`); these per-graph and per-edge ones never are.
 NODE_FIELDS = ("pos", "vel", "h", "target", "node_attr", "batch")
-NOT_NODE_FIELDS = ("horizon", "ptr", "edge_index", "edge_attr", "edge_shift", "bond_index", "bond_attr", "local_index")
+NOT_NODE_FIELDS = ("horizon", "box", "ptr", "edge_index", "edge_attr", "edge_shift", "bond_index", "bond_attr", "local_index")
 
 
 def coordinate_bisection(pos: Tensor, batch: Tensor, num_graphs: int, parts: int) -> Tensor:

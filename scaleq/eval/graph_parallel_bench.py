@@ -5,7 +5,8 @@ graph-parallel group through the real engine (``TorchEngine(graph_parallel=R)``)
 training steps of EGNN on the same radius graph: the partition and graph build
 (``engine.prepare_batch``), forward with the per-layer halo exchange, loss, backward (halo
 gradients back to their owners, DDP's gradient sum) and the optimizer step. Each rank reports
-its median step time, its share (owned nodes, edges, halo rows) and the memory of its first step
+its median step time, its share (owned nodes, edges, halo rows), the bytes autograd keeps for the
+backward in its first step (``saved_mb``, allocator-independent) and the memory of that step
 over what it held before (imports and the model excluded): on CUDA the peak allocated bytes, on
 the CPU the peak resident set (as ``scaleq.eval.large_graph`` measures it); ``peak_mb`` is the
 process's whole peak. The graph is ``scaleq.eval.model_bench``'s random particle cloud.
@@ -32,7 +33,7 @@ from scaleq.eval.model_bench import Workload, random_particles
 
 FIELDS = [
     "ranks", "particles", "edges", "step_s", "speedup", "efficiency", "halo_rows_per_rank",
-    "halo_mb_per_layer", "peak_mb_per_rank", "growth_mb_per_rank",
+    "halo_mb_per_layer", "saved_mb_per_rank", "peak_mb_per_rank", "growth_mb_per_rank",
 ]
 
 
@@ -61,11 +62,21 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
         before = _resident_bytes()
         _reset_peak_resident()
     times, batch, growth = [], None, 0.0
+    saved: dict[int, int] = {}  # storage address -> bytes autograd keeps in the first step
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
     for step in range(cfg["steps"] + 1):
         engine.barrier()
         start = time.perf_counter()
         batch = engine.prepare_batch(whole.clone(), graph)
-        loss, _ = training_loss(wrapped(batch), batch, LossConfig())
+        if step:
+            loss, _ = training_loss(wrapped(batch), batch, LossConfig())
+        else:
+            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                loss, _ = training_loss(wrapped(batch), batch, LossConfig())
         engine.backward(loss)
         engine.step()
         if cuda:
@@ -83,6 +94,7 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
     report = {
         "step_s": statistics.median(times), "owned": int(batch.pos.shape[0]), "edges": int(batch.edge_index.shape[1]),
         "halo_rows": 0 if halo is None else halo.num_halo, "peak_mb": peak, "growth_mb": growth,
+        "saved_mb": sum(saved.values()) / 2**20,
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     engine.close()
@@ -102,6 +114,7 @@ def summarise(ranks: int, reports: list[dict[str, Any]], cfg: dict[str, Any], ba
         "step_s": round(step, 4), "speedup": round(speedup, 3), "efficiency": round(speedup * base[0] / ranks, 3),
         "halo_rows_per_rank": round(sum(halo_rows) / ranks, 1),
         "halo_mb_per_layer": round(sum(halo_rows) * values_per_row * 4 / 2**20, 3),  # fp32, all ranks, forward
+        "saved_mb_per_rank": round(max(r["saved_mb"] for r in reports), 1),
         "peak_mb_per_rank": round(max(r["peak_mb"] for r in reports), 1),
         "growth_mb_per_rank": round(max(r["growth_mb"] for r in reports), 1),
     }
@@ -125,7 +138,8 @@ def run_strong_scaling(cfg: dict[str, Any], ranks: list[int], folder: Path) -> l
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("R", "edges", "step s", "speed-up", "eff.", "halo rows/rank", "halo MB/layer", "peak MB/rank", "step MB/rank")
+    header = ("R", "edges", "step s", "speed-up", "eff.", "halo rows/rank", "halo MB/layer", "saved MB/rank",
+              "peak MB/rank", "step MB/rank")
     print("".join(f"{h:>15}" for h in header))
     for r in rows:
         print("".join(f"{r[k]:>15}" for k in FIELDS if k != "particles"))

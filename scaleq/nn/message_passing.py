@@ -217,8 +217,13 @@ def resolve_kernel(kernel: Kernel, pos: Tensor) -> bool:
     if kernel == "triton":
         if not triton_edges.available():
             raise RuntimeError("kernel='triton' needs the triton package (pip install triton)")
+        if not triton_edges.usable_on(pos.device):
+            raise RuntimeError(
+                f"kernel='triton' cannot run on {pos.device.type} tensors here: it runs compiled on CUDA, and on "
+                "the CPU only under TRITON_INTERPRET=1 (set before triton is first imported)"
+            )
         return True
-    return pos.device.type == "cuda" and pos.dtype == torch.float32 and triton_edges.available()
+    return pos.device.type == "cuda" and pos.dtype == torch.float32 and triton_edges.usable_on(pos.device)
 
 
 def edge_terms(

@@ -36,6 +36,19 @@ def available() -> bool:
     return True
 
 
+def interpreted() -> bool:
+    """Whether Triton runs under its CPU interpreter (TRITON_INTERPRET=1, read when triton is
+    first imported in the process)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def usable_on(device: torch.device) -> bool:
+    """Whether the kernel can run on tensors of ``device``: compiled on CUDA, interpreted on CPU."""
+    if not available():
+        return False
+    return interpreted() if device.type == "cpu" else device.type == "cuda" and not interpreted()
+
+
 @functools.cache
 def _kernel(interpret: bool) -> Any:  # cached per interpreter mode: triton.jit reads it when it decorates
     import triton
@@ -132,7 +145,7 @@ def fused_edge_sums(
 
     w = [prepared(t) for t in weights]
     shift = prepared(edge_shift) if edge_shift is not None else coord_sum  # any pointer when absent
-    kernel = _kernel(os.environ.get("TRITON_INTERPRET", "0") == "1")
+    kernel = _kernel(interpreted())
     grid = (triton.cdiv(n, BLOCK_R),)
     kernel[grid](
         layout.ptr, layout.source, layout.target, p_recv.detach().contiguous(), p_src.detach().contiguous(),

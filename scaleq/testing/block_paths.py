@@ -21,9 +21,9 @@ PATHS: dict[str, dict[str, object]] = {
 }
 
 
-def path_available(name: str) -> bool:
-    """Triton paths need the triton package (on a CPU they run under TRITON_INTERPRET=1)."""
-    return "triton" not in name or triton_edges.available()
+def path_available(name: str, device: torch.device | str = "cpu") -> bool:
+    """Triton paths need the triton package, and on a CPU its interpreter (TRITON_INTERPRET=1)."""
+    return "triton" not in name or triton_edges.usable_on(torch.device(device))
 
 
 def with_path(model: nn.Module, options: dict[str, object]) -> nn.Module:

@@ -41,6 +41,11 @@ CASES: dict[str, dict[str, Any]] = {
         "loss": {"mmd_weight": 1.0, "mmd_kernel": "squared"},
     },
     "dusego": {"model": ("dusego", {"sigma": "tanh", "sigma_pos": "tanh"}), "graph": RADIUS, "loss": {}},
+    # recomputation in backward (checkpointed layers, chunked edges) repeats the halo exchange there
+    "egnn_checkpointed_chunked": {"model": ("egnn", {"gradient_checkpointing": 1, "edge_chunk": 16}), "graph": RADIUS, "loss": {}},
+    "dusego_odeint_adjoint": {
+        "model": ("dusego", {"solver": "odeint_adjoint", "method": "rk4", "substeps": 2}), "graph": RADIUS, "loss": {},
+    },
 }
 PER_NODE = ("pos", "h", "vel")  # outputs with one row per node; the others are per graph (replicated)
 

@@ -14,10 +14,10 @@ from scaleq.nn.message_passing import EdgeLayout, edge_sums
 HIDDEN = 16
 
 
-def skip_without_triton(options):
+def skip_without_triton(options, device="cpu"):
     """Triton runs on the CPU under its interpreter (tests/conftest.py sets TRITON_INTERPRET)."""
-    if options.get("kernel") == "triton" and not triton_edges.available():
-        pytest.skip("triton is not installed")
+    if options.get("kernel") in ("triton", "auto") and not triton_edges.usable_on(torch.device(device)):
+        pytest.skip(f"triton cannot run on {device} here (not installed, or interpreter mode does not match)")
 
 
 def make_layer(dtype, edge_dim=2, seed=0):
@@ -43,7 +43,7 @@ def random_graph(n=30, e=160, edge_dim=2, dtype=torch.float64, seed=1, hub=40, i
 
 def run_block(layer, edge_index, edge_attr, h, pos, edge_shift=None, halo=None, **options):
     """Sums and the gradients of a scalar of them w.r.t. h, pos and the layer's parameters."""
-    skip_without_triton(options)
+    skip_without_triton(options, pos.device)
     h = h.clone().requires_grad_()
     pos = pos.clone().requires_grad_()
     layout = EdgeLayout.build(edge_index, pos.shape[0], edge_attr, edge_shift)
@@ -287,3 +287,31 @@ def test_chunked_path_keeps_memory_independent_of_the_number_of_edges():
     assert kept[12_000, 256] == kept[3_000, 256]
     assert kept[3_000, 256] < 4 * 3 * n * HIDDEN * 4 * 4  # a few [N, H] fp32 tensors per layer
     assert kept[12_000, 0] - kept[3_000, 0] > 9_000 * 3 * HIDDEN * 4  # plain: at least an [E, H] per layer
+
+
+# -- on a GPU: the compiled kernel (skips without CUDA) ----------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("options", [{"kernel": "triton"}, {"kernel": "auto"}, {"edge_chunk": 7}])
+def test_every_path_on_cuda_equals_the_plain_torch_path(options):
+    skip_without_triton(options, "cuda")
+    layer = make_layer(torch.float32).cuda()
+    graph = [t.cuda() for t in random_graph(dtype=torch.float32)]
+    assert_all_close(run_block(layer, *graph, **options), run_block(layer, *graph), torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("options", [{"kernel": "triton"}, {"edge_chunk": 7}])
+def test_every_path_on_cuda_under_bf16_autocast(options):
+    skip_without_triton(options, "cuda")
+    layer = make_layer(torch.float32).cuda()
+    graph = [t.cuda() for t in random_graph(dtype=torch.float32)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = run_block(layer, *graph, **options)
+        expected = run_block(layer, *graph)
+    assert got[1].dtype == torch.float32  # coordinates stay fp32
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
