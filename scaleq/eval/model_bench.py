@@ -118,9 +118,10 @@ def peak_memory(variant: Variant, work: Workload) -> float:
         step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
+        _reset_peak_resident()  # so the peak is this step's, not the imports' before it
         base = _resident_bytes()
         step()
-        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        peak = max(0, _peak_resident_bytes() - base)
     return peak / 2**20
 
 
@@ -147,6 +148,27 @@ def _resident_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_resident() -> None:
+    """Set the peak resident size (VmHWM) to the current one (Linux; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_resident_bytes() -> int:
+    """Peak resident set size since the last reset (Linux VmHWM; elsewhere the process's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _peak_memory_star(args: tuple[Variant, Workload]) -> float:
