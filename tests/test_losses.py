@@ -49,8 +49,10 @@ def test_mmd_matches_a_per_graph_reference(kind, sigma):
     pos, virtual, batch = setup()
     chosen = sample_per_graph(batch, len(SIZES), 3 * C, torch.Generator().manual_seed(5))
     value = mmd_virtual(pos, virtual, batch, len(SIZES), sigma=sigma, kind=kind, generator=torch.Generator().manual_seed(5))
-    expected = reference_mmd(pos.float(), virtual.float(), batch, chosen, sigma, kind)
-    torch.testing.assert_close(value, expected)
+    expected = reference_mmd(pos, virtual, batch, chosen, sigma, kind)
+    torch.testing.assert_close(value, expected)  # fp64 inputs stay fp64 (fp32 at least)
+    low = mmd_virtual(pos.bfloat16(), virtual.bfloat16(), batch, len(SIZES), sigma=sigma, kind=kind)
+    assert low.dtype == torch.float32
 
 
 def test_mmd_does_not_need_nodes_sorted_by_graph():

@@ -112,8 +112,7 @@ class EdgeSums(NamedTuple):
 class EdgeWeights(NamedTuple):
     """The parameters the per-edge part needs (slices of the modules' weights, autograd-tracked)."""
 
-    w_r: Tensor  # [H] column of phi_e's first weight for |d|^2
-    w_e: Tensor  # [H, Fe] columns for the edge attributes
+    w_edge: Tensor  # [H, 1 + Fe] columns of phi_e's first weight for |d|^2 and the edge attributes
     w2: Tensor  # [H, H] phi_e's second Linear
     b2: Tensor  # [H]
     wx1: Tensor  # [H, H] phi_x's first Linear
@@ -184,7 +183,7 @@ def edge_sums(
         p_src = halo.extend(p_src)  # [N + N_halo, H]
         pos_src = halo.extend(pos)  # [N + N_halo, D]
     weights = EdgeWeights(
-        w_r=weight[:, 2 * hidden], w_e=weight[:, 2 * hidden + 1 :], w2=phi_e[2].weight, b2=phi_e[2].bias,
+        w_edge=weight[:, 2 * hidden :], w2=phi_e[2].weight, b2=phi_e[2].bias,
         wx1=phi_x[0].weight, bx1=phi_x[0].bias, wx2=phi_x[2].weight,
     )
     message_dtype = h.dtype
@@ -246,9 +245,11 @@ def edge_terms(
     if edge_shift is not None:
         diff = diff + edge_shift.to(diff.dtype)
     radial = diff.pow(2).sum(-1, keepdim=True)  # [E, 1]
-    pre = p_recv + p_src + radial.to(weights.w_r.dtype) * weights.w_r
-    if weights.w_e.shape[1] > 0:
-        pre = pre + F.linear(edge_attr.to(weights.w_e.dtype), weights.w_e)
+    edge_in = torch.cat([radial.to(weights.w_edge.dtype), edge_attr.to(weights.w_edge.dtype)], -1)  # [E, 1 + Fe]
+    # (W_i h + b)_i + [r, e] [w_r, W_e]^T in one addmm, then + (W_j h)_j in place (addmm keeps
+    # its inputs, not its output, for backward): two [E, H] passes instead of four
+    pre = torch.addmm(p_recv, edge_in, weights.w_edge.t())
+    pre = pre.add_(p_src.to(pre.dtype))
     m = F.silu(F.linear(F.silu(pre), weights.w2, weights.b2))  # [E, H]
     phi_x = F.linear(F.silu(F.linear(m, weights.wx1, weights.bx1)), weights.wx2)  # [E, 1]
     return m.to(message_dtype), diff * phi_x.to(diff.dtype)

@@ -143,7 +143,8 @@ def fused_edge_sums(
     def prepared(t: Tensor) -> Tensor:
         return t.detach().to(compute).contiguous()
 
-    w = [prepared(t) for t in weights]
+    w_edge, *rest = (prepared(t) for t in weights)
+    w = [w_edge[:, 0].contiguous(), w_edge[:, 1:].contiguous(), *rest]  # w_r [H], w_e [H, Fe], ...
     shift = prepared(edge_shift) if edge_shift is not None else coord_sum  # any pointer when absent
     kernel = _kernel(interpreted())
     grid = (triton.cdiv(n, BLOCK_R),)
