@@ -15,7 +15,8 @@ def rollout_during_training(trainer: Trainer, epoch: int, tensorboard: Any | Non
     """The end-of-epoch hook of ``train.rollout_every``: roll the model out on validation
     trajectory 0 from its earliest start frame (up to ``steps`` steps), and on rank 0 write
     ``rollouts/epoch_<E>.csv`` and a small ``rollouts/epoch_<E>.png`` (MSE over the horizon,
-    model against the Linear baseline) and TensorBoard scalars (rollout/mse_step_k) and the figure.
+    model against the Linear baseline) and TensorBoard scalars (rollout/mse_step_k) and the figure,
+    at the optimizer step the other curves use.
     Every rank runs the model (a sharded engine needs all of them); nothing is trained."""
     dataset = trainer.eval_loaders["valid"].dataset
     start = first_start_frame(dataset.spec.velocity)
@@ -33,10 +34,11 @@ def rollout_during_training(trainer: Trainer, epoch: int, tensorboard: Any | Non
     write_metrics_csv(metrics, folder / f"epoch_{epoch:04d}.csv")
     png = plot_metrics(metrics, folder / f"epoch_{epoch:04d}.png", name=trainer.config.model.name, small=True)
     if tensorboard is not None:
+        step = trainer.state.step
         for row in metrics.rows[1:]:
             if row["step"] in SUMMARY_STEPS or row["step"] == horizon:
-                tensorboard.add_scalar(f"rollout/mse_step_{row['step']}", row["mse"], epoch)
+                tensorboard.add_scalar(f"rollout/mse_step_{row['step']}", row["mse"], step)
         import matplotlib.image
 
         image = matplotlib.image.imread(png)[..., :3]
-        tensorboard.add_image("rollout/valid_0", image, epoch, dataformats="HWC")
+        tensorboard.add_image("rollout/valid_0", image, step, dataformats="HWC")

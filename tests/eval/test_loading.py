@@ -115,11 +115,14 @@ def test_deepspeed_and_torch_checkpoints_load_to_the_same_weights(tmp_path, stag
     """One Adam step from the same weights on the same batch: with the torch engine in one process,
     and with DeepSpeed on 2 ranks that each see half of it (ZeRO-3 leaves only placeholders in the
     model file; the weights are consolidated from both ranks' shards when read)."""
+    from deepspeed.comm.torch import build_shm_op
+
     from scaleq.distributed import make_engine
     from scaleq.distributed.process_group import free_port
     from scaleq.losses import position_mse
     from scaleq.testing.distributed import spawn, tiny_model, whole_batch
 
+    build_shm_op()  # compiled (once per machine) here, not inside the ranks' time limit
     spawn(deepspeed_save, 2, free_port(), stage, str(tmp_path / "deepspeed" / "checkpoints" / "best.pt"))
     engine = make_engine("torch", device="cpu")
     model = tiny_model()
