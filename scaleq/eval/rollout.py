@@ -37,7 +37,7 @@ from torch_geometric.data import Batch
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.store import StoreError
-from scaleq.models.baselines import LinearDynamics
+from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 
 # -- the rollout ------------------------------------------------------------------------------------
 
@@ -223,7 +223,10 @@ def rollout(model: nn.Module, ref: Reference, graph: GraphBuilder, *, device: to
     return Rollout(pos=torch.stack(positions), rate=torch.stack(rates), labels=torch.stack(labels) if labels else None)
 
 
-def linear_baseline() -> nn.Module:
-    """The baseline every rollout is compared with: constant-velocity extrapolation x + v * horizon
-    (the fixed form; ``scaleq.models.baselines``)."""
-    return LinearDynamics()
+def linear_baseline(time: float | None = None) -> tuple[nn.Module, str]:
+    """The baseline a rollout is compared with, and its name: the papers' Linear x + v * horizon * t
+    with the run's fitted t (``summary.json``'s ``linear_time``, see ``scaleq.train.run``), or
+    constant-velocity extrapolation x + v * horizon where no fitted t exists yet (during training)."""
+    if time is None:
+        return ConstantVelocity(), "constant velocity"
+    return LinearDynamics(time=time), f"Linear (t = {time:.3f})"

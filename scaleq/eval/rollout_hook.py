@@ -26,13 +26,15 @@ def rollout_during_training(trainer: Trainer, epoch: int, tensorboard: Any | Non
     ref = reference(dataset, [0], start, horizon)
     engine = trainer.engine
     model_run = rollout(trainer.model, ref, trainer.graph, device=engine.device, autocast=engine.autocast)
-    base_run = rollout(linear_baseline(), ref, trainer.graph, device=engine.device)
+    baseline, baseline_name = linear_baseline()  # Linear's t is fitted only when the run ends
+    base_run = rollout(baseline, ref, trainer.graph, device=engine.device)
     if not engine.is_main:
         return
     metrics = horizon_metrics(ref, model_run, base_run)
     folder = trainer.run_dir / "rollouts"
     write_metrics_csv(metrics, folder / f"epoch_{epoch:04d}.csv")
-    png = plot_metrics(metrics, folder / f"epoch_{epoch:04d}.png", name=trainer.config.model.name, small=True)
+    png = plot_metrics(metrics, folder / f"epoch_{epoch:04d}.png", name=trainer.config.model.name,
+                       baseline_name=baseline_name, small=True)
     if tensorboard is not None:
         step = trainer.state.step
         for row in metrics.rows[1:]:

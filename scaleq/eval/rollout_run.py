@@ -4,6 +4,7 @@ rollout_frames.png (a grid of frames) and an animation of one trajectory."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,15 +77,16 @@ def rollout_from_run(
     ref = reference(dataset, list(trajectories), start, steps)
     graph = config.graph.builder()
     model_run = rollout(loaded.model, ref, graph, device=device)
-    base_run = rollout(linear_baseline(), ref, graph, device=device)
+    baseline, baseline_name = linear_baseline(fitted_linear_time(loaded.run_dir))
+    base_run = rollout(baseline, ref, graph, device=device)
     metrics = horizon_metrics(ref, model_run, base_run)
 
     folder = Path(out) if out is not None else loaded.run_dir / f"rollout_{split}"
     name = config.model.name
     csv = write_metrics_csv(metrics, folder / "rollout.csv")
-    plot = plot_metrics(metrics, folder / "rollout.png", name=name)
+    plot = plot_metrics(metrics, folder / "rollout.png", name=name, baseline_name=baseline_name)
     summary = (f"{config.name} ({name}), {split} trajectories {list(trajectories)} from frame {start}, "
-               f"{steps} steps of {ref.delta} frames: " + summary_line(metrics, name=name))
+               f"{steps} steps of {ref.delta} frames: " + summary_line(metrics, name=name, baseline_name=baseline_name))
     grid = movie = None
     pred, true, colours, cmap = first_trajectory(ref, model_run, dataset)
     title = f"{config.name}: {split} trajectory {ref.trajectories[0]}"
@@ -122,3 +124,11 @@ def grid_steps(steps: int) -> list[int]:
     if len(chosen) > 5:
         chosen = chosen[:4] + [steps]
     return chosen
+
+
+def fitted_linear_time(run_dir: Path) -> float | None:
+    """Linear's t fitted on the run's training split (``summary.json``), None for an unfinished run."""
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text()).get("linear_time")

@@ -13,7 +13,7 @@ from scaleq.eval.rollout_metrics import (
     horizon_metrics,
     summary_line,
 )
-from scaleq.models.baselines import LinearDynamics
+from scaleq.models.baselines import ConstantVelocity
 from scaleq.testing.stores import tiny_nbody_dataset
 
 
@@ -63,7 +63,7 @@ def test_a_model_that_predicts_the_true_next_frame_rolls_out_with_zero_error(nbo
     run = rollout(oracle, ref, graph)
     assert oracle.calls == steps
     assert torch.equal(run.pos, ref.pos)
-    metrics = horizon_metrics(ref, run, rollout(LinearDynamics(), ref, graph))
+    metrics = horizon_metrics(ref, run, rollout(ConstantVelocity(), ref, graph))
     assert len(metrics.rows) == steps + 1
     assert all(row["mse"] == 0.0 for row in metrics.rows)
     assert max(row["mse_baseline"] for row in metrics.rows) > 1e-3  # the baseline does err
@@ -90,7 +90,7 @@ def test_linear_baseline_rollout_is_x0_plus_k_v_delta_for_constant_velocity(tmp_
     delta, start = 3, 2
     dataset = TrajectoryDataset(tmp_path / "lin.zarr", SampleSpec(delta=delta, velocity=velocity))
     ref = reference(dataset, [0], start, steps=5)
-    run = rollout(LinearDynamics(), ref, GraphBuilder(kind="complete"))
+    run = rollout(ConstantVelocity(), ref, GraphBuilder(kind="complete"))
     k = np.arange(6)[:, None, None]
     expected = x0 + start * v + k * v * delta  # closed form, independent of the store
     np.testing.assert_allclose(run.pos.numpy(), expected, rtol=0, atol=2e-6)

@@ -54,7 +54,7 @@ def test_md_store_metrics_have_rmsd_and_radius_of_gyration(tmp_path):
     write_store(tmp_path / "md.zarr", StoreAttrs(kind="md", dim=3, dt=1.0, feature_names=["charge"]), trajectories)
     dataset = TrajectoryDataset(tmp_path / "md.zarr", SampleSpec(delta=2, velocity="backward"))
     ref = reference(dataset, [0, 1], 1, steps=4)
-    metrics = horizon_metrics(ref, rollout(linear_baseline(), ref, GraphBuilder(kind="complete", local="bonds")))
+    metrics = horizon_metrics(ref, rollout(linear_baseline()[0], ref, GraphBuilder(kind="complete", local="bonds")))
     row = metrics.rows[3]
     assert row["rmsd"] > 0 and row["rg"] > 0 and row["rg_true"] > 0
     assert metrics.rows[0]["rmsd"] < 1e-6 and metrics.rows[0]["rg"] == pytest.approx(metrics.rows[0]["rg_true"])
