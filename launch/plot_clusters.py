@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from scaleq.config import ConfigError  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
 from scaleq.eval.clusters import cluster_plot_from_run  # noqa: E402
+from scaleq.train.checkpoint import CheckpointError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = cluster_plot_from_run(args.run, args.out, split=args.split, index=args.index, checkpoint=args.checkpoint)
-    except (ConfigError, StoreError, ValueError, IndexError) as err:
+    except (ConfigError, StoreError, CheckpointError, ValueError, IndexError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
