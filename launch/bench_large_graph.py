@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--compare-nodes", type=int, default=8000, help="N of the side-by-side timing (0: skip)")
     parser.add_argument("--edge-chunk", type=int, default=32768)
     parser.add_argument("--neighbours", type=float, default=20.0)
+    parser.add_argument("--checkpointing", type=int, default=0, help="gradient checkpointing every k layers (0: off)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--graph-parallel", type=int, nargs="+", default=None, metavar="R",
@@ -59,7 +60,7 @@ def main() -> int:
         return graph_parallel_mode(args)
 
     base = Trial(model="egnn", path="torch", nodes=args.start_nodes, neighbours=args.neighbours,
-                 edge_chunk=args.edge_chunk, device=args.device)
+                 edge_chunk=args.edge_chunk, gradient_checkpointing=args.checkpointing, device=args.device)
     trials = [replace(base, model=m, path=p) for m in args.models for p in args.paths
               if not (p == "reference" and m != "egnn")]
     rows = []

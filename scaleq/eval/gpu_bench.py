@@ -34,6 +34,7 @@ from scaleq.config import LossConfig
 from scaleq.data.cell_list import cell_list_radius_graph, triton_available
 from scaleq.data.graph import GraphBuilder, radius_graph
 from scaleq.eval.model_bench import Workload, random_particles
+from scaleq.eval.reference_egnn import ReferenceEGNN
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
 
@@ -72,65 +73,22 @@ def step_workloads(quick: bool) -> list[GraphCase]:
 
 
 def step_variants() -> list[StepVariant]:
-    """The reference first in each precision: ratios are taken against it."""
+    """The reference first in each precision: ratios are taken against it. The message-passing
+    block's paths (``edge_chunk``, ``kernel``) are one line each."""
     fast = {"virtual_nodes": 3}
     out = []
     for precision in ("fp32", "bf16"):
         out += [
             StepVariant("reference EGNN", "reference", {}, precision),
             StepVariant("EGNN", "egnn", {}, precision),
+            StepVariant("EGNN chunked", "egnn", {"edge_chunk": 65536}, precision),
+            StepVariant("EGNN triton", "egnn", {"kernel": "triton"}, precision),
+            StepVariant("EGNN triton chunked", "egnn", {"kernel": "triton", "edge_chunk": 262144}, precision),
             StepVariant("FastEGNN-<3,0.75>", "fastegnn", fast, precision, edge_drop=0.75),
+            StepVariant("FastEGNN-<3,0.75> chunked", "fastegnn", {**fast, "edge_chunk": 65536}, precision, edge_drop=0.75),
+            StepVariant("FastEGNN-<3,0.75> triton", "fastegnn", {**fast, "kernel": "triton"}, precision, edge_drop=0.75),
         ]
     return out
-
-
-class ReferenceEGCL(nn.Module):
-    """One EGNN layer written as the published code writes it (E_GCL_vel): concatenation, Linear
-    layers, index_add sums; coordinates aggregated by mean. No project helpers on purpose."""
-
-    def __init__(self, hidden: int, edge_dim: int) -> None:
-        super().__init__()
-        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden + 1 + edge_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
-        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        last = nn.Linear(hidden, 1, bias=False)
-        nn.init.xavier_uniform_(last.weight, gain=0.001)
-        self.coord_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), last)
-        self.coord_mlp_vel = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-
-    def forward(self, h: Tensor, x: Tensor, v: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
-        """
-        Shapes:
-            h: [N, H], x: [N, D], v: [N, D], edge_index: [2, E] (j -> i), edge_attr: [E, Fe] -> ([N, H], [N, D])
-        """
-        col, row = edge_index  # row: receiver i, col: sender j (the published names)
-        coord_diff = x[row] - x[col]
-        radial = (coord_diff**2).sum(1, keepdim=True)
-        edge_feat = self.edge_mlp(torch.cat([h[row], h[col], radial, edge_attr], dim=1))
-        trans = coord_diff * self.coord_mlp(edge_feat)
-        count = torch.zeros(x.shape[0], 1, device=x.device, dtype=trans.dtype).index_add_(
-            0, row, torch.ones_like(trans[:, :1]))
-        agg = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=trans.dtype).index_add_(0, row, trans)
-        x = x + agg / count.clamp(min=1) + self.coord_mlp_vel(h) * v
-        agg_h = torch.zeros(h.shape[0], edge_feat.shape[1], device=h.device, dtype=edge_feat.dtype).index_add_(0, row, edge_feat)
-        h = h + self.node_mlp(torch.cat([h, agg_h.to(h.dtype)], dim=1))
-        return h, x
-
-
-class ReferenceEGNN(nn.Module):
-    def __init__(self, *, in_node_features: int, in_edge_features: int, hidden: int = 64, layers: int = 4) -> None:
-        super().__init__()
-        self.embedding = nn.Linear(in_node_features, hidden)
-        self.layers = nn.ModuleList(ReferenceEGCL(hidden, in_edge_features) for _ in range(layers))
-
-    def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: ANN401 (a PyG Batch)
-        """
-        Shapes:
-            batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E] -> {"pos": [N, D]}
-        """
-        h, x = self.embedding(batch.h), batch.pos
-        for layer in self.layers:
-            h, x = layer(h, x, batch.vel, batch.edge_index, batch.edge_attr)
-        return {"pos": x}
 
 
 def _sync(device: torch.device) -> None:
@@ -239,6 +197,8 @@ def bench_steps(device: torch.device, quick: bool, repeats: int) -> list[dict[st
         raw = random_particles(work).to(device)
         reference_rate: dict[str, float] = {}
         for variant in step_variants():
+            if variant.kwargs.get("kernel") == "triton" and not (device.type == "cuda" and triton_available()):
+                continue  # the fused kernel is CUDA's (on a CPU only Triton's interpreter runs it)
             torch.manual_seed(0)
             model = _build_model(variant).to(device)
             builder = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=CAP, edge_drop=variant.edge_drop)

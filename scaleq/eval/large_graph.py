@@ -42,12 +42,14 @@ class Trial:
     hidden: int = 64
     layers: int = 4
     edge_chunk: int = 32768
+    gradient_checkpointing: int = 0  # checkpoint every k layers (not for the reference path)
     device: str = "cpu"
     seed: int = 0
 
     def model_options(self) -> dict[str, Any]:
         chunk = self.edge_chunk if self.path in ("chunked", "triton") else 0
-        return {"edge_chunk": chunk, "kernel": "triton" if self.path == "triton" else "torch"}
+        return {"edge_chunk": chunk, "kernel": "triton" if self.path == "triton" else "torch",
+                "gradient_checkpointing": self.gradient_checkpointing}
 
 
 def build_step(trial: Trial) -> tuple[Any, int]:

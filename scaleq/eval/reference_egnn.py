@@ -1,55 +1,72 @@
-"""EGNN as it was before the shared message-passing block: per-edge concatenation, the whole
-phi_e on every edge, index_add sums. Kept only as the benchmarks' reference (same parameter
-names as :class:`scaleq.models.egnn.EGNN`, so it loads that model's state dict)."""
+"""A plain EGNN in the published code's style (E_GCL_vel): per-edge concatenation, the whole edge
+MLP on every edge, index_add sums. The benchmarks' reference: what people run today, against
+which the message-passing block's paths are compared. Not used for training."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
-from scaleq.nn.mlp import cat_features, mlp, small_init_
-from scaleq.nn.scatter import scatter_mean, scatter_sum
+# scaleq's EGNN parameter names -> the published code's, for copying weights across
+EGNN_NAMES = {"embed": "embedding", "phi_e": "edge_mlp", "phi_x": "coord_mlp", "phi_h": "node_mlp",
+              "phi_v": "coord_mlp_vel"}
 
 
-class ReferenceEGNNLayer(nn.Module):
+class ReferenceEGCL(nn.Module):
+    """One EGNN layer written as the published code writes it (E_GCL_vel): concatenation, Linear
+    layers, index_add sums; coordinates aggregated by mean. No project helpers on purpose."""
+
     def __init__(self, hidden: int, edge_dim: int) -> None:
         super().__init__()
-        self.phi_e = mlp(2 * hidden + 1 + edge_dim, hidden, hidden, act_last=True)
-        self.phi_x = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), small_init_(nn.Linear(hidden, 1, bias=False)))
-        self.phi_h = mlp(2 * hidden, hidden, hidden)
-        self.phi_v = mlp(hidden, hidden, 1)
+        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden + 1 + edge_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        last = nn.Linear(hidden, 1, bias=False)
+        nn.init.xavier_uniform_(last.weight, gain=0.001)
+        self.coord_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), last)
+        self.coord_mlp_vel = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
-    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, x: Tensor, v: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
         """
         Shapes:
-            h: [N, H], pos: [N, D], vel: [N, D], edge_index: [2, E], edge_attr: [E, Fe]
-            -> (h [N, H], pos [N, D])
+            h: [N, H], x: [N, D], v: [N, D], edge_index: [2, E] (j -> i), edge_attr: [E, Fe] -> ([N, H], [N, D])
         """
-        source, target = edge_index
-        diff = pos[target] - pos[source]
-        radial = diff.pow(2).sum(-1, keepdim=True)
-        m = self.phi_e(cat_features([h[target], h[source], radial, edge_attr]))  # [E, H]
-        pos = pos + scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, pos.shape[0])
-        pos = pos + self.phi_v(h).to(pos.dtype) * vel
-        aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])
-        h = h + self.phi_h(cat_features([h, aggregated])).to(h.dtype)
-        return h, pos
+        col, row = edge_index  # row: receiver i, col: sender j (the published names)
+        coord_diff = x[row] - x[col]
+        radial = (coord_diff**2).sum(1, keepdim=True)
+        edge_feat = self.edge_mlp(torch.cat([h[row], h[col], radial, edge_attr], dim=1))
+        trans = coord_diff * self.coord_mlp(edge_feat)
+        count = torch.zeros(x.shape[0], 1, device=x.device, dtype=trans.dtype).index_add_(
+            0, row, torch.ones_like(trans[:, :1]))
+        agg = torch.zeros(x.shape[0], x.shape[1], device=x.device, dtype=trans.dtype).index_add_(0, row, trans)
+        x = x + agg / count.clamp(min=1) + self.coord_mlp_vel(h) * v
+        agg_h = torch.zeros(h.shape[0], edge_feat.shape[1], device=h.device, dtype=edge_feat.dtype).index_add_(0, row, edge_feat)
+        h = h + self.node_mlp(torch.cat([h, agg_h.to(h.dtype)], dim=1))
+        return h, x
 
 
 class ReferenceEGNN(nn.Module):
     def __init__(self, *, in_node_features: int, in_edge_features: int, hidden: int = 64, layers: int = 4) -> None:
         super().__init__()
-        self.embed = nn.Linear(in_node_features, hidden)
-        self.layers = nn.ModuleList(ReferenceEGNNLayer(hidden, in_edge_features) for _ in range(layers))
+        self.embedding = nn.Linear(in_node_features, hidden)
+        self.layers = nn.ModuleList(ReferenceEGCL(hidden, in_edge_features) for _ in range(layers))
 
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, batch: Any) -> dict[str, Tensor]:  # noqa: ANN401 (a PyG Batch)
         """
         Shapes:
-            batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E],
-            batch.edge_attr: [E, Fe] -> {"pos": [N, D]}
+            batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E] -> {"pos": [N, D]}
         """
-        pos = batch.pos
-        h = self.embed(batch.h).to(pos.dtype)
+        h, x = self.embedding(batch.h), batch.pos
         for layer in self.layers:
-            h, pos = layer(h, pos, batch.vel, batch.edge_index, batch.edge_attr)
-        return {"pos": pos}
+            h, x = layer(h, x, batch.vel, batch.edge_index, batch.edge_attr)
+        return {"pos": x}
+
+    def load_egnn_state(self, state: dict[str, Tensor]) -> None:
+        """Take the weights of a :class:`scaleq.models.egnn.EGNN` of the same widths."""
+        renamed = {}
+        for key, value in state.items():
+            for ours, published in EGNN_NAMES.items():
+                key = key.replace(ours, published)
+            renamed[key] = value
+        self.load_state_dict(renamed)

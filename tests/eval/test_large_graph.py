@@ -1,23 +1,6 @@
 import pytest
-import torch
 
-from scaleq.data.graph import GraphBuilder
 from scaleq.eval.large_graph import Trial, largest_graph, measure
-from scaleq.eval.reference_egnn import ReferenceEGNN
-from scaleq.models import EGNN
-from scaleq.testing.stores import random_batch
-
-
-def test_reference_egnn_is_the_same_function_as_egnn():
-    torch.manual_seed(0)
-    model = EGNN(in_node_features=2, in_edge_features=2, hidden=16, layers=3).double()
-    for layer in model.layers:
-        torch.nn.init.normal_(layer.phi_x[-1].weight, std=0.3)
-    reference = ReferenceEGNN(in_node_features=2, in_edge_features=2, hidden=16, layers=3).double()
-    reference.load_state_dict(model.state_dict())
-    batch = GraphBuilder(kind="radius", radius=2.0)(random_batch(num_graphs=3, nodes=(6, 9, 4)))
-    batch = batch.apply(lambda x: x.double() if x.is_floating_point() else x)
-    torch.testing.assert_close(model(batch)["pos"], reference(batch)["pos"], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("model", "path"), [("egnn", "reference"), ("egnn", "torch"), ("egnn", "chunked"),
