@@ -194,16 +194,12 @@ def test_cuda_pair_searches_equal_torch_cluster_and_each_other():
         assert agree.split()[0] in ("exact", "boundary")
 
 
-@pytest.mark.slow
-def test_triton_kernel_compiles_for_an_h100_without_one():
-    """The interpreter does not run Triton's compiler passes; this does (to a cubin for sm_90,
-    with the ptxas that ships with Triton), so a kernel that only interprets fails here."""
-    triton = pytest.importorskip("triton")
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-    except ImportError:
-        pytest.skip("this Triton has no ASTSource / GPUTarget")
+def compile_cell_list_kernel_for_sm90() -> None:
+    """Triton's compiler passes, to a cubin for sm_90 with the ptxas that ships with Triton."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     from scaleq.data.cell_list_kernels import _kernel
 
     kernel = _kernel()
@@ -214,3 +210,19 @@ def test_triton_kernel_compiles_for_an_h100_without_one():
         source = ASTSource(kernel, {**pointers, **{c: "constexpr" for c in constants}}, constexprs=constants)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False})  # as launched
         assert compiled.asm["cubin"]
+
+
+@pytest.mark.slow
+def test_triton_kernel_compiles_for_an_h100_without_one():
+    """The interpreter does not run Triton's compiler passes; this does, so a kernel that only
+    interprets fails here. In a child process without TRITON_INTERPRET (the test session sets it)."""
+    pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError:
+        pytest.skip("this Triton has no ASTSource / GPUTarget")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "from tests.data.test_cell_list import compile_cell_list_kernel_for_sm90 as c; c()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,17 +28,23 @@ def tiny_raw(tmp_path, data_path, name="tiny", **train):
     }
 
 
+@pytest.fixture(scope="session")
+def ray_token():
+    """The cluster token, made as the README says (``ray get-auth-token --generate``) in the test
+    session's own HOME (tests/conftest.py) before any Ray starts in this process: Ray's driver
+    keeps the token it first read, so all of a session's clusters share this one."""
+    made = subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
+                          capture_output=True, text=True, timeout=120)
+    token = Path(os.environ["HOME"]) / ".ray" / "auth_token"
+    assert made.returncode == 0 and token.is_file(), made.stderr[-2000:]
+    return token
+
+
 @pytest.fixture
-def ray_tmpdir(monkeypatch):
-    """A machine state that has never run Ray: a private, short RAY_TMPDIR (Unix socket paths are
-    limited to ~100 characters) and a private, empty HOME, so that no ``~/.ray/auth_token`` left
-    by an earlier run or test is seen, and none is left behind."""
+def ray_tmpdir(monkeypatch, ray_token):
+    """A private, short RAY_TMPDIR (Unix socket paths are limited to ~100 characters), with the
+    session's token in place."""
     with tempfile.TemporaryDirectory(prefix="rq", dir="/tmp") as folder:
-        home = Path(folder) / "home"
-        home.mkdir()
         monkeypatch.setenv("RAY_TMPDIR", folder)
-        monkeypatch.setenv("HOME", str(home))
-        for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
-            monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         yield Path(folder)

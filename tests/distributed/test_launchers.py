@@ -122,8 +122,8 @@ def tail(log: Path, chars: int = 3000) -> str:
 @pytest.mark.ray
 def test_readme_ray_section_submits_a_job_on_a_machine_that_never_ran_ray(tmp_path, nbody_small, ray_tmpdir):
     token_cmd, head_cmd, submit_cmd = readme_ray_section()
-    env = child_env()  # HOME is ray_tmpdir's empty home: no ~/.ray/auth_token exists yet
-    assert not (Path(env["HOME"]) / ".ray").exists()
+    env = child_env(HOME=str(tmp_path / "home"))  # a machine that never ran Ray: no ~/.ray/auth_token
+    Path(env["HOME"]).mkdir()
     token = run_logged(token_cmd, env, tmp_path / "token.log", timeout=60)
     assert token.returncode == 0, tail(tmp_path / "token.log")
     assert (Path(env["HOME"]) / ".ray" / "auth_token").is_file()
