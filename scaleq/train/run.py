@@ -15,7 +15,7 @@ from scaleq.distributed import Engine, engine_from_config
 from scaleq.io import atomic_write_text
 from scaleq.models.baselines import LinearDynamics
 from scaleq.train.checkpoint import CheckpointError, seed_everything
-from scaleq.train.run_dir import RunDirectory, claim_run_dir
+from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import BEST, LAST, FitResult, Trainer, evaluate
 
 SPLITS = ("train", "valid", "test")
@@ -115,9 +115,16 @@ def run(
         datasets = open_datasets(config)
         model = _build_model(config, datasets["train"])
         resume = resume or resume_from is not None
+        refused = None
         if engine.is_main:
-            claim = claim_run_dir(config.out_dir, config.name, resume=resume, path=run_dir)
-        run_dir = engine.broadcast_object(claim.path if claim is not None else None)  # rank 0's choice
+            try:
+                claim = claim_run_dir(config.out_dir, config.name, resume=resume, path=run_dir)
+            except RunDirError as err:
+                refused = str(err)
+        # rank 0's choice, or its refusal: every rank stops then, none waits in a collective
+        run_dir, refused = engine.broadcast_object((claim.path if claim is not None else None, refused))
+        if refused is not None:
+            raise RunDirError(refused)
         trainer = Trainer(config, engine, model, datasets, run_dir)
         if resume:
             _resume(trainer, run_dir, resume_from)
