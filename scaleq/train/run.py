@@ -107,6 +107,7 @@ def run(
     except (RuntimeError, ValueError) as err:  # e.g. train.device: cuda without CUDA
         raise ConfigError(f"engine: {err}") from None
     claim: RunDirectory | None = None
+    trainer: Trainer | None = None
     try:
         if engine.is_main:
             prepare_data(config.data, progress=config.train.progress)
@@ -139,6 +140,7 @@ def run(
     finally:
         if claim is not None:
             claim.release()
+        trainer = None  # the engine closes after the loop (and its wrapped model) is gone
         if owns_engine:
             engine.close()
     return summary
