@@ -15,6 +15,7 @@ data-parallel groups' batches.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,10 @@ class TorchEngine(Engine):
         return box[0]
 
     def close(self) -> None:
+        # DDP's reducer holds the process group: freed after destroy_process_group, its gloo
+        # destructor joins worker threads while holding the GIL, and a rank can hang at exit.
+        self._wrapped = None
+        gc.collect()
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_group = False

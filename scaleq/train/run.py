@@ -18,7 +18,7 @@ from scaleq.io import atomic_write_text
 from scaleq.models import build_model
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.train.checkpoint import CheckpointError, seed_everything
-from scaleq.train.run_dir import RunDirectory, claim_run_dir
+from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import BEST, LAST, FitResult, Trainer, evaluate, make_loader
 
 SPLITS = ("train", "valid", "test")
@@ -116,6 +116,7 @@ def run(
     except (RuntimeError, ValueError) as err:  # e.g. train.device: cuda without CUDA
         raise ConfigError(f"engine: {err}") from None
     claim: RunDirectory | None = None
+    trainer: Trainer | None = None
     try:
         if engine.is_main:
             prepare_data(config.data, progress=config.train.progress)
@@ -124,9 +125,16 @@ def run(
         datasets = open_datasets(config)
         model = _build_model(config, datasets["train"])
         resume = resume or resume_from is not None
+        refused = None
         if engine.is_main:
-            claim = claim_run_dir(config.out_dir, config.name, resume=resume, path=run_dir)
-        run_dir = engine.broadcast_object(claim.path if claim is not None else None)  # rank 0's choice
+            try:
+                claim = claim_run_dir(config.out_dir, config.name, resume=resume, path=run_dir)
+            except RunDirError as err:
+                refused = str(err)
+        # rank 0's choice, or its refusal: every rank stops then, none waits in a collective
+        run_dir, refused = engine.broadcast_object((claim.path if claim is not None else None, refused))
+        if refused is not None:
+            raise RunDirError(refused)
         trainer = Trainer(config, engine, model, datasets, run_dir)
         if resume:
             _resume(trainer, run_dir, resume_from)
@@ -141,6 +149,7 @@ def run(
     finally:
         if claim is not None:
             claim.release()
+        trainer = None  # the engine closes after the loop (and its wrapped model) is gone
         if owns_engine:
             engine.close()
     return summary

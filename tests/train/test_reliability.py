@@ -1,19 +1,25 @@
 """Failures lose nothing: the NaN guard, resumed loss sums, damaged checkpoints, run-directory
 ownership, temporaries of killed writers, and the loss parts in metrics.csv and TensorBoard."""
 
+import contextlib
 import multiprocessing
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 
 from scaleq.config import config_from_dict
 from scaleq.data.store import StoreError
+from scaleq.distributed.process_group import free_port
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.metrics import read_metrics
@@ -21,6 +27,7 @@ from scaleq.train.run import run
 from scaleq.train.run_dir import RunDirError, claim_run_dir
 from scaleq.train.trainer import Trainer
 
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = 16  # training samples (one per trajectory: input frame 30)
 BATCH = 4
 
@@ -195,3 +202,68 @@ def test_nan_in_a_stored_frame_names_trajectory_and_frame(tmp_path, nbody):
     assert torch.isfinite(dataset[4].pos).all()
     with pytest.raises(StoreError, match=r"valid\.zarr: array 'positions', frame 40 of trajectory 5: 1 values"):
         dataset[5]
+
+
+def _torchrun(config_path: Path, *extra: str, wait: bool = True):
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "launch/train.py", "--config", str(config_path), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if wait:
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (torchrun starts each rank in a session of its own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(queue.pop())
+        queue += parents.get(tree[-1], [])
+    return tree
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the agent and both ranks at once, as a lost machine would."""
+    for member in _process_tree(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_mid_epoch_log_the_train_loss_of_an_uninterrupted_run(tmp_path, nbody):
+    raw = tiny_config(tmp_path, nbody, epochs=3, checkpoint_every_steps=1, device="cpu").to_dict()
+    raw["data"]["batch_size"] = 2  # 16 samples, 2 ranks: 4 steps per epoch
+    configs = {}
+    for name in ("full", "killed"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump({**raw, "name": name}))
+    full = _torchrun(configs["full"])
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    last = tmp_path / "runs" / "killed" / "checkpoints" / "last.pt"
+    proc = _torchrun(configs["killed"], wait=False)
+    try:
+        while proc.poll() is None:
+            if last.exists():
+                state = checkpoint_state(last)["extra"]["state"]
+                if state["epoch"] >= 1 and state["batch_in_epoch"] > 0:
+                    _kill_tree(proc.pid)
+                    break
+            time.sleep(0.01)
+    finally:
+        _kill_tree(proc.pid)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
+    resumed = _torchrun(configs["killed"], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    rows = {name: read_metrics(tmp_path / "runs" / name / "metrics.csv") for name in ("full", "killed")}
+    assert [r["epoch"] for r in rows["killed"]] == ["1", "2", "3"]
+    for column in ("train_loss", "train_mse", "val_mse"):
+        assert [float(r[column]) for r in rows["killed"]] == pytest.approx(
+            [float(r[column]) for r in rows["full"]], rel=1e-5), column
