@@ -2,7 +2,7 @@
 
 :func:`split_batch` turns the whole batch every rank of a graph-parallel group holds into this
 rank's share (see :mod:`scaleq.distributed.partition`) and attaches a :class:`GraphHalo` as
-``batch.halo``. Models only duck-type it (INTERFACES.md section 1):
+``batch.halo``. Models only duck-type it (the message-passing block calls ``extend``):
 
 - ``halo.extend(t)``: [N_own, F] -> [N_own + N_halo, F], the owned rows followed by the halo rows
   received from their owners (one ``all_to_all_single`` with send/receive lists made once per

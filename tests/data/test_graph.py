@@ -40,7 +40,7 @@ def test_radius_graph_matches_brute_force(backend):
     edges = radius_graph(pos, 0.3, batch, max_num_neighbors=200, backend=backend)
     assert edge_set(edges.edge_index) == brute_force_radius(pos, 0.3, batch)
     assert edges.edge_shift is None and edges.num_capped == 0
-    assert bool((edges.edge_index[1].diff() >= 0).all())  # sorted by target (INTERFACES section 3)
+    assert bool((edges.edge_index[1].diff() >= 0).all())  # sorted by target: the block builds its CSR layout cheaply
 
 
 def brute_force_nearest(pos, r, batch, k):
