@@ -4,6 +4,7 @@
     python launch/train.py --config configs/egnn_nbody.yaml train.lr=1e-3 data.batch_size=50
     python launch/train.py --config C --resume               # continue runs/<name> from last.pt
     python launch/train.py --config C --resume-from best     # ... from best.pt (or a checkpoint path)
+    python launch/train.py --config C --print-config         # the resolved config, every default, and exit
     torchrun --nproc_per_node 2 launch/train.py --config C   # DDP (or engine.kind=deepspeed)
     deepspeed --num_gpus 2 launch/train.py --config C engine.kind=deepspeed engine.zero_stage=2
     ray job submit -- python launch/train.py                 # Ray Train workers on a running cluster
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from scaleq.config import ConfigError, load_config  # noqa: E402
+from scaleq.config import ConfigError, config_yaml, load_config  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
 from scaleq.train.checkpoint import CheckpointError  # noqa: E402
 from scaleq.train.run import run  # noqa: E402
@@ -47,11 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: Ray Train inside `ray job submit`, else this process (and its torchrun/"
                              "deepspeed siblings); ray: start or join a Ray cluster ($RAY_ADDRESS)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (file, extends and overrides, every default) as YAML and exit")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(config_yaml(config), end="")
+            return 0
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
             from scaleq.distributed.ray_launcher import run_with_ray
 

@@ -285,9 +285,14 @@ def config_from_dict(raw: dict[str, Any], where: str = "<config>") -> Config:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def config_yaml(config: Config) -> str:
+    """The fully resolved config, every default filled in, as YAML that loads back to it."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     """Write the fully resolved config (atomically), so the run can be repeated from it."""
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_yaml(config))
 
 
 def _read_yaml(file: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
