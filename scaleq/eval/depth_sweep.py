@@ -32,6 +32,7 @@ from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.distributed import make_engine
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
+from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.run import open_datasets, prepare_data
@@ -124,14 +125,6 @@ def _forward_backward(model: torch.nn.Module, batch: Batch) -> None:
     loss.backward()
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _cpu_peak_worker(configs: list[Config], widths: DataWidths, batch: Batch, queue: Any) -> None:
     torch.set_num_threads(1)
     peaks = []
@@ -139,14 +132,10 @@ def _cpu_peak_worker(configs: list[Config], widths: DataWidths, batch: Batch, qu
         model = build_model(config, widths)
         with torch.no_grad():
             model(batch)  # first-call allocations (thread pools, lazy kernels) are not activations
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current resident size
-        except OSError:
-            pass
-        before = _rss_kib("VmRSS")
+        reset_peak_resident()
+        before = resident_bytes()
         _forward_backward(model, batch)
-        peaks.append(1024 * (_rss_kib("VmHWM") - before))
+        peaks.append(peak_resident_bytes() - before)
         del model
     queue.put(peaks)
 

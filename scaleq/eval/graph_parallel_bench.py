@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from scaleq.data.graph import GraphBuilder
-from scaleq.eval.large_graph import _peak_resident_bytes, _reset_peak_resident, _resident_bytes
+from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 from scaleq.eval.model_bench import Workload, random_particles
 
 FIELDS = [
@@ -59,8 +59,8 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
         torch.cuda.reset_peak_memory_stats(engine.device)
         before = torch.cuda.memory_allocated(engine.device)
     else:
-        before = _resident_bytes()
-        _reset_peak_resident()
+        before = resident_bytes()
+        reset_peak_resident()
     times, batch, growth = [], None, 0.0
     saved: dict[int, int] = {}  # storage address -> bytes autograd keeps in the first step
 
@@ -85,7 +85,7 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
         if step:  # the first step warms up and is the one whose memory is measured
             times.append(time.perf_counter() - start)
         else:
-            top = torch.cuda.max_memory_allocated(engine.device) if cuda else _peak_resident_bytes()
+            top = torch.cuda.max_memory_allocated(engine.device) if cuda else peak_resident_bytes()
             growth = max(0, top - before) / 2**20
     assert batch is not None
     halo = getattr(batch, "halo", None)

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+
 PATHS = ("reference", "torch", "chunked", "triton")
 MODELS = ("egnn", "fastegnn")
 
@@ -119,10 +121,10 @@ def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
         _step(forward, saved)
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = _resident_bytes()
-        _reset_peak_resident()
+        base = resident_bytes()
+        reset_peak_resident()
         _step(forward, saved)
-        peak = max(0, _peak_resident_bytes() - base)
+        peak = max(0, peak_resident_bytes() - base)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -186,22 +188,3 @@ def side_by_side_times(trials: list[Trial], repeats: int = 3) -> list[float]:
             _step(forward)
             best[k] = min(best[k], time.perf_counter() - start)
     return best
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_resident() -> None:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_resident_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")

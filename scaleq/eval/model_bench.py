@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +22,7 @@ from torch_geometric.data import Batch, Data
 
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
+from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN
 
@@ -118,10 +117,10 @@ def peak_memory(variant: Variant, work: Workload) -> float:
         step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        _reset_peak_resident()  # so the peak is this step's, not the imports' before it
-        base = _resident_bytes()
+        reset_peak_resident()  # so the peak is this step's, not the imports' before it
+        base = resident_bytes()
         step()
-        peak = max(0, _peak_resident_bytes() - base)
+        peak = max(0, peak_resident_bytes() - base)
     return peak / 2**20
 
 
@@ -139,36 +138,6 @@ def step_times(variants: list[Variant], work: Workload) -> list[tuple[int, float
             step()
             best[k] = min(best[k], time.perf_counter() - start)
     return [(step.num_edges, 1000 * t) for step, t in zip(steps, best)]  # type: ignore[attr-defined]
-
-
-def _resident_bytes() -> int:
-    """Current resident set size (Linux /proc; elsewhere the peak so far, a lower bound on growth)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak_resident() -> None:
-    """Set the peak resident size (VmHWM) to the current one (Linux; elsewhere a no-op)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_resident_bytes() -> int:
-    """Peak resident set size since the last reset (Linux VmHWM; elsewhere the process's peak)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _peak_memory_star(args: tuple[Variant, Workload]) -> float:
