@@ -36,7 +36,7 @@ from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, residen
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.run import open_datasets, prepare_data
-from scaleq.train.trainer import Trainer, prepare_batch
+from scaleq.train.trainer import Trainer
 
 KINDS = ("egnn", "dusego")
 
@@ -182,7 +182,7 @@ def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: tor
     prepare_data(config.data, progress=config.train.progress)
     dataset = open_datasets(config)["train"]
     batch = Batch.from_data_list([dataset[i] for i in range(min(graphs, len(dataset)))])
-    batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
+    batch = config.graph.builder()(batch)  # built from CPU samples: the graph on the CPU
     grid = [(kind, layers, ck) for kind in kinds for layers in depths for ck in (0, 1)]
     peaks = peak_memory([with_changes(config, model=model_section(config, *job)) for job in grid],
                         data_widths(dataset), batch, device)
@@ -279,7 +279,7 @@ def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs
     datasets = {split: InMemoryDataset(d) for split, d in open_datasets(config).items()}
     test = datasets["test"]
     batch = Batch.from_data_list([test[i] for i in range(min(graphs, len(test)))])
-    batch = prepare_batch(batch, config.graph.builder(), torch.device("cpu"))
+    batch = config.graph.builder()(batch)  # built from CPU samples: the graph on the CPU
     variants = [("EGNN", model_section(config, "egnn", layers))]
     variants += [(f"DuSEGO-EGNN alpha={a:g}", {**model_section(config, "dusego", layers), "alpha": a, "gamma1": 1.0,
                                                "gamma2": 1.0}) for a in alphas]

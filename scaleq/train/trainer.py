@@ -69,11 +69,6 @@ def make_loader(
     )
 
 
-def prepare_batch(batch: Batch, graph: GraphBuilder, device: torch.device, training: bool = True) -> Batch:
-    """Move to the device and build the graph there."""
-    return graph(batch.to(device, non_blocking=True), training=training)
-
-
 def device_batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
     """The loader's batches on ``device``. On CUDA the next batch's host-to-device copy runs on a
     side stream while the current batch trains (the loader pins its memory, so the copy is
