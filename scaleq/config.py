@@ -23,7 +23,6 @@ import yaml
 from scaleq.data.graph import Backend, EdgeAttrKind, EdgeDropMode, GraphBuilder, GraphKind, LocalKind
 from scaleq.io import atomic_write_text
 from scaleq.models import MODELS
-from scaleq.models.build import instantiate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -427,9 +426,3 @@ def _constructor_types(cls: type) -> dict[str, Any]:
         for name, p in params.items()
         if name != "self" and name not in DATA_DERIVED_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     }
-
-
-def build_model(config: ModelConfig, *, in_node_features: int, in_edge_features: int, dim: int) -> Any:
-    """``config.name`` built for explicit widths (tests); runs and tools use
-    ``scaleq.models.build_model(config, dataset)``, which reads the widths from the data."""
-    return instantiate(config, in_node_features=in_node_features, in_edge_features=in_edge_features, dim=dim)

@@ -1,6 +1,7 @@
 import pytest
 
-from scaleq.config import DEFAULT_CONFIG, ConfigError, build_model, load_config
+from scaleq.config import DEFAULT_CONFIG, ConfigError, load_config
+from scaleq.models.build import instantiate
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -69,7 +70,7 @@ def test_model_options_checked_against_constructor(tmp_path):
     with pytest.raises(ConfigError, match="model.name 'gnn' is not one of"):
         load_config(write(tmp_path, BASE + "model:\n  name: gnn\n"))
     config = load_config(write(tmp_path, BASE + "model:\n  hidden: 8\n  layers: 2\n"))
-    model = build_model(config.model, in_node_features=2, in_edge_features=2, dim=3)
+    model = instantiate(config.model, in_node_features=2, in_edge_features=2, dim=3)
     assert len(model.layers) == 2
 
 

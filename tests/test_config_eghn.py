@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from scaleq.config import build_model, load_config
+from scaleq.config import load_config
 from scaleq.models import EGHN
+from scaleq.models.build import instantiate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -11,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_eghn_nbody_config_builds_the_model_and_a_local_graph():
     config = load_config(CONFIGS / "eghn_nbody.yaml")
     assert config.graph.local == "knn" and config.loss.connectivity_weight > 0
-    model = build_model(config.model, in_node_features=2, in_edge_features=2, dim=3)
+    model = instantiate(config.model, in_node_features=2, in_edge_features=2, dim=3)
     assert isinstance(model, EGHN) and model.clusters == 3
 
 

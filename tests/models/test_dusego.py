@@ -5,11 +5,12 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.config import build_model, config_from_dict, load_config
+from scaleq.config import config_from_dict, load_config
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.nbody import NBodyParams
 from scaleq.models import EGNN, MODELS, DuSEGO
+from scaleq.models.build import instantiate
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
 from scaleq.testing.block_paths import PATHS, assert_paths_agree, path_available
@@ -243,7 +244,7 @@ def test_the_nbody_config_reaches_frame_50():
     assert config.model.name == "dusego" and config.model.options["hidden"] == 64
     steps = config.data.generate.steps
     assert config.data.input_frame + config.data.delta <= NBodyParams(num_steps=steps).num_frames - 1
-    model = build_model(config.model, in_node_features=2, in_edge_features=2, dim=3)
+    model = instantiate(config.model, in_node_features=2, in_edge_features=2, dim=3)
     assert isinstance(model, DuSEGO) and model.num_steps == 4
 
 
@@ -251,7 +252,7 @@ def test_registered_and_built_from_a_config():
     assert MODELS["dusego"] is DuSEGO
     config = config_from_dict({"data": {"path": "x"}, "model": {"name": "dusego", "hidden": 8, "layers": 3,
                                                                "dt": 0.2, "solver": "odeint", "method": "rk4"}})
-    model = build_model(config.model, in_node_features=2, in_edge_features=2, dim=3)
+    model = instantiate(config.model, in_node_features=2, in_edge_features=2, dim=3)
     assert isinstance(model, DuSEGO) and model.num_steps == 3 and model.solver == "odeint"
 
 
