@@ -31,6 +31,7 @@ from scaleq.eval.depth_sweep import (  # noqa: E402
     with_changes,
 )
 from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.models import check_buildable  # noqa: E402
 
 # --quick: a small dataset of its own and a short schedule, a few minutes on 2 CPU cores
 QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.dt=0.25")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, (QUICK if args.quick else []) + args.overrides)
+        config = check_buildable(load_config(args.config, (QUICK if args.quick else []) + args.overrides))
         if args.epochs is not None:
             config = with_changes(config, train={"epochs": args.epochs})
     except ConfigError as err:

@@ -21,6 +21,7 @@ from scaleq.data.store import StoreError  # noqa: E402
 from scaleq.eval.depth_sweep import diagnostics_run  # noqa: E402
 from scaleq.eval.diagnostics import plot_per_layer  # noqa: E402
 from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.models import check_buildable  # noqa: E402
 
 QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",
          "data.generate.steps=6000", "train.eval_every=5", "train.progress=false"]
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.dt=0.25")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, (QUICK if args.quick else []) + args.overrides)
+        config = check_buildable(load_config(args.config, (QUICK if args.quick else []) + args.overrides))
         args.out.mkdir(parents=True, exist_ok=True)
         energies, gradients = diagnostics_run(config, args.layers, args.alphas, args.epochs, args.graphs, args.out)
     except (ConfigError, StoreError) as err:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from scaleq.config import ConfigError, config_yaml, load_config  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
+from scaleq.models import check_buildable  # noqa: E402
 from scaleq.train.checkpoint import CheckpointError  # noqa: E402
 from scaleq.train.run import run  # noqa: E402
 from scaleq.train.run_dir import RunDirError  # noqa: E402
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        # model keys are checked against the model classes here too, so --print-config refuses them
+        config = check_buildable(load_config(args.config, args.overrides))
         if args.print_config:
             print(config_yaml(config), end="")
             return 0

@@ -3,14 +3,18 @@
 A YAML file maps onto :class:`Config`. Unknown keys and wrong types are errors that name the key
 and the file. ``extends: other.yaml`` (relative to the file) starts from another config and
 deep-merges this one over it. Overrides such as ``train.lr=1e-3`` are parsed as YAML values and
-applied before validation, so they are checked like the file. The ``model`` section holds
-``name`` plus that model's constructor arguments, checked against its signature.
+applied before validation, so they are checked like the file.
+
+This module is a leaf: it imports no torch, models or data code, so reading a config is cheap and
+cannot fail on a missing GPU library. The ``model`` section holds ``name`` plus that model's
+constructor arguments; those are checked against the constructor by
+:func:`scaleq.models.build.check_buildable`, next to the models, which every run calls before it
+starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import types
 import typing
@@ -20,14 +24,17 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.data.graph import Backend, EdgeAttrKind, EdgeDropMode, GraphBuilder, GraphKind, LocalKind
+from scaleq.graph_options import (
+    Backend,
+    EdgeAttrKind,
+    EdgeDropMode,
+    GraphKind,
+    LocalKind,
+    check_graph_options,
+)
 from scaleq.io import atomic_write_text
-from scaleq.models import MODELS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-# Constructor arguments that come from the data, not from the config.
-DATA_DERIVED_ARGS = ("in_node_features", "in_edge_features", "dim")
 
 
 class ConfigError(ValueError):
@@ -105,32 +112,20 @@ class GraphConfig:
     edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
+        # the rules GraphBuilder applies (scaleq.data.graph.GraphBuilder.from_config builds it)
         try:
-            self.builder()
+            check_graph_options(**dataclasses.asdict(self))
         except ValueError as err:
-            raise ConfigError(f"graph: {err}") from err
-
-    def builder(self) -> GraphBuilder:
-        return GraphBuilder(
-            kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors,
-            backend=self.backend, periodic=self.periodic, edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode,
-            local=self.local, local_k=self.local_k, local_radius=self.local_radius, edge_attr=self.edge_attr,
-        )
+            raise ConfigError(f"graph: {err}") from None
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    """``name`` in scaleq.models.MODELS and keyword arguments of its constructor. Both need the model
+    classes, so :func:`scaleq.models.build.check_buildable` checks them, not this leaf module."""
+
     name: str = "egnn"
     options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.name not in MODELS:
-            raise ConfigError(f"model.name {self.name!r} is not one of {sorted(MODELS)}")
-        signature = _constructor_types(MODELS[self.name])
-        for key, value in self.options.items():
-            if key not in signature:
-                raise ConfigError(f"model: unknown key {key!r} for model {self.name!r} (known: {sorted(signature)})")
-            self.options[key] = _check_type(value, signature[key], f"model.{key}")
 
 
 @dataclass(kw_only=True)
@@ -354,7 +349,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key '{prefix}{f.name}'")
             continue
-        values[f.name] = _check_type(raw[f.name], hints[f.name], f"{prefix}{f.name}")
+        values[f.name] = check_type(raw[f.name], hints[f.name], f"{prefix}{f.name}")
     try:
         return cls(**values)
     except ConfigError as err:
@@ -363,7 +358,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix.rstrip('.')}: {err}") from None
 
 
-def _check_type(value: Any, hint: Any, key: str) -> Any:
+def check_type(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as a value of type ``hint`` (numbers read as strings, such as 5e-4, become floats);
+    ConfigError naming ``key`` when it is not one."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -372,7 +369,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _check_type(value, option, key)
+                return check_type(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"key '{key}': {value!r} matches none of {args}")
@@ -383,7 +380,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"key '{key}' must be a list, got {type(value).__name__} {value!r}")
-        return [_check_type(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [check_type(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"key '{key}' must be a mapping, got {type(value).__name__}")
@@ -415,14 +412,3 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"key '{key}' must be a string, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"key '{key}': unsupported type {hint}")
-
-
-def _constructor_types(cls: type) -> dict[str, Any]:
-    """Keyword arguments of a model's constructor with their types, minus data-derived ones."""
-    hints = typing.get_type_hints(cls.__init__)
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        name: hints.get(name, Any)
-        for name, p in params.items()
-        if name != "self" and name not in DATA_DERIVED_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    }

@@ -1,7 +1,7 @@
 import pytest
 
 from scaleq.config import DEFAULT_CONFIG, ConfigError, load_config
-from scaleq.models.build import instantiate
+from scaleq.models.build import check_buildable, instantiate
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -64,14 +64,25 @@ def test_overrides_are_typed_and_checked(tmp_path):
 
 def test_model_options_checked_against_constructor(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'depth' for model 'egnn'"):
-        load_config(write(tmp_path, BASE + "model:\n  name: egnn\n  depth: 3\n"))
+        check_buildable(load_config(write(tmp_path, BASE + "model:\n  name: egnn\n  depth: 3\n")))
     with pytest.raises(ConfigError, match=r"model\.hidden' must be an integer"):
-        load_config(write(tmp_path, BASE + "model:\n  hidden: wide\n"))
+        check_buildable(load_config(write(tmp_path, BASE + "model:\n  hidden: wide\n")))
     with pytest.raises(ConfigError, match="model.name 'gnn' is not one of"):
-        load_config(write(tmp_path, BASE + "model:\n  name: gnn\n"))
+        check_buildable(load_config(write(tmp_path, BASE + "model:\n  name: gnn\n")))
+    # tools that build a model without a run (benchmarks, tests) get the same check
+    with pytest.raises(ConfigError, match="unknown key 'depth' for model 'egnn'"):
+        instantiate(load_config(write(tmp_path, BASE + "model:\n  depth: 3\n")).model, in_node_features=2,
+                    in_edge_features=2, dim=3)
     config = load_config(write(tmp_path, BASE + "model:\n  hidden: 8\n  layers: 2\n"))
     model = instantiate(config.model, in_node_features=2, in_edge_features=2, dim=3)
     assert len(model.layers) == 2
+
+
+def test_check_buildable_types_the_model_options(tmp_path):
+    # PyYAML reads 5e-1 (no dot) as a string; the constructor's annotation says float
+    config = load_config(write(tmp_path, BASE + "model:\n  name: dusego\n  dt: 5e-1\n"))
+    assert config.model.options["dt"] == "5e-1"
+    assert check_buildable(config).model.options["dt"] == 0.5
 
 
 def test_extends_merges_deeply(tmp_path):

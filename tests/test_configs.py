@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 
 from scaleq.config import load_config
+from scaleq.models import check_buildable
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_loads(path):
-    config = load_config(path)  # a missing parent in the extends chain is an error, not a skip
+    config = check_buildable(load_config(path))  # a missing parent in the extends chain is an error, not a skip
     assert config.name
     if config.model.name == "fastegnn":
         assert config.loss.mmd_weight > 0 and config.graph.edge_drop > 0
@@ -36,7 +37,7 @@ def test_fastegnn_keys_are_checked(tmp_path):
 
     base = tmp_path / "base.yaml"
     base.write_text("data:\n  path: somewhere\nmodel:\n  name: fastegnn\n")
-    config = load_config(base, ["graph.edge_drop=1", "model.gravity=[0, -1, 0]", "loss.mmd_weight=0.5"])
+    config = check_buildable(load_config(base, ["graph.edge_drop=1", "model.gravity=[0, -1, 0]", "loss.mmd_weight=0.5"]))
     assert config.graph.edge_drop == 1.0 and config.model.options["gravity"] == [0.0, -1.0, 0.0]
     with pytest.raises(ConfigError, match=r"edge_drop must be in \[0, 1\]"):
         load_config(base, ["graph.edge_drop=1.5"])
@@ -47,4 +48,4 @@ def test_fastegnn_keys_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"loss\.mmd_kernel' must be one of"):
         load_config(base, ["loss.mmd_kernel=laplace"])
     with pytest.raises(ConfigError, match=r"model\.virtual_aggregation' must be one of"):
-        load_config(base, ["model.virtual_aggregation=sum"])
+        check_buildable(load_config(base, ["model.virtual_aggregation=sum"]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch_cluster
@@ -20,12 +20,19 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, check_box_sides, keep_nearest
+from scaleq.graph_options import (
+    Backend,
+    EdgeAttrKind,
+    EdgeDropMode,
+    GraphKind,
+    LocalKind,
+    check_graph_options,
+    num_edge_features,
+)
 from scaleq.nn.scatter import rank_within_groups
 
-GraphKind = Literal["complete", "radius"]
-EdgeDropMode = Literal["shortest", "random"]
-LocalKind = Literal["bonds", "knn", "radius", "none"]
-EdgeAttrKind = Literal["egnn", "distance"]
+if TYPE_CHECKING:
+    from scaleq.config import GraphConfig
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -46,9 +53,6 @@ def complete_graph(batch: Tensor) -> Tensor:
     source = first[batch[target]] + offset
     keep = source != target
     return torch.stack([source[keep], target[keep]])
-
-
-Backend = Literal["auto", "torch_cluster", "cell_list"]
 
 
 def resolve_backend(backend: Backend, device: torch.device, periodic: bool = False) -> str:
@@ -282,36 +286,23 @@ class GraphBuilder:
     _boxes_checked: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.edge_attr not in ("egnn", "distance"):
-            raise ValueError(f"edge_attr must be 'egnn' or 'distance', got {self.edge_attr!r}")
-        if self.kind not in ("complete", "radius"):
-            raise ValueError(f"graph kind must be 'complete' or 'radius', got {self.kind!r}")
-        if self.kind == "radius" and (self.radius is None or self.radius <= 0):
-            raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
-        if self.max_num_neighbors < 1:
-            raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
-        if self.backend not in ("auto", "torch_cluster", "cell_list"):
-            raise ValueError(f"graph backend must be 'auto', 'torch_cluster' or 'cell_list', got {self.backend!r}")
-        if self.periodic and self.kind != "radius":
-            raise ValueError("periodic boxes need a radius graph (graph.kind 'radius')")
-        if self.periodic and self.backend == "torch_cluster":
-            raise ValueError("periodic boxes need graph.backend 'cell_list' or 'auto': torch-cluster has none")
-        if self.periodic and self.local in ("knn", "radius"):
-            raise ValueError(f"a periodic graph cannot have a {self.local!r} local graph (it would need its own "
-                             "edge shifts): use graph.local 'bonds' or 'none'")
-        if not 0.0 <= self.edge_drop <= 1.0:
-            raise ValueError(f"edge_drop must be in [0, 1], got {self.edge_drop}")
-        if self.edge_drop_mode not in ("shortest", "random"):
-            raise ValueError(f"edge_drop_mode must be 'shortest' or 'random', got {self.edge_drop_mode!r}")
-        if self.local not in ("bonds", "knn", "radius", "none"):
-            raise ValueError(f"local graph must be 'bonds', 'knn', 'radius' or 'none', got {self.local!r}")
-        if self.local == "knn" and self.local_k < 1:
-            raise ValueError(f"a k-nearest local graph needs local_k >= 1, got {self.local_k}")
-        if self.local == "radius" and (self.local_radius is None or self.local_radius <= 0):
-            raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
+        check_graph_options(
+            kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors, backend=self.backend,
+            periodic=self.periodic, edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode, local=self.local,
+            local_k=self.local_k, local_radius=self.local_radius, edge_attr=self.edge_attr,
+        )
+
+    @classmethod
+    def from_config(cls, graph: GraphConfig) -> GraphBuilder:
+        """The builder a config's ``graph:`` section describes."""
+        return cls(
+            kind=graph.kind, radius=graph.radius, max_num_neighbors=graph.max_num_neighbors, backend=graph.backend,
+            periodic=graph.periodic, edge_drop=graph.edge_drop, edge_drop_mode=graph.edge_drop_mode, local=graph.local,
+            local_k=graph.local_k, local_radius=graph.local_radius, edge_attr=graph.edge_attr,
+        )
 
     def num_edge_features(self, num_node_attr: int) -> int:
-        return 1 if self.edge_attr == "distance" else num_node_attr + 1
+        return num_edge_features(self.edge_attr, num_node_attr)
 
     def __call__(self, batch: Batch, *, training: bool = True) -> Batch:
         pos, node_batch = batch.pos, batch.batch

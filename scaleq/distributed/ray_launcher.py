@@ -61,9 +61,10 @@ def make_trainer(config: Config, *, resume: bool = False) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from scaleq.models import check_buildable
     from scaleq.train.run import prepare_data, resolve_run_dir
 
-    config = absolute_paths(config)
+    config = absolute_paths(check_buildable(config))  # a wrong model key fails on the driver, not in every worker
     prepare_data(config.data, progress=config.train.progress)  # once, on the driver
     run_dir = resolve_run_dir(config, resume)
     e = config.engine

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
+from scaleq.data.graph import GraphBuilder
 from scaleq.eval.loading import load_run
 from scaleq.io import atomic_write
 
@@ -101,7 +102,7 @@ def cluster_plot_from_run(
     dataset = loaded.datasets[split]
     if not 0 <= index < len(dataset):
         raise IndexError(f"{split}: sample {index} requested, the split has {len(dataset)}")
-    graph = config.graph.builder()
+    graph = GraphBuilder.from_config(config.graph)
     batch = graph(Batch.from_data_list([dataset[index]]), training=False)
     with torch.no_grad():
         output = model(batch)

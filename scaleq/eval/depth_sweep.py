@@ -30,6 +30,7 @@ from torch_geometric.data import Batch, Data
 
 from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
+from scaleq.data.graph import GraphBuilder
 from scaleq.distributed import make_engine
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
 from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
@@ -182,7 +183,7 @@ def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: tor
     prepare_data(config.data, progress=config.train.progress)
     dataset = open_datasets(config)["train"]
     batch = Batch.from_data_list([dataset[i] for i in range(min(graphs, len(dataset)))])
-    batch = config.graph.builder()(batch)  # built from CPU samples: the graph on the CPU
+    batch = GraphBuilder.from_config(config.graph)(batch)  # built from CPU samples: the graph on the CPU
     grid = [(kind, layers, ck) for kind in kinds for layers in depths for ck in (0, 1)]
     peaks = peak_memory([with_changes(config, model=model_section(config, *job)) for job in grid],
                         data_widths(dataset), batch, device)
@@ -279,7 +280,7 @@ def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs
     datasets = {split: InMemoryDataset(d) for split, d in open_datasets(config).items()}
     test = datasets["test"]
     batch = Batch.from_data_list([test[i] for i in range(min(graphs, len(test)))])
-    batch = config.graph.builder()(batch)  # built from CPU samples: the graph on the CPU
+    batch = GraphBuilder.from_config(config.graph)(batch)  # built from CPU samples: the graph on the CPU
     variants = [("EGNN", model_section(config, "egnn", layers))]
     variants += [(f"DuSEGO-EGNN alpha={a:g}", {**model_section(config, "dusego", layers), "alpha": a, "gamma1": 1.0,
                                                "gamma2": 1.0}) for a in alphas]

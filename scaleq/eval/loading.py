@@ -17,7 +17,7 @@ from torch import nn
 
 from scaleq.config import Config, load_config
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.models import build_model
+from scaleq.models import build_model, check_buildable
 from scaleq.train.checkpoint import CheckpointError, load_weights
 from scaleq.train.run import open_datasets
 from scaleq.train.trainer import BEST
@@ -39,7 +39,7 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str = BEST,
     config_path = run / "config.yaml"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: not found ({run} is not a run directory, or the run never started)")
-    config = load_config(config_path)
+    config = check_buildable(load_config(config_path))
     state = load_weights(run, checkpoint)
     datasets = open_datasets(config)
     model = build_model(config, datasets["train"])

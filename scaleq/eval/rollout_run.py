@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from scaleq.data.dataset import TrajectoryDataset
+from scaleq.data.graph import GraphBuilder
 from scaleq.eval.animation import animate, default_format, frame_grid
 from scaleq.eval.loading import load_run
 from scaleq.eval.rollout import (
@@ -75,7 +76,7 @@ def rollout_from_run(
     if steps is None:
         steps = max(min(DEFAULT_STEPS, max_steps(dataset, trajectories, start)), 1)  # none fit: reference() says why
     ref = reference(dataset, list(trajectories), start, steps)
-    graph = config.graph.builder()
+    graph = GraphBuilder.from_config(config.graph)
     model_run = rollout(loaded.model, ref, graph, device=device)
     baseline, baseline_name = linear_baseline(fitted_linear_time(loaded.run_dir))
     base_run = rollout(baseline, ref, graph, device=device)

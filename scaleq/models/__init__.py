@@ -1,12 +1,14 @@
 """Models by name. A plain dict: adding a model is one import and one line.
 
-``build_model(config, dataset)`` (scaleq/models/build.py) is the one way to build a run's model.
+``build_model(config, dataset)`` (scaleq/models/build.py) is the one way to build a run's model;
+``check_buildable(config)`` checks a config's ``model`` section against these classes before a run
+starts.
 """
 
 from torch import nn
 
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
-from scaleq.models.build import DataWidths, build_model, data_widths
+from scaleq.models.build import DataWidths, build_model, check_buildable, data_widths
 from scaleq.models.dusego import DuSEGO
 from scaleq.models.eghn import EGHN
 from scaleq.models.egnn import EGNN
@@ -21,5 +23,5 @@ MODELS: dict[str, type[nn.Module]] = {
     "constant_velocity": ConstantVelocity,
 }
 
-__all__ = ["MODELS", "ConstantVelocity", "DataWidths", "build_model", "data_widths", "DuSEGO", "EGNN", "EGHN", "FastEGNN",
-           "LinearDynamics"]
+__all__ = ["MODELS", "ConstantVelocity", "DataWidths", "build_model", "check_buildable", "data_widths", "DuSEGO", "EGNN",
+           "EGHN", "FastEGNN", "LinearDynamics"]

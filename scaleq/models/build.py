@@ -5,18 +5,27 @@ The widths a model needs from the data (``in_node_features``: width of ``h``;
 nowhere else, so training, evaluation and plotting tools always build the same shapes and a
 checkpoint always fits the model built for it. No file I/O and no config parsing happen here:
 the caller passes the already-validated config objects.
+
+The checks of a config that need the model classes live here too (:func:`check_buildable`):
+``scaleq.config`` is a leaf that cannot import them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
-if TYPE_CHECKING:  # type names only: scaleq.config imports scaleq.models
-    from scaleq.config import Config, ModelConfig
+from scaleq.config import Config, ConfigError, ModelConfig, check_type
+from scaleq.graph_options import num_edge_features
+
+# Constructor arguments that come from the data, not from the config.
+DATA_DERIVED_ARGS = ("in_node_features", "in_edge_features", "dim")
+
 
 @dataclass(frozen=True)
 class DataWidths:
@@ -52,16 +61,58 @@ def build_model(config: Config, dataset: DataWidths | _DatasetLike) -> nn.Module
     ``dataset``: the run's training split (a TrajectoryDataset) or its :class:`DataWidths`.
     """
     widths = data_widths(dataset)
-    in_edge_features = config.graph.builder().num_edge_features(widths.num_node_attr)
+    in_edge_features = num_edge_features(config.graph.edge_attr, widths.num_node_attr)
     return instantiate(config.model, in_node_features=widths.num_node_features,
                        in_edge_features=in_edge_features, dim=widths.dim)
 
 
 def instantiate(model: ModelConfig, *, in_node_features: int, in_edge_features: int, dim: int) -> nn.Module:
     """``model.name`` with its options and the data-derived widths its constructor asks for."""
-    from scaleq.models import MODELS  # the registry imports this module
-
-    cls = MODELS[model.name]
+    cls = model_class(model)
     params = inspect.signature(cls.__init__).parameters
     derived = {"in_node_features": in_node_features, "in_edge_features": in_edge_features, "dim": dim}
-    return cls(**{k: v for k, v in derived.items() if k in params}, **model.options)
+    return cls(**{k: v for k, v in derived.items() if k in params}, **model_options(model))
+
+
+def check_buildable(config: Config) -> Config:
+    """``config`` with its model options checked and typed; ConfigError naming the key otherwise.
+
+    What :mod:`scaleq.config` cannot check without importing the models: ``model.name`` is a
+    registered model and every other ``model.*`` key is a keyword argument of its constructor, of
+    its type. Every run calls this before it starts anything (scaleq.train.run.run, the Ray
+    driver, launch/train.py); :func:`instantiate` checks the same for the tools that build a
+    model directly.
+    """
+    return dataclasses.replace(config, model=ModelConfig(name=config.model.name, options=model_options(config.model)))
+
+
+def model_class(model: ModelConfig) -> type[nn.Module]:
+    """The registered class of ``model.name``."""
+    from scaleq.models import MODELS  # the registry imports this module
+
+    if model.name not in MODELS:
+        raise ConfigError(f"model.name {model.name!r} is not one of {sorted(MODELS)}")
+    return MODELS[model.name]
+
+
+def model_options(model: ModelConfig) -> dict[str, Any]:
+    """``model.options`` checked against the constructor of ``model.name``: known keys, and values
+    of their annotated types (numbers YAML reads as strings, such as 5e-4, become floats)."""
+    accepted = constructor_types(model_class(model))
+    options = {}
+    for key, value in model.options.items():
+        if key not in accepted:
+            raise ConfigError(f"model: unknown key {key!r} for model {model.name!r} (known: {sorted(accepted)})")
+        options[key] = check_type(value, accepted[key], f"model.{key}")
+    return options
+
+
+def constructor_types(cls: type) -> dict[str, Any]:
+    """Keyword arguments of a model's constructor with their types, minus data-derived ones."""
+    hints = typing.get_type_hints(cls.__init__)
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        name: hints.get(name, Any)
+        for name, p in params.items()
+        if name != "self" and name not in DATA_DERIVED_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }

@@ -15,7 +15,7 @@ from scaleq.data.nbody import SplitSpec, protocol_params, write_nbody_dataset
 from scaleq.data.store import StoreError
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.io import atomic_write_text
-from scaleq.models import build_model
+from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.train.checkpoint import CheckpointError, seed_everything
 from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
@@ -110,6 +110,7 @@ def run(
 
     A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
     checkpoint is written, the directory it created is removed again."""
+    config = check_buildable(config)  # a wrong model key fails here, before any data is made or engine started
     owns_engine = engine is None
     try:
         engine = engine or engine_from_config(config)

@@ -125,7 +125,7 @@ class Trainer:
         self.config = config
         self.engine = engine
         self.run_dir = run_dir
-        self.graph = config.graph.builder()
+        self.graph = GraphBuilder.from_config(config.graph)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS[config.train.optimizer](params, lr=config.train.lr, weight_decay=config.train.weight_decay)
         self.model = engine.wrap(model, optimizer)

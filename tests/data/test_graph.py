@@ -318,7 +318,7 @@ def test_periodic_graphs_from_a_store_use_its_bounds(tmp_path):
 def test_graph_config_passes_backend_and_periodic():
     from scaleq.config import ConfigError, GraphConfig
 
-    builder = GraphConfig(kind="radius", radius=0.5, backend="cell_list", periodic=True).builder()
+    builder = GraphBuilder.from_config(GraphConfig(kind="radius", radius=0.5, backend="cell_list", periodic=True))
     assert (builder.backend, builder.periodic) == ("cell_list", True)
     with pytest.raises(ConfigError, match="graph: periodic boxes need graph.backend"):
         GraphConfig(kind="radius", radius=0.5, backend="torch_cluster", periodic=True)

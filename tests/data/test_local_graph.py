@@ -64,7 +64,7 @@ def test_bonds_without_bonds_is_a_clear_error():
 
 
 def test_config_checks_the_local_graph_options():
-    assert GraphConfig(local="knn", local_k=3).builder().local_k == 3
+    assert GraphBuilder.from_config(GraphConfig(local="knn", local_k=3)).local_k == 3
     with pytest.raises(ConfigError, match="local_radius"):
         GraphConfig(local="radius")
     with pytest.raises(ConfigError, match="local_k"):

@@ -166,7 +166,7 @@ def test_every_model_rolls_out_on_rebuilt_graphs(nbody, name):
     torch.manual_seed(0)
     model = build_model(config, dataset)
     ref = reference(dataset, [0, 1], 1, steps=3)
-    run = rollout(model, ref, config.graph.builder())
+    run = rollout(model, ref, GraphBuilder.from_config(config.graph))
     assert run.pos.shape == ref.pos.shape and torch.isfinite(run.pos).all()
     assert not torch.equal(run.pos[1], run.pos[0])
     assert (run.labels is not None) == (name == "eghn")
