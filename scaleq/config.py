@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, strict YAML loading, dotted command-line overrides.
 
-A YAML file maps onto :class:`Config`. Unknown keys and wrong types are errors that name the key
-and the file. ``extends: other.yaml`` (relative to the file) starts from another config and
+A YAML file maps onto :class:`Config`. Unknown keys, wrong types, values out of range and
+combinations of keys that cannot run together are errors that name the keys and the file, raised
+when the file loads. ``extends: other.yaml`` (relative to the file) starts from another config and
 deep-merges this one over it. Overrides such as ``train.lr=1e-3`` are parsed as YAML values and
 applied before validation, so they are checked like the file.
 
@@ -33,6 +34,7 @@ from scaleq.graph_options import (
     check_graph_options,
 )
 from scaleq.io import atomic_write_text
+from scaleq.sample_options import VelocitySource, check_sample_options
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -64,6 +66,9 @@ class GenerateConfig:
         if self.gaussians is not None and (self.system != "fastegnn" or self.gaussians not in (1, 3, 10)):
             raise ConfigError(f"data.generate.gaussians must be 1, 3 or 10 with system 'fastegnn', got "
                               f"{self.gaussians} with system {self.system!r}")
+        if self.train_drawn is not None and self.train_drawn < self.train:
+            raise ConfigError(f"data.generate.train_drawn ({self.train_drawn}) must be >= data.generate.train "
+                              f"({self.train}): the training trajectories are kept out of those drawn")
 
 
 @dataclass(kw_only=True)
@@ -72,7 +77,7 @@ class DataConfig:
     delta: int = 10
     input_frame: int | None = None
     starts_per_trajectory: int | None = None
-    velocity: Literal["store", "backward", "forward"] = "backward"
+    velocity: VelocitySource = "backward"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     batch_size: int = 100
@@ -82,10 +87,16 @@ class DataConfig:
     generate: GenerateConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.delta < 1:
-            raise ConfigError(f"data.delta must be >= 1, got {self.delta}")
+        try:
+            check_sample_options(delta=self.delta, input_frame=self.input_frame,
+                                 starts_per_trajectory=self.starts_per_trajectory, velocity=self.velocity, prefix="data.")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("eval_batch_size", "max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1 or null, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.node_features is not None and (not self.node_features or len(set(self.node_features)) != len(self.node_features)):
@@ -246,6 +257,12 @@ class Config:
                 f"engine.graph_parallel = {self.engine.graph_parallel} is not supported for model {self.model.name!r} "
                 f"with graph.local {self.graph.local!r}: EGHN's pooling and local graph are global per graph; "
                 "set engine.graph_parallel to 1"
+            )
+        if self.engine.graph_parallel > 1 and self.loss.connectivity_weight > 0:
+            raise ConfigError(
+                f"loss.connectivity_weight = {self.loss.connectivity_weight} is not supported with engine.graph_parallel "
+                f"= {self.engine.graph_parallel}: EGHN's connectivity loss is global per graph; set one of them to its "
+                "default (0, 1)"
             )
 
     def to_dict(self) -> dict[str, Any]:

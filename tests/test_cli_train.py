@@ -126,7 +126,7 @@ CASES = [
     Case("model argument out of range", None, ["model.hidden=0"], 2,
          r"model 'egnn' \(model\.hidden=0, .*\) cannot be built: EGNN needs hidden >= 1"),
     Case("mutually exclusive data keys", None, ["data.starts_per_trajectory=2"], 2,
-         r"give input_frame or starts_per_trajectory, not both"),
+         r"data\.input_frame \(30\) and data\.starts_per_trajectory \(2\) exclude each other"),
     Case("out_dir is a file", out_dir_is_a_file, [], 2, r"out_dir .*afile: is a file, expected a directory"),
     Case("out_dir cannot be created", out_dir_under_a_file, [], 2,
          r"out_dir .*afile/runs: cannot create the run directory .*Not a directory"),

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
 from scaleq.data.store import NUM_FRAMES, StoreError, TrajectoryStore, open_store
-
-VelocitySource = Literal["store", "backward", "forward"]
+from scaleq.sample_options import VelocitySource, check_sample_options, first_input_frame
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,17 +39,13 @@ class SampleSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.delta < 1:
-            raise ValueError(f"delta must be >= 1, got {self.delta}")
-        if self.input_frame is not None and self.starts_per_trajectory is not None:
-            raise ValueError("give input_frame or starts_per_trajectory, not both")
-        if self.velocity not in ("store", "backward", "forward"):
-            raise ValueError(f"velocity must be 'store', 'backward' or 'forward', got {self.velocity!r}")
+        check_sample_options(delta=self.delta, input_frame=self.input_frame,
+                             starts_per_trajectory=self.starts_per_trajectory, velocity=self.velocity)
 
 
 def build_index(store: TrajectoryStore, spec: SampleSpec) -> np.ndarray:
     """All (trajectory, start frame) pairs of the store. Shape: [num_samples, 2] int64."""
-    first = 1 if spec.velocity == "backward" else 0
+    first = first_input_frame(spec.velocity)
     rng = np.random.default_rng(spec.seed)
     pairs: list[np.ndarray] = []
     for s, num_frames in enumerate(store.table[:, NUM_FRAMES]):

@@ -38,6 +38,7 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.store import StoreError
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
+from scaleq.sample_options import first_input_frame
 
 # -- the rollout ------------------------------------------------------------------------------------
 
@@ -81,11 +82,6 @@ class Rollout:
     labels: Tensor | None
 
 
-def first_start_frame(velocity: str) -> int:
-    """The earliest frame a sample can start at: backward differences need the frame before."""
-    return 1 if velocity == "backward" else 0
-
-
 def check_trajectories(dataset: TrajectoryDataset, trajectories: Sequence[int]) -> None:
     """StoreError (one line) unless ``trajectories`` is a non-empty list of the store's trajectory ids."""
     store = dataset.store
@@ -113,7 +109,7 @@ def reference(dataset: TrajectoryDataset, trajectories: Sequence[int], start_fra
     store, spec = dataset.store, dataset.spec
     where = str(store.path)
     check_trajectories(dataset, trajectories)
-    first = first_start_frame(spec.velocity)
+    first = first_input_frame(spec.velocity)
     if start_frame < first:
         raise StoreError(f"{where}: start frame {start_frame} with {spec.velocity} velocities; the first possible "
                          f"start frame is {first}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scaleq.eval.rollout import first_start_frame, linear_baseline, max_steps, reference, rollout
+from scaleq.eval.rollout import linear_baseline, max_steps, reference, rollout
 from scaleq.eval.rollout_metrics import SUMMARY_STEPS, horizon_metrics, plot_metrics, write_metrics_csv
+from scaleq.sample_options import first_input_frame
 
 if TYPE_CHECKING:
     from scaleq.train.trainer import Trainer
@@ -19,7 +20,7 @@ def rollout_during_training(trainer: Trainer, epoch: int, tensorboard: Any | Non
     at the optimizer step the other curves use.
     Every rank runs the model (a sharded engine needs all of them); nothing is trained."""
     dataset = trainer.eval_loaders["valid"].dataset
-    start = first_start_frame(dataset.spec.velocity)
+    start = first_input_frame(dataset.spec.velocity)
     horizon = min(steps, max_steps(dataset, [0], start))
     if horizon < 1:
         return

@@ -19,7 +19,6 @@ from scaleq.eval.loading import load_run
 from scaleq.eval.rollout import (
     Reference,
     Rollout,
-    first_start_frame,
     linear_baseline,
     max_steps,
     reference,
@@ -32,6 +31,7 @@ from scaleq.eval.rollout_metrics import (
     summary_line,
     write_metrics_csv,
 )
+from scaleq.sample_options import first_input_frame
 from scaleq.train.trainer import BEST
 
 DEFAULT_STEPS = 20
@@ -72,7 +72,7 @@ def rollout_from_run(
     if split not in loaded.datasets:
         raise ValueError(f"split must be one of {sorted(loaded.datasets)}, got {split!r}")
     dataset = loaded.datasets[split]
-    start = first_start_frame(dataset.spec.velocity) if start_frame is None else start_frame
+    start = first_input_frame(dataset.spec.velocity) if start_frame is None else start_frame
     if steps is None:
         steps = max(min(DEFAULT_STEPS, max_steps(dataset, trajectories, start)), 1)  # none fit: reference() says why
     ref = reference(dataset, list(trajectories), start, steps)

@@ -71,17 +71,15 @@ def open_datasets(config: Config) -> dict[str, TrajectoryDataset]:
     data = config.data
     datasets = {}
     for split in SPLITS:
-        try:
-            spec = SampleSpec(
-                delta=data.delta,
-                input_frame=data.input_frame,
-                starts_per_trajectory=data.starts_per_trajectory,
-                velocity=data.velocity,
-                max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
-                seed=config.seed,
-            )
-        except ValueError as err:  # cross-field checks of the data section
-            raise ConfigError(f"data: {err}") from None
+        # the config checked these options when it loaded (scaleq.sample_options: the same rules)
+        spec = SampleSpec(
+            delta=data.delta,
+            input_frame=data.input_frame,
+            starts_per_trajectory=data.starts_per_trajectory,
+            velocity=data.velocity,
+            max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
+            seed=config.seed,
+        )
         scale_from = datasets["train"].store if split != "train" else None  # one feature scale: the training split's
         datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec, node_features=data.node_features,
                                             scale_from=scale_from)
