@@ -25,6 +25,8 @@ from scaleq.graph_options import num_edge_features
 
 # Constructor arguments that come from the data, not from the config.
 DATA_DERIVED_ARGS = ("in_node_features", "in_edge_features", "dim")
+# The loss weights whose terms read an output beyond "pos" (scaleq.losses.training_loss reads them).
+LOSS_TERM_OUTPUTS = {"mmd_weight": "virtual_pos", "connectivity_weight": "pooled_adjacency"}
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,49 @@ def instantiate(model: ModelConfig, *, in_node_features: int, in_edge_features: 
 
 
 def check_buildable(config: Config) -> Config:
-    """``config`` with its model options checked and typed; ConfigError naming the key otherwise.
+    """``config`` with its model options checked and typed; ConfigError naming the keys otherwise.
 
     What :mod:`scaleq.config` cannot check without importing the models: ``model.name`` is a
-    registered model and every other ``model.*`` key is a keyword argument of its constructor, of
-    its type. Every run calls this before it starts anything (scaleq.train.run.run, the Ray
-    driver, launch/train.py); :func:`instantiate` checks the same for the tools that build a
-    model directly.
+    registered model, every other ``model.*`` key is a keyword argument of its constructor, of
+    its type, and the model fits the other sections (:func:`check_model_fits`). Every run calls
+    this before it starts anything (scaleq.train.run.run, the Ray driver, launch/train.py);
+    :func:`instantiate` checks the options for the tools that build a model directly.
     """
-    return dataclasses.replace(config, model=ModelConfig(name=config.model.name, options=model_options(config.model)))
+    options = model_options(config.model)
+    check_model_fits(config)
+    return dataclasses.replace(config, model=ModelConfig(name=config.model.name, options=options))
+
+
+def check_model_fits(config: Config) -> None:
+    """The keys of other sections that ask the model for what it does not have: a local graph it
+    needs (``needs_local_graph``), the outputs a loss term reads (``auxiliary_outputs``), layers
+    to checkpoint. Otherwise each fails only at the first training step, after the data is made."""
+    from scaleq.models import MODELS  # the registry imports this module
+
+    name, cls = config.model.name, model_class(config.model)
+    if needs_local_graph(cls) and config.graph.local == "none":
+        raise ConfigError(f"model.name {name!r} needs a local graph: set graph.local to 'bonds', 'knn' or 'radius' "
+                          "(got 'none')")
+    for key, output in LOSS_TERM_OUTPUTS.items():
+        weight = getattr(config.loss, key)
+        if weight > 0 and output not in auxiliary_outputs(cls):
+            givers = sorted(n for n, c in MODELS.items() if output in auxiliary_outputs(c))
+            raise ConfigError(f"loss.{key} = {weight} needs a model that outputs {output!r} ({', '.join(givers)}); "
+                              f"model.name {name!r} does not: set loss.{key} to 0")
+    every = config.engine.activation_checkpointing
+    if every > 0 and "gradient_checkpointing" not in constructor_types(cls):
+        raise ConfigError(f"engine.activation_checkpointing = {every} needs a model with layers to checkpoint; "
+                          f"model.name {name!r} has none: set engine.activation_checkpointing to 0")
+
+
+def needs_local_graph(cls: type[nn.Module]) -> bool:
+    """Whether the model reads ``batch.local_index`` (a class attribute; default False)."""
+    return bool(getattr(cls, "needs_local_graph", False))
+
+
+def auxiliary_outputs(cls: type[nn.Module]) -> tuple[str, ...]:
+    """The keys its forward returns besides "pos" (a class attribute; default none)."""
+    return tuple(getattr(cls, "auxiliary_outputs", ()))
 
 
 def model_class(model: ModelConfig) -> type[nn.Module]:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -168,6 +168,9 @@ class DuSEGO(nn.Module):
         gradient_checkpointing: checkpoint every k steps (0: off).
         edge_chunk, kernel: options of the backbone's message-passing block (see EGNN).
     """
+
+    # what scaleq.models.build checks a config against before a run starts
+    auxiliary_outputs: ClassVar[tuple[str, ...]] = ("h", "vel")
 
     def __init__(
         self,

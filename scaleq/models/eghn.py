@@ -46,7 +46,7 @@ assignment tensor and [B, K, K] matrices.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +292,10 @@ class EGHN(nn.Module):
             high-level coordinates blow up.
         gradient_checkpointing: checkpoint every k layers of each stack (0: off).
     """
+
+    # what scaleq.models.build checks a config against before a run starts
+    needs_local_graph: ClassVar[bool] = True
+    auxiliary_outputs: ClassVar[tuple[str, ...]] = ("assignments", "cluster_pos", "pooled_adjacency")
 
     def __init__(
         self,

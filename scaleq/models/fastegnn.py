@@ -32,7 +32,7 @@ rotations about the gravity axis (and reflections that keep it), as is the data 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -179,6 +179,9 @@ class FastEGNN(nn.Module):
     [B * C, H] virtual coordinates and features, graph-major (rows b * C .. b * C + C - 1 belong
     to graph b; ``.view(B, C, -1)`` recovers the per-graph sets).
     """
+
+    # what scaleq.models.build checks a config against before a run starts
+    auxiliary_outputs: ClassVar[tuple[str, ...]] = ("virtual_pos", "virtual_h")
 
     def __init__(
         self,

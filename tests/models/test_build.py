@@ -1,48 +1,124 @@
 """The model section is checked against the model classes (scaleq.models.build.check_buildable)
 before a run makes anything: scaleq.config, a leaf, cannot import them."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from scaleq.config import ConfigError, load_config
+from scaleq.config import ConfigError, ModelConfig, config_from_dict, load_config
+from scaleq.data.graph import GraphBuilder
+from scaleq.models import MODELS
+from scaleq.models.build import auxiliary_outputs, check_buildable, instantiate, needs_local_graph
+from scaleq.testing.stores import random_batch
 
 ROOT = Path(__file__).resolve().parents[2]
+SMALL = {
+    "egnn": {"hidden": 8, "layers": 1},
+    "fastegnn": {"hidden": 8, "layers": 1, "virtual_nodes": 2},
+    "dusego": {"hidden": 8, "layers": 1},
+    "eghn": {"hidden": 8, "clusters": 2, "interaction_layers": 1, "pooling_layers": 1, "decoder_layers": 1},
+}
+
+# (name, sections over a config that runs, the message the error must match)
+MISFITS = [
+    ("eghn without a local graph", {"model": {"name": "eghn"}},
+     r"model\.name 'eghn' needs a local graph: set graph\.local to 'bonds', 'knn' or 'radius' \(got 'none'\)"),
+    ("mmd loss on a model without virtual nodes", {"loss": {"mmd_weight": 0.1}},
+     r"loss\.mmd_weight = 0\.1 needs a model that outputs 'virtual_pos' \(fastegnn\); model\.name 'egnn' does not"),
+    ("connectivity loss on a model that does not pool", {"model": {"name": "fastegnn"}, "loss": {"connectivity_weight": 2}},
+     r"loss\.connectivity_weight = 2\.0 needs a model that outputs 'pooled_adjacency' \(eghn\); model\.name 'fastegnn'"),
+    ("activation checkpointing of a baseline", {"model": {"name": "linear"}, "engine": {"activation_checkpointing": 1}},
+     r"engine\.activation_checkpointing = 1 needs a model with layers to checkpoint; model\.name 'linear' has none"),
+]
 
 
-def write_config(root: Path) -> Path:
-    """A config with a model key EGNN's constructor does not take, on a dataset it would generate."""
+def raw_config(root: Path, **sections: dict) -> dict:
+    """A config that trains on a dataset it would generate under ``root``, with ``sections`` merged in."""
+    raw = {
+        "name": "bad", "out_dir": str(root / "runs"),
+        "data": {"path": str(root / "data"), "input_frame": 30, "velocity": "store",
+                 "generate": {"particles": 5, "train": 4, "valid": 2, "test": 2}},
+        "model": {"name": "egnn", "hidden": 8, "layers": 1},
+        "train": {"epochs": 1, "progress": False},
+    }
+    for key, value in sections.items():
+        raw[key] = value if key == "model" else {**raw.get(key, {}), **value}
+    return raw
+
+
+def write_config(root: Path, **sections: dict) -> Path:
     path = root / "bad.yaml"
-    path.write_text(
-        f"name: bad\nout_dir: {root / 'runs'}\n"
-        f"data:\n  path: {root / 'data'}\n  input_frame: 30\n  velocity: store\n"
-        "  generate:\n    particles: 5\n    train: 4\n    valid: 2\n    test: 2\n"
-        "model:\n  name: egnn\n  depth: 3\n"
-        "train:\n  epochs: 1\n  progress: false\n"
-    )
+    path.write_text(yaml.safe_dump(raw_config(root, **sections)))
     return path
 
 
-def test_a_run_checks_its_model_keys_before_making_data(tmp_path):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_declared_needs_and_outputs_are_what_forward_does(name):
+    """check_buildable trusts needs_local_graph and auxiliary_outputs: they must say what the model does."""
+    model = instantiate(ModelConfig(name=name, options=SMALL.get(name, {})), in_node_features=2, in_edge_features=2,
+                        dim=3)
+    with_local = GraphBuilder(kind="complete", local="knn", local_k=2)(random_batch())
+    assert set(model(with_local)) == {"pos", *auxiliary_outputs(MODELS[name])}
+    without_local = GraphBuilder(kind="complete")(random_batch())
+    if needs_local_graph(MODELS[name]):
+        with pytest.raises(ValueError, match="local graph"):
+            model(without_local)
+    else:
+        assert set(model(without_local)) == {"pos", *auxiliary_outputs(MODELS[name])}
+
+
+@pytest.mark.parametrize("sections, message", [m[1:] for m in MISFITS], ids=[m[0] for m in MISFITS])
+def test_check_buildable_names_the_keys_of_a_model_that_does_not_fit(tmp_path, sections, message):
+    config = config_from_dict(raw_config(tmp_path, **sections))  # the leaf config module cannot know
+    with pytest.raises(ConfigError, match=message):
+        check_buildable(config)
+
+
+def test_models_that_fit_pass(tmp_path):
+    fits = [
+        {"model": {"name": "eghn", **SMALL["eghn"]}, "graph": {"local": "knn"}, "loss": {"connectivity_weight": 2}},
+        {"model": {"name": "fastegnn", **SMALL["fastegnn"]}, "loss": {"mmd_weight": 0.1}},
+        {"engine": {"activation_checkpointing": 1}},
+    ]
+    for sections in fits:
+        check_buildable(config_from_dict(raw_config(tmp_path, **sections)))
+
+
+def test_a_run_checks_its_model_before_making_data(tmp_path):
     """run() is what every launcher calls (the CLI, Ray workers, the depth sweep)."""
     from scaleq.train.run import run
 
-    config = load_config(write_config(tmp_path))  # the leaf config module cannot know the key is wrong
+    config = load_config(write_config(tmp_path, model={"name": "egnn", "depth": 3}))
     with pytest.raises(ConfigError, match=r"model: unknown key 'depth' for model 'egnn'"):
         run(config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no dataset, no run directory
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str, root: Path) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
+    assert re.search(message, errors[0]), errors[0]
+    assert sorted(p.name for p in root.iterdir()) == ["bad.yaml"]  # no dataset generated, no run directory
+
+
 @pytest.mark.slow
 def test_cli_refuses_a_model_key_the_constructor_does_not_take(tmp_path):
-    path = write_config(tmp_path)
+    path = write_config(tmp_path, model={"name": "egnn", "depth": 3})
     for extra in ([], ["--print-config"]):  # --print-config does not print a config that cannot run
-        result = subprocess.run([sys.executable, "launch/train.py", "--config", str(path), *extra], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
-        assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
-        assert "model: unknown key 'depth' for model 'egnn'" in errors[0]
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+        assert_refused(cli("--config", str(path), *extra), r"model: unknown key 'depth' for model 'egnn'", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sections, message", [m[1:] for m in MISFITS], ids=[m[0] for m in MISFITS])
+def test_cli_refuses_a_model_that_does_not_fit(tmp_path, sections, message):
+    assert_refused(cli("--config", str(write_config(tmp_path, **sections))), message, tmp_path)
