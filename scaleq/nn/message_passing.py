@@ -21,9 +21,9 @@ How it is computed (the function is the same, up to rounding):
   (a chunk may end inside one receiver's edges: the sums simply continue in the next chunk) and
   keeps only node-level tensors; its backward recomputes each chunk's edge activations. Peak
   memory is O(N H + K H) per layer instead of O(E H).
-- ``kernel="triton"`` (or ``"auto"`` on CUDA when Triton imports): a fused Triton kernel computes
-  the forward sums without writing any per-edge tensor (:mod:`scaleq.nn.triton_edges`); its
-  backward is the chunked recomputation above.
+- ``kernel="triton"`` (or ``"auto"`` on CUDA when Triton imports): fused Triton kernels compute
+  the forward sums and, recomputing, the backward without writing any per-edge tensor
+  (:mod:`scaleq.nn.triton_edges`); ``edge_chunk`` has no effect there.
 - ``halo`` (graph parallelism): the source-side node tensors (the current positions and the
   source term W_j h) go through ``halo.extend`` before they are gathered by source index, so
   sources may be halo nodes held by other ranks.
@@ -40,8 +40,6 @@ from torch import Tensor, nn
 
 Kernel = Literal["auto", "torch", "triton"]
 KERNELS = ("auto", "torch", "triton")
-# edges per chunk of the recomputing backward when the forward ran the fused kernel unchunked
-DEFAULT_BACKWARD_CHUNK = 1 << 16
 
 
 class Halo(Protocol):
@@ -156,7 +154,7 @@ def edge_sums(
         halo: under graph parallelism, extends source-side node tensors by the halo rows.
         edge_chunk: K > 0 walks the edges in chunks of K with recomputation in backward; 0: all
             edges at once with plain autograd.
-        kernel: "torch", "triton" (fused forward kernel) or "auto" (Triton on CUDA if it imports).
+        kernel: "torch", "triton" (fused forward and backward kernels) or "auto" (Triton on CUDA if it imports).
 
     Shapes:
         h: [N, H], pos: [N, D] -> EdgeSums(message_sum [N, H], coord_sum [N, D])
@@ -196,9 +194,8 @@ def edge_sums(
         message_sum = torch.zeros(layout.num_nodes, hidden, dtype=message_dtype, device=h.device)
         coord_sum = torch.zeros(layout.num_nodes, pos.shape[-1], dtype=pos.dtype, device=pos.device)
         return EdgeSums(message_sum.index_add_(0, layout.target, m), coord_sum.index_add_(0, layout.target, coord))
-    chunk = edge_chunk if edge_chunk > 0 else DEFAULT_BACKWARD_CHUNK
     message_sum, coord_sum = RecomputedEdgeSums.apply(
-        layout, chunk, use_triton, message_dtype, p_recv, p_src, pos, pos_src, layout.edge_attr,
+        layout, edge_chunk, use_triton, message_dtype, p_recv, p_src, pos, pos_src, layout.edge_attr,
         layout.edge_shift, *weights,
     )
     return EdgeSums(message_sum, coord_sum)
@@ -258,11 +255,12 @@ def edge_terms(
 class RecomputedEdgeSums(torch.autograd.Function):
     """Edge sums whose forward keeps no per-edge tensor and whose backward recomputes them.
 
-    Forward: the torch twin walks chunks of ``chunk`` receiver-sorted edges, or the fused Triton
-    kernel does all edges. Backward: for each chunk, the chunk's edges are recomputed from the
-    saved node-level inputs under autograd (the same autocast state as the forward), the
-    gradients of the chunk's per-edge rows are scattered back to their nodes, and the parameter
-    gradients are summed over chunks. Not differentiable twice.
+    With the fused Triton kernels, forward and backward are one kernel each over all edges
+    (:mod:`scaleq.nn.triton_edges`). Otherwise the forward walks chunks of ``chunk``
+    receiver-sorted edges with the torch twin, and the backward, for each chunk, recomputes the
+    chunk's edges from the saved node-level inputs under autograd (the same autocast state as the
+    forward), scatters the gradients of the chunk's per-edge rows back to their nodes, and sums
+    the parameter gradients over chunks. Not differentiable twice.
     """
 
     @staticmethod
@@ -282,7 +280,7 @@ class RecomputedEdgeSums(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         device_type = pos.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-        ctx.layout, ctx.chunk, ctx.message_dtype = layout, chunk, message_dtype
+        ctx.layout, ctx.chunk, ctx.message_dtype, ctx.use_triton = layout, chunk, message_dtype, use_triton
         weights = EdgeWeights(*params)
         if use_triton:
             from scaleq.nn.triton_edges import fused_edge_sums
@@ -312,6 +310,16 @@ class RecomputedEdgeSums(torch.autograd.Function):
         p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params = ctx.saved_tensors
         layout: EdgeLayout = ctx.layout
         needs = ctx.needs_input_grad[4:]  # p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params
+        if ctx.use_triton:
+            from scaleq.nn.triton_edges import fused_edge_grads
+
+            grads = fused_edge_grads(
+                layout, grad_message, grad_coord, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params,
+                need_attr=needs[4], need_shift=needs[5],
+            )
+            node_grads = [g if need else None for g, need in zip(grads[:4], needs[:4])]
+            param_grads = [g if need else None for g, need in zip(grads.weights, needs[6:])]
+            return (None, None, None, None, *node_grads, grads.edge_attr, grads.edge_shift, *param_grads)
         node_inputs = (p_recv, p_src, pos, pos_src)
         node_grads = [torch.zeros_like(t) if need else None for t, need in zip(node_inputs, needs[:4])]
         attr_grad = torch.zeros_like(edge_attr) if needs[4] else None
