@@ -53,7 +53,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from scaleq.models.egnn import check_block_options
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.message_passing import EdgeLayout, Kernel, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
 from scaleq.nn.scatter import scatter_mean, scatter_sum
 
@@ -89,35 +91,37 @@ class EGHNEGNNLayer(nn.Module):
         h_i <- phi_h(h_i, sum_j m_ij)                                   (no residual)
 
     v is the block's input velocity at every layer. Unlike EGNN's own layer (scaleq/models/egnn.py)
-    the features have no residual connection, the coordinate head has a bias and PyTorch's default
-    initialisation. The published +-100 clamp of the coordinate update is left out.
+    the features have no residual connection, phi_e reads |x_i - x_j|^2 first, the coordinate head
+    has a bias and PyTorch's default initialisation. The published +-100 clamp of the coordinate
+    update is left out. The edge work runs in the shared message-passing block
+    (scaleq.nn.message_passing), with ``edge_chunk`` and ``kernel`` as in EGNN.
 
     Args:
         hidden: width H of h and of the messages.
         edge_dim: width Fe of the invariant edge attributes.
+        edge_chunk, kernel: options of the message-passing block.
     """
 
-    def __init__(self, hidden: int, edge_dim: int) -> None:
+    def __init__(self, hidden: int, edge_dim: int, *, edge_chunk: int = 0, kernel: Kernel = "torch") -> None:
         super().__init__()
         self.phi_e = mlp(1 + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
         self.phi_x = mlp(hidden, hidden, 1)
         self.phi_v = mlp(hidden, hidden, 1)
         self.phi_h = mlp(2 * hidden, hidden, hidden)
+        check_edge_mlps(self.phi_e, self.phi_x)
+        self.edge_chunk, self.kernel = edge_chunk, kernel
 
-    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
         """
         Shapes:
             h: [N, H], pos: [N, D], vel: [N, D] (the block's input velocity),
-            edge_index: [2, E] (j -> i), edge_attr: [E, Fe] -> (h [N, H], pos [N, D])
+            layout: the receiver-sorted edges (j -> i) with attributes [E, Fe] -> (h [N, H], pos [N, D])
         """
-        source, target = edge_index
-        diff = pos[target] - pos[source]  # [E, D] x_i - x_j, kept in coordinate precision
-        radial = diff.pow(2).sum(-1, keepdim=True)  # [E, 1]
-        m = self.phi_e(cat_features([radial, h[target], h[source], edge_attr]))  # [E, H]
-        force = scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, pos.shape[0])  # [N, D]
+        sums = edge_sums(self.phi_e, self.phi_x, h, pos, layout, edge_chunk=self.edge_chunk, kernel=self.kernel,
+                         radial_first=True)
+        force = sums.coord_sum / layout.degree(pos.dtype)  # [N, D] mean over incoming edges
         pos = pos + self.phi_v(h).to(pos.dtype) * vel + force
-        aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
-        h = self.phi_h(cat_features([h, aggregated])).to(h.dtype)
+        h = self.phi_h(cat_features([h, sums.message_sum])).to(h.dtype)
         return h, pos
 
 
@@ -126,12 +130,18 @@ class EGHNEGNN(nn.Module):
 
     Args:
         hidden: H. edge_dim: Fe. layers: L. gradient_checkpointing: checkpoint every k layers.
+        edge_chunk, kernel: options of the message-passing block.
     """
 
-    def __init__(self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0) -> None:
+    def __init__(
+        self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0, *, edge_chunk: int = 0,
+        kernel: Kernel = "torch",
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(hidden, hidden)
-        self.layers = nn.ModuleList(EGHNEGNNLayer(hidden, edge_dim) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            EGHNEGNNLayer(hidden, edge_dim, edge_chunk=edge_chunk, kernel=kernel) for _ in range(layers)
+        )
         self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,8 +151,8 @@ class EGHNEGNN(nn.Module):
             -> (h [N, H], pos [N, D])
         """
         h = self.embed(h).to(pos.dtype)
-        steps = [functools.partial(_egnn_step, layer, vel=vel, edge_index=edge_index, edge_attr=edge_attr)
-                 for layer in self.layers]
+        layout = EdgeLayout.build(edge_index, pos.shape[0], edge_attr)  # sorted once, shared by every layer
+        steps = [functools.partial(_egnn_step, layer, vel=vel, layout=layout) for layer in self.layers]
         h, pos = run_layers(steps, (h, pos), self.gradient_checkpointing)
         return h, pos
 
@@ -291,6 +301,8 @@ class EGHN(nn.Module):
             10 A contacts) the raw entries reach thousands and, without the published clamp, the
             high-level coordinates blow up.
         gradient_checkpointing: checkpoint every k layers of each stack (0: off).
+        edge_chunk, kernel: options of the message-passing block of the EGNN layers (external and
+            high-level blocks; see EGNN). The EMMP layers of E-Pool run on the local graph in torch.
     """
 
     def __init__(
@@ -306,6 +318,8 @@ class EGHN(nn.Module):
         start_at_input: bool = False,
         cluster_edge_attr: ClusterEdgeAttr = "raw",
         gradient_checkpointing: int = 0,
+        edge_chunk: int = 0,
+        kernel: Kernel = "torch",
     ) -> None:
         super().__init__()
         if hidden < 1 or clusters < 1:
@@ -317,11 +331,13 @@ class EGHN(nn.Module):
                 "EGHN needs at least one layer in each block, got interaction_layers="
                 f"{interaction_layers}, pooling_layers={pooling_layers}, decoder_layers={decoder_layers}"
             )
+        check_block_options(edge_chunk, kernel)
         self.clusters = clusters
         self.cluster_edge_attr = cluster_edge_attr
         self.gradient_checkpointing = gradient_checkpointing
         self.embed = nn.Linear(in_node_features, hidden)
-        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing)
+        block = {"edge_chunk": edge_chunk, "kernel": kernel}
+        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing, **block)
         self.pooling = nn.ModuleList(
             EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1)
             for i in range(pooling_layers)
@@ -329,7 +345,7 @@ class EGHN(nn.Module):
         self.assign = nn.Sequential(
             nn.Linear(hidden, ASSIGN_WIDTH * hidden), nn.Tanh(), nn.Linear(ASSIGN_WIDTH * hidden, clusters)
         )
-        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing)
+        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing, **block)
         self.decoder = nn.ModuleList(
             UnPoolLayer(UNPOOL_CHANNELS + i, 2 * hidden if i == 0 else hidden, hidden, last=i == decoder_layers - 1)
             for i in range(decoder_layers)
@@ -406,8 +422,8 @@ class EGHN(nn.Module):
         }
 
 
-def _egnn_step(layer: EGHNEGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
-    return layer(h, pos, vel, edge_index, edge_attr)
+def _egnn_step(layer: EGHNEGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
+    return layer(h, pos, vel, layout)
 
 
 def _emmp_step(layer: EMMPLayer, h: Tensor, z: Tensor, *, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:

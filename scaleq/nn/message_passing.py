@@ -6,6 +6,9 @@ For each edge j -> i (receiver i, source j) the block computes, as EGNN's publis
     m_ij = phi_e(h_i, h_j, |d_ij|^2, e_ij)                      phi_e = Linear-SiLU-Linear-SiLU
     c_ij = d_ij phi_x(m_ij)                                     phi_x = Linear-SiLU-Linear(H, 1)
 
+(EGHN's published layer orders phi_e's inputs |d_ij|^2, h_i, h_j, e_ij: ``radial_first``; its
+phi_x's last Linear has a bias, EGNN's has none.)
+
 and returns only node-level sums over each receiver's edges: ``message_sum`` [N, H] = sum_j m_ij
 and ``coord_sum`` [N, D] = sum_j c_ij (models divide by the degree where they take means).
 
@@ -115,23 +118,23 @@ class EdgeWeights(NamedTuple):
     b2: Tensor  # [H]
     wx1: Tensor  # [H, H] phi_x's first Linear
     bx1: Tensor  # [H]
-    wx2: Tensor  # [1, H] phi_x's last Linear (no bias)
+    wx2: Tensor  # [1, H] phi_x's last Linear
+    bx2: Tensor  # [1] its bias (zeros, not trained, when it has none)
 
 
 def check_edge_mlps(phi_e: nn.Module, phi_x: nn.Module) -> None:
-    """The block runs phi_e = Linear-SiLU-Linear-SiLU and phi_x = Linear-SiLU-Linear(no bias)."""
+    """The block runs phi_e = Linear-SiLU-Linear-SiLU and phi_x = Linear-SiLU-Linear(H, 1)."""
     e_ok = (
         isinstance(phi_e, nn.Sequential) and len(phi_e) == 4 and isinstance(phi_e[0], nn.Linear)
         and isinstance(phi_e[1], nn.SiLU) and isinstance(phi_e[2], nn.Linear) and isinstance(phi_e[3], nn.SiLU)
     )
     x_ok = (
         isinstance(phi_x, nn.Sequential) and len(phi_x) == 3 and isinstance(phi_x[0], nn.Linear)
-        and isinstance(phi_x[1], nn.SiLU) and isinstance(phi_x[2], nn.Linear) and phi_x[2].bias is None
-        and phi_x[2].out_features == 1
+        and isinstance(phi_x[1], nn.SiLU) and isinstance(phi_x[2], nn.Linear) and phi_x[2].out_features == 1
     )
     if not (e_ok and x_ok):
         raise TypeError("the message-passing block needs phi_e = Linear-SiLU-Linear-SiLU and "
-                        "phi_x = Linear-SiLU-Linear(H, 1, bias=False)")
+                        "phi_x = Linear-SiLU-Linear(H, 1)")
 
 
 def edge_sums(
@@ -144,6 +147,7 @@ def edge_sums(
     halo: Halo | None = None,
     edge_chunk: int = 0,
     kernel: Kernel = "torch",
+    radial_first: bool = False,
 ) -> EdgeSums:
     """Sums over each receiver's incoming edges of the messages and of the coordinate updates.
 
@@ -155,6 +159,8 @@ def edge_sums(
         edge_chunk: K > 0 walks the edges in chunks of K with recomputation in backward; 0: all
             edges at once with plain autograd.
         kernel: "torch", "triton" (fused forward and backward kernels) or "auto" (Triton on CUDA if it imports).
+        radial_first: phi_e's first Linear reads [|d|^2, h_i, h_j, e] (EGHN) instead of
+            [h_i, h_j, |d|^2, e] (EGNN, FastEGNN).
 
     Shapes:
         h: [N, H], pos: [N, D] -> EdgeSums(message_sum [N, H], coord_sum [N, D])
@@ -173,16 +179,22 @@ def edge_sums(
             f"phi_e's first Linear takes {weight.shape[1]} inputs, expected 2 H + 1 + Fe = "
             f"{2 * hidden + 1 + layout.edge_attr.shape[-1]} for H={hidden}, Fe={layout.edge_attr.shape[-1]}"
         )
+    if radial_first:
+        w_recv, w_src = weight[:, 1 : 1 + hidden], weight[:, 1 + hidden : 1 + 2 * hidden]
+        w_edge = torch.cat([weight[:, :1], weight[:, 1 + 2 * hidden :]], 1)
+    else:
+        w_recv, w_src, w_edge = weight[:, :hidden], weight[:, hidden : 2 * hidden], weight[:, 2 * hidden :]
     # node terms, once per node: (W_i h + b) for receivers, W_j h for sources
-    p_recv = F.linear(h, weight[:, :hidden], first.bias)  # [N, H]
-    p_src = F.linear(h, weight[:, hidden : 2 * hidden])  # [N, H]
+    p_recv = F.linear(h, w_recv, first.bias)  # [N, H]
+    p_src = F.linear(h, w_src)  # [N, H]
     pos_src = pos
     if halo is not None:
         p_src = halo.extend(p_src)  # [N + N_halo, H]
         pos_src = halo.extend(pos)  # [N + N_halo, D]
+    head = phi_x[2]
     weights = EdgeWeights(
-        w_edge=weight[:, 2 * hidden :], w2=phi_e[2].weight, b2=phi_e[2].bias,
-        wx1=phi_x[0].weight, bx1=phi_x[0].bias, wx2=phi_x[2].weight,
+        w_edge=w_edge, w2=phi_e[2].weight, b2=phi_e[2].bias, wx1=phi_x[0].weight, bx1=phi_x[0].bias,
+        wx2=head.weight, bx2=head.weight.new_zeros(1) if head.bias is None else head.bias,
     )
     message_dtype = h.dtype
     use_triton = resolve_kernel(kernel, pos)
@@ -248,7 +260,7 @@ def edge_terms(
     pre = torch.addmm(p_recv, edge_in, weights.w_edge.t())
     pre = pre.add_(p_src.to(pre.dtype))
     m = F.silu(F.linear(F.silu(pre), weights.w2, weights.b2))  # [E, H]
-    phi_x = F.linear(F.silu(F.linear(m, weights.wx1, weights.bx1)), weights.wx2)  # [E, 1]
+    phi_x = F.linear(F.silu(F.linear(m, weights.wx1, weights.bx1)), weights.wx2, weights.bx2)  # [E, 1]
     return m.to(message_dtype), diff * phi_x.to(diff.dtype)
 
 

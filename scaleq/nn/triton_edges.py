@@ -62,7 +62,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
     @triton.jit
     def edge_sums_kernel(
         ptr_ptr, source_ptr, target_ptr, p_recv_ptr, p_src_ptr, pos_ptr, pos_src_ptr, attr_ptr, shift_ptr,  # noqa: ANN001
-        w_r_ptr, w_e_ptr, w2_ptr, b2_ptr, wx1_ptr, bx1_ptr, wx2_ptr, message_ptr, coord_ptr,  # noqa: ANN001
+        w_r_ptr, w_e_ptr, w2_ptr, b2_ptr, wx1_ptr, bx1_ptr, wx2_ptr, bx2_ptr, message_ptr, coord_ptr,  # noqa: ANN001
         num_nodes,  # noqa: ANN001
         H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, FE: tl.constexpr,
         HAS_SHIFT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -84,6 +84,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0)
         bx1 = tl.load(bx1_ptr + cols, mask=col_ok, other=0.0)
         wx2 = tl.load(wx2_ptr + cols, mask=col_ok, other=0.0)
+        bx2 = tl.load(bx2_ptr)
         w_r = tl.load(w_r_ptr + cols, mask=col_ok, other=0.0)
         for tile in range(edge_begin, edge_end, BLOCK_E):
             edges = tile + tl.arange(0, BLOCK_E)
@@ -110,7 +111,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
             m = pre2 / (1.0 + tl.exp(-pre2))  # [BLOCK_E, HP]
             pre3 = tl.dot(m, wx1t, input_precision="ieee") + bx1[None, :]
             hidden_x = pre3 / (1.0 + tl.exp(-pre3))
-            phi_x = tl.sum(hidden_x * wx2[None, :], axis=1)  # [BLOCK_E]
+            phi_x = tl.sum(hidden_x * wx2[None, :], axis=1) + bx2  # [BLOCK_E]
             tl.atomic_add(message_ptr + target[:, None] * H + cols[None, :], m, mask=row_ok)
             tl.atomic_add(coord_ptr + target[:, None] * D + dims[None, :], diff * phi_x[:, None], mask=vec_ok)
 
@@ -118,9 +119,9 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
     @triton.jit
     def edge_grads_kernel(
         ptr_ptr, source_ptr, target_ptr, p_recv_ptr, p_src_ptr, pos_ptr, pos_src_ptr, attr_ptr, shift_ptr,  # noqa: ANN001
-        w_r_ptr, w_e_ptr, w2_ptr, b2_ptr, wx1_ptr, bx1_ptr, wx2_ptr, grad_message_ptr, grad_coord_ptr,  # noqa: ANN001
+        w_r_ptr, w_e_ptr, w2_ptr, b2_ptr, wx1_ptr, bx1_ptr, wx2_ptr, bx2_ptr, grad_message_ptr, grad_coord_ptr,  # noqa: ANN001
         g_p_recv_ptr, g_p_src_ptr, g_pos_ptr, g_pos_src_ptr, g_attr_ptr, g_shift_ptr,  # noqa: ANN001
-        g_w_r_ptr, g_w_e_ptr, g_w2_ptr, g_b2_ptr, g_wx1_ptr, g_bx1_ptr, g_wx2_ptr,  # noqa: ANN001
+        g_w_r_ptr, g_w_e_ptr, g_w2_ptr, g_b2_ptr, g_wx1_ptr, g_bx1_ptr, g_wx2_ptr, g_bx2_ptr,  # noqa: ANN001
         num_nodes,  # noqa: ANN001
         H: tl.constexpr, HP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, FE: tl.constexpr, FP: tl.constexpr,
         HAS_SHIFT: tl.constexpr, NEED_ATTR: tl.constexpr, NEED_SHIFT: tl.constexpr,
@@ -150,6 +151,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0)
         bx1 = tl.load(bx1_ptr + cols, mask=col_ok, other=0.0)
         wx2 = tl.load(wx2_ptr + cols, mask=col_ok, other=0.0)
+        bx2 = tl.load(bx2_ptr)
         w_r = tl.load(w_r_ptr + cols, mask=col_ok, other=0.0)
         # this program's share of the parameter gradients, added to the global sums once at the end
         acc_w2 = tl.zeros((HP, HP), dtype=compute)
@@ -158,6 +160,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         acc_b2 = tl.zeros((HP,), dtype=compute)
         acc_bx1 = tl.zeros((HP,), dtype=compute)
         acc_wx2 = tl.zeros((HP,), dtype=compute)
+        acc_bx2 = tl.zeros((BLOCK_E,), dtype=compute)  # summed over edges at the end
         acc_w_r = tl.zeros((HP,), dtype=compute)
         for tile in range(edge_begin, edge_end, BLOCK_E):
             edges = tile + tl.arange(0, BLOCK_E)
@@ -186,13 +189,14 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
             pre3 = tl.dot(m, wx1t, input_precision="ieee") + bx1[None, :]
             s3 = 1.0 / (1.0 + tl.exp(-pre3))
             hidden_x = pre3 * s3
-            phi_x = tl.sum(hidden_x * wx2[None, :], axis=1)
+            phi_x = tl.sum(hidden_x * wx2[None, :], axis=1) + bx2
             # the backward of c = diff phi_x and of the message m, edge by edge (SiLU' = s (1 + x (1 - s)))
             g_m = tl.load(grad_message_ptr + target[:, None] * H + cols[None, :], mask=row_ok, other=0.0).to(compute)
             g_c = tl.load(grad_coord_ptr + target[:, None] * D + dims[None, :], mask=vec_ok, other=0.0).to(compute)
             g_phi = tl.sum(g_c * diff, axis=1)  # [BLOCK_E]
             g_diff = g_c * phi_x[:, None]
             acc_wx2 += tl.sum(g_phi[:, None] * hidden_x, axis=0)
+            acc_bx2 += g_phi
             g_pre3 = g_phi[:, None] * wx2[None, :] * (s3 * (1.0 + pre3 * (1.0 - s3)))
             acc_bx1 += tl.sum(g_pre3, axis=0)
             acc_wx1 += tl.dot(tl.trans(g_pre3), m, input_precision="ieee")
@@ -221,6 +225,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         tl.atomic_add(g_b2_ptr + cols, acc_b2, mask=col_ok)
         tl.atomic_add(g_bx1_ptr + cols, acc_bx1, mask=col_ok)
         tl.atomic_add(g_wx2_ptr + cols, acc_wx2, mask=col_ok)
+        tl.atomic_add(g_bx2_ptr, tl.sum(acc_bx2, axis=0))
         tl.atomic_add(g_w_r_ptr + cols, acc_w_r, mask=col_ok)
 
     return edge_sums_kernel, edge_grads_kernel
@@ -238,6 +243,7 @@ class _Prepared(NamedTuple):
     wx1: Tensor
     bx1: Tensor
     wx2: Tensor
+    bx2: Tensor
     edge_attr: Tensor
     edge_shift: Tensor | None
 
@@ -248,9 +254,9 @@ def _prepare(pos: Tensor, edge_attr: Tensor, edge_shift: Tensor | None, weights:
     def prepared(t: Tensor) -> Tensor:
         return t.detach().to(compute).contiguous()
 
-    w_edge, w2, b2, wx1, bx1, wx2 = (prepared(t) for t in weights)
+    w_edge, w2, b2, wx1, bx1, wx2, bx2 = (prepared(t) for t in weights)
     return _Prepared(
-        compute, w_edge[:, 0].contiguous(), w_edge[:, 1:].contiguous(), w2, b2, wx1, bx1, wx2.view(-1),
+        compute, w_edge[:, 0].contiguous(), w_edge[:, 1:].contiguous(), w2, b2, wx1, bx1, wx2.view(-1), bx2,
         prepared(edge_attr), None if edge_shift is None else prepared(edge_shift),
     )
 
@@ -299,7 +305,7 @@ def fused_edge_sums(
         layout.ptr, layout.source, layout.target, _contiguous(p_recv), _contiguous(p_src), _contiguous(pos),
         _contiguous(pos_src), prep.edge_attr if fe else coord_sum,  # any pointer when there is nothing to read
         coord_sum if prep.edge_shift is None else prep.edge_shift,
-        prep.w_r, prep.w_e if fe else prep.w_r, prep.w2, prep.b2, prep.wx1, prep.bx1, prep.wx2,
+        prep.w_r, prep.w_e if fe else prep.w_r, prep.w2, prep.b2, prep.wx1, prep.bx1, prep.wx2, prep.bx2,
         message_sum, coord_sum, n, **_sizes(hidden, dim, fe),
         HAS_SHIFT=edge_shift is not None, BLOCK_R=BLOCK_R, BLOCK_E=BLOCK_E,
     )
@@ -315,7 +321,7 @@ class EdgeGrads(NamedTuple):
     pos_src: Tensor  # [N_src, D]
     edge_attr: Tensor | None  # [E, Fe]
     edge_shift: Tensor | None  # [E, D]
-    weights: tuple[Tensor, ...]  # like EdgeWeights: w_edge [H, 1 + Fe], w2, b2, wx1, bx1, wx2 [1, H]
+    weights: tuple[Tensor, ...]  # like EdgeWeights: w_edge [H, 1 + Fe], w2, b2, wx1, bx1, wx2 [1, H], bx2 [1]
 
 
 def fused_edge_grads(
@@ -356,7 +362,7 @@ def fused_edge_grads(
          "pos_src": zeros(*pos_src.shape), "attr": zeros(*edge_attr.shape) if need_attr else None,
          "shift": zeros(*edge_shift.shape) if need_shift and edge_shift is not None else None,
          "w_r": zeros(hidden), "w_e": zeros(hidden, fe), "w2": zeros(hidden, hidden), "b2": zeros(hidden),
-         "wx1": zeros(hidden, hidden), "bx1": zeros(hidden), "wx2": zeros(hidden)}
+         "wx1": zeros(hidden, hidden), "bx1": zeros(hidden), "wx2": zeros(hidden), "bx2": zeros(1)}
     if n > 0 and layout.num_edges > 0:
         dummy = g["w_r"]  # any pointer where there is nothing to read or write
         _, backward_kernel = _kernels(interpreted())
@@ -364,11 +370,11 @@ def fused_edge_grads(
             layout.ptr, layout.source, layout.target, _contiguous(p_recv), _contiguous(p_src), _contiguous(pos),
             _contiguous(pos_src), prep.edge_attr if fe else dummy,
             dummy if prep.edge_shift is None else prep.edge_shift,
-            prep.w_r, prep.w_e if fe else dummy, prep.w2, prep.b2, prep.wx1, prep.bx1, prep.wx2,
+            prep.w_r, prep.w_e if fe else dummy, prep.w2, prep.b2, prep.wx1, prep.bx1, prep.wx2, prep.bx2,
             _contiguous(grad_message), _contiguous(grad_coord),
             g["p_recv"], g["p_src"], g["pos"], g["pos_src"], dummy if g["attr"] is None else g["attr"],
             dummy if g["shift"] is None else g["shift"],
-            g["w_r"], g["w_e"] if fe else dummy, g["w2"], g["b2"], g["wx1"], g["bx1"], g["wx2"], n,
+            g["w_r"], g["w_e"] if fe else dummy, g["w2"], g["b2"], g["wx1"], g["bx1"], g["wx2"], g["bx2"], n,
             **_sizes(hidden, dim, fe), FP=max(16, triton.next_power_of_2(fe)),
             HAS_SHIFT=edge_shift is not None, NEED_ATTR=g["attr"] is not None and fe > 0,
             NEED_SHIFT=g["shift"] is not None, BLOCK_R=BLOCK_R, BLOCK_E=BLOCK_E,
@@ -377,10 +383,10 @@ def fused_edge_grads(
     def like(grad: Tensor | None, t: Tensor | None) -> Tensor | None:
         return None if grad is None or t is None else grad.to(t.dtype)
 
-    w_edge, w2, b2, wx1, bx1, wx2 = weights
+    w_edge, w2, b2, wx1, bx1, wx2, bx2 = weights
     return EdgeGrads(
         like(g["p_recv"], p_recv), like(g["p_src"], p_src), like(g["pos"], pos), like(g["pos_src"], pos_src),
         like(g["attr"], edge_attr), like(g["shift"], edge_shift),
         (torch.cat([g["w_r"][:, None], g["w_e"]], 1).to(w_edge.dtype), g["w2"].to(w2.dtype), g["b2"].to(b2.dtype),
-         g["wx1"].to(wx1.dtype), g["bx1"].to(bx1.dtype), g["wx2"].view_as(wx2).to(wx2.dtype)),
+         g["wx1"].to(wx1.dtype), g["bx1"].to(bx1.dtype), g["wx2"].view_as(wx2).to(wx2.dtype), g["bx2"].to(bx2.dtype)),
     )
