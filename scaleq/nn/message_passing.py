@@ -59,6 +59,8 @@ class EdgeLayout:
         source: [E] source j of each sorted edge (indexes the source node set, which under
             graph parallelism is the owned nodes followed by the halo nodes).
         target: [E] receiver i of each sorted edge, ascending.
+        (source and target are int32 when every node index fits, which halves the bytes every
+        gather reads: the layout is read once per layer, forward and backward.)
         ptr: [N + 1] CSR offsets: receiver i's edges are ``ptr[i]:ptr[i + 1]``.
         edge_attr: [E, Fe] edge attributes in sorted order.
         edge_shift: [E, D] periodic shifts in sorted order, or None.
@@ -87,6 +89,8 @@ class EdgeLayout:
         if edge_shift is not None and edge_shift.shape[0] != num_edges:
             raise ValueError(f"edge_shift has {edge_shift.shape[0]} rows but edge_index has {num_edges} edges")
         source, target = edge_index[0], edge_index[1]
+        if num_edges and int(edge_index.max()) <= torch.iinfo(torch.int32).max:
+            source, target = source.to(torch.int32), target.to(torch.int32)
         order = torch.argsort(target, stable=True)
         counts = torch.bincount(target, minlength=num_nodes)
         ptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=target.device)

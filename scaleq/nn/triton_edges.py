@@ -89,8 +89,9 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         for tile in range(edge_begin, edge_end, BLOCK_E):
             edges = tile + tl.arange(0, BLOCK_E)
             edge_ok = edges < edge_end
-            source = tl.load(source_ptr + edges, mask=edge_ok, other=0)
-            target = tl.load(target_ptr + edges, mask=edge_ok, other=0)
+            # node indices may be int32: widen before they are multiplied into offsets (N H > 2^31)
+            source = tl.load(source_ptr + edges, mask=edge_ok, other=0).to(tl.int64)
+            target = tl.load(target_ptr + edges, mask=edge_ok, other=0).to(tl.int64)
             vec_ok = edge_ok[:, None] & dim_ok[None, :]
             diff = tl.load(pos_ptr + target[:, None] * D + dims[None, :], mask=vec_ok, other=0.0).to(compute)
             diff -= tl.load(pos_src_ptr + source[:, None] * D + dims[None, :], mask=vec_ok, other=0.0).to(compute)
@@ -165,8 +166,9 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         for tile in range(edge_begin, edge_end, BLOCK_E):
             edges = tile + tl.arange(0, BLOCK_E)
             edge_ok = edges < edge_end
-            source = tl.load(source_ptr + edges, mask=edge_ok, other=0)
-            target = tl.load(target_ptr + edges, mask=edge_ok, other=0)
+            # node indices may be int32: widen before they are multiplied into offsets (N H > 2^31)
+            source = tl.load(source_ptr + edges, mask=edge_ok, other=0).to(tl.int64)
+            target = tl.load(target_ptr + edges, mask=edge_ok, other=0).to(tl.int64)
             vec_ok = edge_ok[:, None] & dim_ok[None, :]
             row_ok = edge_ok[:, None] & col_ok[None, :]
             # the forward, recomputed in registers

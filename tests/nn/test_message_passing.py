@@ -96,6 +96,7 @@ def test_empty_graph_and_no_edge_attributes(options):
 def test_layout_is_receiver_sorted_csr():
     edge_index, edge_attr, _, _ = random_graph()
     layout = EdgeLayout.build(edge_index, 30, edge_attr)
+    assert layout.source.dtype == layout.target.dtype == torch.int32  # node indices fit: half the bytes
     assert torch.all(layout.target[1:] >= layout.target[:-1])
     assert torch.equal(layout.ptr[1:] - layout.ptr[:-1], torch.bincount(edge_index[1], minlength=30))
     # the same multiset of (source, target, attribute) rows
