@@ -59,8 +59,9 @@ class EdgeLayout:
         source: [E] source j of each sorted edge (indexes the source node set, which under
             graph parallelism is the owned nodes followed by the halo nodes).
         target: [E] receiver i of each sorted edge, ascending.
-        (source and target are int32 when every node index fits, which halves the bytes every
-        gather reads: the layout is read once per layer, forward and backward.)
+        (On CUDA source and target are int32 when every node index fits: half the bytes each
+        gather reads, once per layer forward and backward. On the CPU int32 indices made gathers
+        and index_add_ no faster, at small sizes slower, so they stay int64 there.)
         ptr: [N + 1] CSR offsets: receiver i's edges are ``ptr[i]:ptr[i + 1]``.
         edge_attr: [E, Fe] edge attributes in sorted order.
         edge_shift: [E, D] periodic shifts in sorted order, or None.
@@ -89,7 +90,7 @@ class EdgeLayout:
         if edge_shift is not None and edge_shift.shape[0] != num_edges:
             raise ValueError(f"edge_shift has {edge_shift.shape[0]} rows but edge_index has {num_edges} edges")
         source, target = edge_index[0], edge_index[1]
-        if num_edges and int(edge_index.max()) <= torch.iinfo(torch.int32).max:
+        if edge_index.is_cuda and num_edges and int(edge_index.max()) <= torch.iinfo(torch.int32).max:
             source, target = source.to(torch.int32), target.to(torch.int32)
         order = torch.argsort(target, stable=True)
         counts = torch.bincount(target, minlength=num_nodes)

@@ -1,6 +1,7 @@
 """The message-passing block: every path (plain torch, chunked with recomputation, fused Triton
 kernel under the interpreter) against the plain torch path, the halo and the periodic shift."""
 
+import dataclasses
 import threading
 from types import SimpleNamespace
 
@@ -96,13 +97,30 @@ def test_empty_graph_and_no_edge_attributes(options):
 def test_layout_is_receiver_sorted_csr():
     edge_index, edge_attr, _, _ = random_graph()
     layout = EdgeLayout.build(edge_index, 30, edge_attr)
-    assert layout.source.dtype == layout.target.dtype == torch.int32  # node indices fit: half the bytes
+    assert layout.source.dtype == layout.target.dtype == torch.int64  # int32 on CUDA only
     assert torch.all(layout.target[1:] >= layout.target[:-1])
     assert torch.equal(layout.ptr[1:] - layout.ptr[:-1], torch.bincount(edge_index[1], minlength=30))
     # the same multiset of (source, target, attribute) rows
     before = sorted(zip(edge_index[0].tolist(), edge_index[1].tolist(), edge_attr[:, 0].tolist()))
     after = sorted(zip(layout.source.tolist(), layout.target.tolist(), layout.edge_attr[:, 0].tolist()))
     assert before == after
+
+
+@pytest.mark.parametrize("options", [{"edge_chunk": 7}, {"kernel": "triton"}], ids=["chunk7", "triton"])
+def test_int32_node_indices_give_the_same_sums_and_gradients(options):
+    """CUDA layouts hold int32 node indices; the paths (and the kernels' offsets) take them too."""
+    skip_without_triton(options)
+    layer = make_layer(torch.float64)
+    edge_index, edge_attr, h, pos = random_graph()
+    expected = run_block(layer, edge_index, edge_attr, h, pos, **options)
+    narrow = EdgeLayout.build(edge_index, pos.shape[0], edge_attr)
+    narrow = dataclasses.replace(narrow, source=narrow.source.int(), target=narrow.target.int())
+    h, pos = h.clone().requires_grad_(), pos.clone().requires_grad_()
+    sums = edge_sums(layer.phi_e, layer.phi_x, h, pos, narrow, **options)
+    weight_m = torch.linspace(-1, 1, sums.message_sum.numel(), dtype=h.dtype).view_as(sums.message_sum)
+    loss = (sums.message_sum * weight_m).sum() + sums.coord_sum.pow(2).sum()
+    grads = torch.autograd.grad(loss, [h, pos, *layer.phi_e.parameters(), *layer.phi_x.parameters()])
+    assert_all_close([sums.message_sum.detach(), sums.coord_sum.detach(), *grads], expected, torch.float64)
 
 
 def test_bad_inputs_are_named():
