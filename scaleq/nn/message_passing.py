@@ -6,11 +6,10 @@ For each edge j -> i (receiver i, source j) the block computes, as EGNN's publis
     m_ij = phi_e(h_i, h_j, |d_ij|^2, e_ij)                      phi_e = Linear-SiLU-Linear-SiLU
     c_ij = d_ij phi_x(m_ij)                                     phi_x = Linear-SiLU-Linear(H, 1)
 
-(EGHN's published layer orders phi_e's inputs |d_ij|^2, h_i, h_j, e_ij: ``radial_first``; its
-phi_x's last Linear has a bias, EGNN's has none.)
-
 and returns only node-level sums over each receiver's edges: ``message_sum`` [N, H] = sum_j m_ij
 and ``coord_sum`` [N, D] = sum_j c_ij (models divide by the degree where they take means).
+(EGHN's published layer orders phi_e's inputs |d_ij|^2, h_i, h_j, e_ij: ``radial_first``; its
+phi_x's last Linear has a bias, EGNN's has none.)
 
 How it is computed (the function is the same, up to rounding):
 
@@ -20,9 +19,9 @@ How it is computed (the function is the same, up to rounding):
   columns at run time), so state dicts and checkpoints stay as they were.
 - Edges are sorted by receiver once per model forward (:class:`EdgeLayout`, CSR ``ptr`` plus the
   sorted sources) and the layout is shared by all layers.
-- ``edge_chunk = K > 0``: a custom autograd Function walks the sorted edges in chunks of K edges
-  (a chunk may end inside one receiver's edges: the sums simply continue in the next chunk) and
-  keeps only node-level tensors; its backward recomputes each chunk's edge activations. Peak
+- ``edge_chunk = K > 0``: the edges are walked in chunks of K (a chunk may end inside one
+  receiver's edges: the sums simply continue in the next chunk) keeping only node-level tensors,
+  and the backward recomputes each chunk's edge activations (:mod:`scaleq.nn.recompute`). Peak
   memory is O(N H + K H) per layer instead of O(E H).
 - ``kernel="triton"`` (or ``"auto"`` on CUDA when Triton imports): fused Triton kernels compute
   the forward sums and, recomputing, the backward without writing any per-edge tensor
@@ -34,12 +33,16 @@ How it is computed (the function is the same, up to rounding):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Sequence
 from typing import Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from scaleq.nn.edge_layout import EdgeLayout
+from scaleq.nn.recompute import sum_over_edges
 
 Kernel = Literal["auto", "torch", "triton"]
 KERNELS = ("auto", "torch", "triton")
@@ -49,65 +52,6 @@ class Halo(Protocol):
     """What the block needs of graph parallelism's halo (duck-typed; see scaleq.distributed)."""
 
     def extend(self, t: Tensor) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class EdgeLayout:
-    """Edges sorted by receiver (stable), built once per model forward and shared by its layers.
-
-    Attributes:
-        source: [E] source j of each sorted edge (indexes the source node set, which under
-            graph parallelism is the owned nodes followed by the halo nodes).
-        target: [E] receiver i of each sorted edge, ascending.
-        (On CUDA source and target are int32 when every node index fits: half the bytes each
-        gather reads, once per layer forward and backward. On the CPU int32 indices made gathers
-        and index_add_ no faster, at small sizes slower, so they stay int64 there.)
-        ptr: [N + 1] CSR offsets: receiver i's edges are ``ptr[i]:ptr[i + 1]``.
-        edge_attr: [E, Fe] edge attributes in sorted order.
-        edge_shift: [E, D] periodic shifts in sorted order, or None.
-        num_nodes: N, the number of receivers.
-    """
-
-    source: Tensor
-    target: Tensor
-    ptr: Tensor
-    edge_attr: Tensor
-    edge_shift: Tensor | None
-    num_nodes: int
-
-    @staticmethod
-    def build(edge_index: Tensor, num_nodes: int, edge_attr: Tensor, edge_shift: Tensor | None = None) -> EdgeLayout:
-        """Sort the edges by receiver.
-
-        Shapes:
-            edge_index: [2, E] (j -> i), edge_attr: [E, Fe], edge_shift: [E, D] or None
-        """
-        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
-        num_edges = edge_index.shape[1]
-        if edge_attr.shape[0] != num_edges:
-            raise ValueError(f"edge_attr has {edge_attr.shape[0]} rows but edge_index has {num_edges} edges")
-        if edge_shift is not None and edge_shift.shape[0] != num_edges:
-            raise ValueError(f"edge_shift has {edge_shift.shape[0]} rows but edge_index has {num_edges} edges")
-        source, target = edge_index[0], edge_index[1]
-        if edge_index.is_cuda and num_edges and int(edge_index.max()) <= torch.iinfo(torch.int32).max:
-            source, target = source.to(torch.int32), target.to(torch.int32)
-        order = torch.argsort(target, stable=True)
-        counts = torch.bincount(target, minlength=num_nodes)
-        ptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=target.device)
-        torch.cumsum(counts, 0, out=ptr[1:])
-        return EdgeLayout(
-            source=source[order], target=target[order], ptr=ptr, edge_attr=edge_attr[order],
-            edge_shift=None if edge_shift is None else edge_shift[order], num_nodes=num_nodes,
-        )
-
-    @property
-    def num_edges(self) -> int:
-        return int(self.source.shape[0])
-
-    def degree(self, dtype: torch.dtype) -> Tensor:
-        """In-degree of every receiver, at least 1 (so means over no edges are 0). Shapes: -> [N, 1]."""
-        return (self.ptr[1:] - self.ptr[:-1]).clamp(min=1).to(dtype).unsqueeze(-1)
 
 
 class EdgeSums(NamedTuple):
@@ -203,18 +147,15 @@ def edge_sums(
     )
     message_dtype = h.dtype
     use_triton = resolve_kernel(kernel, pos)
-    if not use_triton and edge_chunk == 0:
-        m, coord = edge_terms(
-            p_recv[layout.target], p_src[layout.source], pos[layout.target], pos_src[layout.source],
-            layout.edge_attr, layout.edge_shift, weights, message_dtype,
+    if use_triton:
+        message_sum, coord_sum = FusedEdgeSums.apply(
+            layout, message_dtype, p_recv, p_src, pos, pos_src, layout.edge_attr, layout.edge_shift, *weights
         )
-        message_sum = torch.zeros(layout.num_nodes, hidden, dtype=message_dtype, device=h.device)
-        coord_sum = torch.zeros(layout.num_nodes, pos.shape[-1], dtype=pos.dtype, device=pos.device)
-        return EdgeSums(message_sum.index_add_(0, layout.target, m), coord_sum.index_add_(0, layout.target, coord))
-    message_sum, coord_sum = RecomputedEdgeSums.apply(
-        layout, edge_chunk, use_triton, message_dtype, p_recv, p_src, pos, pos_src, layout.edge_attr,
-        layout.edge_shift, *weights,
-    )
+    else:
+        message_sum, coord_sum = sum_over_edges(
+            functools.partial(_edge_terms_fn, message_dtype=message_dtype), layout, edge_chunk,
+            recv=(p_recv, pos), src=(p_src, pos_src), edge=(layout.edge_attr, layout.edge_shift), params=weights,
+        )
     return EdgeSums(message_sum, coord_sum)
 
 
@@ -269,23 +210,24 @@ def edge_terms(
     return m.to(message_dtype), diff * phi_x.to(diff.dtype)
 
 
-class RecomputedEdgeSums(torch.autograd.Function):
-    """Edge sums whose forward keeps no per-edge tensor and whose backward recomputes them.
+def _edge_terms_fn(
+    recv: Sequence[Tensor], src: Sequence[Tensor], edge: Sequence[Tensor | None], params: Sequence[Tensor], *,
+    message_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """:func:`edge_terms` in the calling convention of :func:`scaleq.nn.recompute.sum_over_edges`."""
+    (p_recv, pos_recv), (p_src, pos_src), (edge_attr, edge_shift) = recv, src, edge
+    assert edge_attr is not None
+    return edge_terms(p_recv, p_src, pos_recv, pos_src, edge_attr, edge_shift, EdgeWeights(*params), message_dtype)
 
-    With the fused Triton kernels, forward and backward are one kernel each over all edges
-    (:mod:`scaleq.nn.triton_edges`). Otherwise the forward walks chunks of ``chunk``
-    receiver-sorted edges with the torch twin, and the backward, for each chunk, recomputes the
-    chunk's edges from the saved node-level inputs under autograd (the same autocast state as the
-    forward), scatters the gradients of the chunk's per-edge rows back to their nodes, and sums
-    the parameter gradients over chunks. Not differentiable twice.
-    """
+
+class FusedEdgeSums(torch.autograd.Function):
+    """The block's sums with the fused Triton kernels (:mod:`scaleq.nn.triton_edges`): one kernel
+    over all edges forward, one that recomputes in registers backward. Not differentiable twice."""
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
         layout: EdgeLayout,
-        chunk: int,
-        use_triton: bool,
         message_dtype: torch.dtype,
         p_recv: Tensor,
         p_src: Tensor,
@@ -295,90 +237,23 @@ class RecomputedEdgeSums(torch.autograd.Function):
         edge_shift: Tensor | None,
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        device_type = pos.device.type
-        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-        ctx.layout, ctx.chunk, ctx.message_dtype, ctx.use_triton = layout, chunk, message_dtype, use_triton
-        weights = EdgeWeights(*params)
-        if use_triton:
-            from scaleq.nn.triton_edges import fused_edge_sums
+        from scaleq.nn.triton_edges import fused_edge_sums
 
-            message_sum, coord_sum = fused_edge_sums(
-                layout, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, weights, message_dtype
-            )
-        else:
-            hidden, n = p_recv.shape[-1], layout.num_nodes
-            message_sum = torch.zeros(n, hidden, dtype=message_dtype, device=pos.device)
-            coord_sum = torch.zeros(n, pos.shape[-1], dtype=pos.dtype, device=pos.device)
-            for start in range(0, layout.num_edges, chunk):
-                rows = slice(start, start + chunk)
-                target, source = layout.target[rows], layout.source[rows]
-                m, coord = edge_terms(
-                    p_recv[target], p_src[source], pos[target], pos_src[source], edge_attr[rows],
-                    None if edge_shift is None else edge_shift[rows], weights, message_dtype,
-                )
-                message_sum.index_add_(0, target, m)
-                coord_sum.index_add_(0, target, coord)
+        ctx.layout = layout
         ctx.save_for_backward(p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params)
-        return message_sum, coord_sum
+        return fused_edge_sums(layout, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params, message_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_message: Tensor, grad_coord: Tensor) -> tuple:
+        from scaleq.nn.triton_edges import fused_edge_grads
+
         p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params = ctx.saved_tensors
-        layout: EdgeLayout = ctx.layout
-        needs = ctx.needs_input_grad[4:]  # p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params
-        if ctx.use_triton:
-            from scaleq.nn.triton_edges import fused_edge_grads
-
-            grads = fused_edge_grads(
-                layout, grad_message, grad_coord, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params,
-                need_attr=needs[4], need_shift=needs[5],
-            )
-            node_grads = [g if need else None for g, need in zip(grads[:4], needs[:4])]
-            param_grads = [g if need else None for g, need in zip(grads.weights, needs[6:])]
-            return (None, None, None, None, *node_grads, grads.edge_attr, grads.edge_shift, *param_grads)
-        node_inputs = (p_recv, p_src, pos, pos_src)
-        node_grads = [torch.zeros_like(t) if need else None for t, need in zip(node_inputs, needs[:4])]
-        attr_grad = torch.zeros_like(edge_attr) if needs[4] else None
-        shift_grad = torch.zeros_like(edge_shift) if edge_shift is not None and needs[5] else None
-        leaves = [p.detach().requires_grad_(need) for p, need in zip(params, needs[6:])]
-        param_grads = [torch.zeros_like(p) if need else None for p, need in zip(params, needs[6:])]
-        device_type, autocast_on, autocast_dtype = ctx.autocast
-        for start in range(0, layout.num_edges, ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            target, source = layout.target[rows], layout.source[rows]
-            index = (target, source, target, source)
-            with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
-                gathered = [t[i].detach().requires_grad_(need) for t, i, need in zip(node_inputs, index, needs[:4])]
-                attr = edge_attr[rows].detach().requires_grad_(needs[4])
-                shift = None if edge_shift is None else edge_shift[rows].detach().requires_grad_(shift_grad is not None)
-                m, coord = edge_terms(*gathered, attr, shift, EdgeWeights(*leaves), ctx.message_dtype)
-            wrt = [*gathered, attr, *([] if shift is None else [shift]), *leaves]
-            wanted = [t for t in wrt if t.requires_grad]
-            if not wanted:
-                break
-            grads = iter(torch.autograd.grad(
-                (m, coord), wanted, (grad_message[target].to(m.dtype), grad_coord[target].to(coord.dtype)),
-                allow_unused=True,
-            ))
-            for k, t in enumerate(gathered):
-                if t.requires_grad:
-                    _accumulate_rows(node_grads[k], index[k], next(grads))
-            if attr.requires_grad:
-                _add_(attr_grad[rows], next(grads))
-            if shift is not None and shift.requires_grad:
-                _add_(shift_grad[rows], next(grads))
-            for k, leaf in enumerate(leaves):
-                if leaf.requires_grad:
-                    _add_(param_grads[k], next(grads))
-        return (None, None, None, None, *node_grads, attr_grad, shift_grad, *param_grads)
-
-
-def _accumulate_rows(out: Tensor, index: Tensor, rows: Tensor | None) -> None:
-    if rows is not None:
-        out.index_add_(0, index, rows.to(out.dtype))
-
-
-def _add_(out: Tensor, value: Tensor | None) -> None:
-    if value is not None:
-        out.add_(value.to(out.dtype))
+        needs = ctx.needs_input_grad[2:]  # p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params
+        grads = fused_edge_grads(
+            ctx.layout, grad_message, grad_coord, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params,
+            need_attr=needs[4], need_shift=needs[5],
+        )
+        node_grads = [g if need else None for g, need in zip(grads[:4], needs[:4])]
+        param_grads = [g if need else None for g, need in zip(grads.weights, needs[6:])]
+        return (None, None, *node_grads, grads.edge_attr, grads.edge_shift, *param_grads)

@@ -7,6 +7,7 @@ from scaleq.data.graph import GraphBuilder
 from scaleq.losses import training_loss
 from scaleq.models import EGHN
 from scaleq.models.eghn import Clusters, EGHNEGNNLayer, EMMPLayer, UnPoolLayer, complete_cluster_graph
+from scaleq.nn.edge_layout import EdgeLayout
 from scaleq.testing.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 from scaleq.testing.equivariance import check_equivariance
 
@@ -280,8 +281,10 @@ def test_every_block_path_gives_the_same_outputs_and_gradients(dtype, path):
         pytest.skip("triton is not installed")
     batch = _as(make_batch(graphs()), dtype)
     assert chunk_splits_a_receiver(batch.edge_index, 5)
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
-    assert_paths_agree(make_model().to(dtype), batch, PATHS[path], eghn_loss, rtol=tol, atol=tol)
+    # fp32: three stacks in a row (encoder, cluster level, decoder); the kernels' atomic sums round
+    # in another order, which reached 2.6e-5 relative on one gradient entry
+    rtol, atol = (1e-10, 1e-10) if dtype == torch.float64 else (5e-5, 1e-5)
+    assert_paths_agree(make_model().to(dtype), batch, PATHS[path], eghn_loss, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -300,3 +303,29 @@ def test_block_options_are_checked():
         make_model(edge_chunk=-1)
     with pytest.raises(ValueError, match="kernel must be one of"):
         make_model(kernel="cuda")
+
+
+def test_chunked_emmp_keeps_memory_independent_of_the_number_of_edges():
+    """At fixed N, 4x the local edges: a chunked EMMP layer keeps exactly as many bytes for backward."""
+    n, hidden = 200, 16
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    layer = EMMPLayer(hidden, 3, 0)
+    kept = {}
+    for e in (2_000, 8_000):
+        h = torch.randn(n, hidden, generator=generator, requires_grad=True)
+        z = torch.randn(n, 3, 3, generator=generator, requires_grad=True)
+        layout = EdgeLayout.build(torch.randint(0, n, (2, e), generator=generator), n, torch.zeros(e, 0))
+        for chunk in (0, 256):
+            layer.edge_chunk = chunk
+            storages = {}
+
+            def pack(t, storages=storages):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                layer(h, z, layout)
+            kept[e, chunk] = sum(storages.values())
+    assert kept[8_000, 256] == kept[2_000, 256]
+    assert kept[8_000, 0] - kept[2_000, 0] > 6_000 * hidden * 4  # plain: at least an [E, H] kept
