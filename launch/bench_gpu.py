@@ -7,7 +7,8 @@
 Radius graphs (~20 neighbours): torch-cluster and the cell list (torch and Triton pair searches),
 with a check that the edge sets agree. Training steps (graph build + forward + backward + Adam):
 EGNN and FastEGNN-<3,0.75>, 4 layers, H=64, fp32 and bf16, as edge-layers/s and as a ratio to a
-plain EGNN in the published code's style. Writes bench/gpu_<device>.csv and .png and prints a table.
+plain EGNN in the published code's style. Edge reductions: index_add_ (int64, int32 indices)
+against torch.segment_reduce. Writes bench/gpu_<device>.csv and .png and prints a table.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'radius graph':<14}{'backend':<22}{'edges':>12}{'ms':>11}{'peak MB':>10}  agree")
     for r in (r for r in rows if r["part"] == "radius_graph"):
         print(f"{r['case']:<14}{r['variant']:<22}{r['edges']:>12}{r['ms']:>11.2f}{_mb(r['peak_mb']):>10}  {r['agree']}")
+    reductions = [r for r in rows if r["part"] == "edge_reduce"]
+    if reductions:
+        print(f"\n{'reduce':<10}{'variant':<20}{'edges':>10}{'ms':>10}  agree")
+    for r in reductions:
+        print(f"{r['case']:<10}{r['variant']:<20}{r['edges']:>10}{r['ms']:>10.2f}  {r['agree']}")
     steps = [r for r in rows if r["part"] == "train_step"]
     if steps:
         print(f"\n{'step':<10}{'variant':<20}{'prec':<6}{'edges':>10}{'ms':>10}{'M edge-layers/s':>17}{'x ref':>7}{'peak MB':>10}")

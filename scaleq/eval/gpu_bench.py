@@ -18,6 +18,7 @@ during that variant (empty on CPU).
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import re
@@ -83,7 +84,6 @@ def step_variants() -> list[StepVariant]:
             StepVariant("EGNN", "egnn", {}, precision),
             StepVariant("EGNN chunked", "egnn", {"edge_chunk": 65536}, precision),
             StepVariant("EGNN triton", "egnn", {"kernel": "triton"}, precision),
-            StepVariant("EGNN triton chunked", "egnn", {"kernel": "triton", "edge_chunk": 262144}, precision),
             StepVariant("FastEGNN-<3,0.75>", "fastegnn", fast, precision, edge_drop=0.75),
             StepVariant("FastEGNN-<3,0.75> chunked", "fastegnn", {**fast, "edge_chunk": 65536}, precision, edge_drop=0.75),
             StepVariant("FastEGNN-<3,0.75> triton", "fastegnn", {**fast, "kernel": "triton"}, precision, edge_drop=0.75),
@@ -231,6 +231,36 @@ def bench_steps(device: torch.device, quick: bool, repeats: int) -> list[dict[st
     return rows
 
 
+def _index_add(rows: Tensor, target: Tensor, nodes: int) -> Tensor:
+    return rows.new_zeros(nodes, rows.shape[-1]).index_add_(0, target, rows)
+
+
+def bench_reductions(device: torch.device, quick: bool, repeats: int) -> list[dict[str, Any]]:
+    """Summing per-edge rows [E, H] into their receivers [N, H], receiver-sorted edges: index_add_
+    with int64 and int32 indices, and torch.segment_reduce over the CSR segment lengths (the
+    message-passing block uses index_add_; these rows say whether segments would beat it)."""
+    rows = []
+    for case in step_workloads(quick):
+        nodes = case.graphs * case.nodes
+        edges = int(nodes * NEIGHBOURS)
+        generator = torch.Generator().manual_seed(0)
+        target = torch.sort(torch.randint(0, nodes, (edges,), generator=generator)).values.to(device)
+        lengths = torch.bincount(target, minlength=nodes)
+        rows_in = torch.randn(edges, HIDDEN, generator=generator).to(device)
+        variants: dict[str, Callable[[], Tensor]] = {
+            "index_add_ int64": functools.partial(_index_add, rows_in, target, nodes),
+            "index_add_ int32": functools.partial(_index_add, rows_in, target.int(), nodes),
+            "segment_reduce": functools.partial(torch.segment_reduce, rows_in, "sum", lengths=lengths, unsafe=True),
+        }
+        expected = variants["index_add_ int64"]()
+        for label, fn in variants.items():
+            agree = "yes" if torch.allclose(fn(), expected, rtol=1e-4, atol=1e-4) else "NO"
+            ms = time_ms(fn, device, repeats)
+            rows.append({"part": "edge_reduce", "case": case.label, "variant": label, "precision": "fp32",
+                         "nodes": nodes, "edges": edges, "ms": ms, "agree": agree})
+    return rows
+
+
 def environment(device: torch.device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     triton = "none"
@@ -251,5 +281,7 @@ def run(device: torch.device, quick: bool, repeats: int, *, steps: bool = True, 
     """Every row of the benchmark (radius graphs up to ``max_nodes`` particles, then training steps
     unless ``steps`` is False), each with the device name and the torch / CUDA / Triton versions."""
     env = environment(device)
-    rows = bench_radius_graphs(device, quick, repeats, max_nodes) + (bench_steps(device, quick, repeats) if steps else [])
+    rows = bench_radius_graphs(device, quick, repeats, max_nodes)
+    if steps:
+        rows += bench_reductions(device, quick, repeats) + bench_steps(device, quick, repeats)
     return [{**row, **env} for row in rows]

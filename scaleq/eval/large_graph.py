@@ -7,7 +7,7 @@ cube with about ``neighbours`` neighbours each, along one path:
     reference  EGNN as it was before the shared block (scaleq.eval.reference_egnn; EGNN only)
     torch      the block, all edges at once (edge_chunk 0)
     chunked    the block, chunks of ``edge_chunk`` edges recomputed in backward
-    triton     the fused Triton forward kernel + chunked recomputing backward
+    triton     the fused Triton kernels (forward, and a backward that recomputes in registers)
 
 Memory, two ways: ``saved_mb``, the bytes of the distinct storages autograd keeps for the
 backward (counted with saved-tensor hooks during the forward: exact, independent of the allocator);

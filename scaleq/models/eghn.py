@@ -46,6 +46,7 @@ assignment tensor and [B, K, K] matrices.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -53,8 +54,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from scaleq.models.egnn import check_block_options
 from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.message_passing import EdgeLayout, Kernel, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
+from scaleq.nn.recompute import sum_over_edges
 from scaleq.nn.scatter import scatter_mean, scatter_sum
 
 ClusterEdgeAttr = Literal["raw", "row_normalised"]
@@ -89,35 +93,37 @@ class EGHNEGNNLayer(nn.Module):
         h_i <- phi_h(h_i, sum_j m_ij)                                   (no residual)
 
     v is the block's input velocity at every layer. Unlike EGNN's own layer (scaleq/models/egnn.py)
-    the features have no residual connection, the coordinate head has a bias and PyTorch's default
-    initialisation. The published +-100 clamp of the coordinate update is left out.
+    the features have no residual connection, phi_e reads |x_i - x_j|^2 first, the coordinate head
+    has a bias and PyTorch's default initialisation. The published +-100 clamp of the coordinate
+    update is left out. The edge work runs in the shared message-passing block
+    (scaleq.nn.message_passing), with ``edge_chunk`` and ``kernel`` as in EGNN.
 
     Args:
         hidden: width H of h and of the messages.
         edge_dim: width Fe of the invariant edge attributes.
+        edge_chunk, kernel: options of the message-passing block.
     """
 
-    def __init__(self, hidden: int, edge_dim: int) -> None:
+    def __init__(self, hidden: int, edge_dim: int, *, edge_chunk: int = 0, kernel: Kernel = "torch") -> None:
         super().__init__()
         self.phi_e = mlp(1 + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
         self.phi_x = mlp(hidden, hidden, 1)
         self.phi_v = mlp(hidden, hidden, 1)
         self.phi_h = mlp(2 * hidden, hidden, hidden)
+        check_edge_mlps(self.phi_e, self.phi_x)
+        self.edge_chunk, self.kernel = edge_chunk, kernel
 
-    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, pos: Tensor, vel: Tensor, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
         """
         Shapes:
             h: [N, H], pos: [N, D], vel: [N, D] (the block's input velocity),
-            edge_index: [2, E] (j -> i), edge_attr: [E, Fe] -> (h [N, H], pos [N, D])
+            layout: the receiver-sorted edges (j -> i) with attributes [E, Fe] -> (h [N, H], pos [N, D])
         """
-        source, target = edge_index
-        diff = pos[target] - pos[source]  # [E, D] x_i - x_j, kept in coordinate precision
-        radial = diff.pow(2).sum(-1, keepdim=True)  # [E, 1]
-        m = self.phi_e(cat_features([radial, h[target], h[source], edge_attr]))  # [E, H]
-        force = scatter_mean(diff * self.phi_x(m).to(diff.dtype), target, pos.shape[0])  # [N, D]
+        sums = edge_sums(self.phi_e, self.phi_x, h, pos, layout, edge_chunk=self.edge_chunk, kernel=self.kernel,
+                         radial_first=True)
+        force = sums.coord_sum / layout.degree(pos.dtype)  # [N, D] mean over incoming edges
         pos = pos + self.phi_v(h).to(pos.dtype) * vel + force
-        aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
-        h = self.phi_h(cat_features([h, aggregated])).to(h.dtype)
+        h = self.phi_h(cat_features([h, sums.message_sum])).to(h.dtype)
         return h, pos
 
 
@@ -126,12 +132,18 @@ class EGHNEGNN(nn.Module):
 
     Args:
         hidden: H. edge_dim: Fe. layers: L. gradient_checkpointing: checkpoint every k layers.
+        edge_chunk, kernel: options of the message-passing block.
     """
 
-    def __init__(self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0) -> None:
+    def __init__(
+        self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0, *, edge_chunk: int = 0,
+        kernel: Kernel = "torch",
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(hidden, hidden)
-        self.layers = nn.ModuleList(EGHNEGNNLayer(hidden, edge_dim) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            EGHNEGNNLayer(hidden, edge_dim, edge_chunk=edge_chunk, kernel=kernel) for _ in range(layers)
+        )
         self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, h: Tensor, pos: Tensor, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,8 +153,8 @@ class EGHNEGNN(nn.Module):
             -> (h [N, H], pos [N, D])
         """
         h = self.embed(h).to(pos.dtype)
-        steps = [functools.partial(_egnn_step, layer, vel=vel, edge_index=edge_index, edge_attr=edge_attr)
-                 for layer in self.layers]
+        layout = EdgeLayout.build(edge_index, pos.shape[0], edge_attr)  # sorted once, shared by every layer
+        steps = [functools.partial(_egnn_step, layer, vel=vel, layout=layout) for layer in self.layers]
         h, pos = run_layers(steps, (h, pos), self.gradient_checkpointing)
         return h, pos
 
@@ -151,35 +163,73 @@ class EMMPLayer(nn.Module):
     """Equivariant matrix message passing on ``channels`` vector channels (the published
     ``PoolingLayer`` with its ``EquivariantEdgeScalarNet``).
 
+    The edge work runs through :func:`scaleq.nn.recompute.sum_over_edges` (``edge_chunk`` > 0:
+    chunks of edges recomputed in backward, memory independent of the number of edges), with
+    phi_m's first Linear split by input as in the message-passing block: (W_i h + b) and W_j h
+    once per node, the invariants' and edge attributes' columns per edge.
+
     Args:
         hidden: width H of h and of the messages.
         channels: m, the number of vectors per node.
         edge_dim: width of the invariant edge attributes.
         update_vectors: False for a last layer, whose vectors nothing reads (Z is returned as is).
+        edge_chunk: edges per chunk (0: all at once).
     """
 
-    def __init__(self, hidden: int, channels: int, edge_dim: int, *, update_vectors: bool = True) -> None:
+    def __init__(self, hidden: int, channels: int, edge_dim: int, *, update_vectors: bool = True,
+                 edge_chunk: int = 0) -> None:
         super().__init__()
         self.channels = channels
         self.phi_m = mlp(channels * channels + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
         self.phi_mix = mlp(hidden, hidden, channels * channels) if update_vectors else None
         self.phi_h = mlp(2 * hidden, hidden, hidden)
+        self.edge_chunk = edge_chunk
 
-    def forward(self, h: Tensor, z: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, z: Tensor, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
         """
         Shapes:
-            h: [N, H], z: [N, D, m], edge_index: [2, E] (j -> i), edge_attr: [E, Fe]
-            -> (h [N, H], z [N, D, m])
+            h: [N, H], z: [N, D, m], layout: the receiver-sorted edges (j -> i) with attributes
+            [E, Fe] -> (h [N, H], z [N, D, m])
         """
-        source, target = edge_index
-        z_i, z_j = z[target], z[source]  # [E, D, m]
-        m = self.phi_m(cat_features([normalised_products(z_j, z_i), h[target], h[source], edge_attr]))  # [E, H]
+        hidden, invariants = h.shape[-1], self.channels * self.channels
+        first = self.phi_m[0]
+        weight = first.weight  # columns: [Z_j^T Z_i (m m), h_i (H), h_j (H), e (Fe)]
+        p_recv = F.linear(h, weight[:, invariants : invariants + hidden], first.bias)  # [N, H]
+        p_src = F.linear(h, weight[:, invariants + hidden : invariants + 2 * hidden])  # [N, H]
+        params = [weight[:, :invariants], weight[:, invariants + 2 * hidden :], self.phi_m[2].weight, self.phi_m[2].bias]
         if self.phi_mix is not None:
-            mix = self.phi_mix(m).to(z.dtype).view(-1, self.channels, self.channels)  # [E, m (of Z_j), m]
-            z = z + scatter_mean(exact_matmul(z_j, mix), target, z.shape[0])  # mean_j Z_j H_ij
-        aggregated = scatter_sum(m.to(h.dtype), target, h.shape[0])  # [N, H]
-        h = h + self.phi_h(cat_features([h, aggregated])).to(h.dtype)
+            params += [self.phi_mix[0].weight, self.phi_mix[0].bias, self.phi_mix[2].weight, self.phi_mix[2].bias]
+        sums = sum_over_edges(
+            functools.partial(_emmp_edge_terms, channels=self.channels, message_dtype=h.dtype), layout,
+            self.edge_chunk, recv=(p_recv, z), src=(p_src, z), edge=(layout.edge_attr,), params=params,
+        )
+        if self.phi_mix is not None:
+            z = z + sums[1] / layout.degree(z.dtype).unsqueeze(-1)  # mean_j Z_j H_ij
+        h = h + self.phi_h(cat_features([h, sums[0]])).to(h.dtype)
         return h, z
+
+
+def _emmp_edge_terms(
+    recv: Sequence[Tensor], src: Sequence[Tensor], edge: Sequence[Tensor | None], params: Sequence[Tensor], *,
+    channels: int, message_dtype: torch.dtype,
+) -> tuple[Tensor, ...]:
+    """EMMP's per-edge message m_ij and, when the layer mixes vectors, Z_j H_ij.
+
+    Shapes:
+        recv: (p_recv [E, H], z_i [E, D, m]), src: (p_src [E, H], z_j [E, D, m]), edge: (e [E, Fe],)
+        -> (m [E, H], Z_j H_ij [E, D, m] when mixing)
+    """
+    (p_recv, z_i), (p_src, z_j), (edge_attr,) = recv, src, edge
+    w_inv, w_e, w2, b2, *mix_params = params
+    invariants = normalised_products(z_j, z_i)  # [E, m m]
+    pre = p_recv + p_src.to(p_recv.dtype) + F.linear(invariants.to(w_inv.dtype), w_inv).to(p_recv.dtype)
+    pre = pre + F.linear(edge_attr.to(w_e.dtype), w_e).to(pre.dtype)
+    m = F.silu(F.linear(F.silu(pre), w2, b2))  # [E, H]
+    if not mix_params:
+        return (m.to(message_dtype),)
+    wm1, bm1, wm2, bm2 = mix_params
+    mix = F.linear(F.silu(F.linear(m, wm1, bm1)), wm2, bm2).to(z_j.dtype).view(-1, channels, channels)
+    return m.to(message_dtype), exact_matmul(z_j, mix)  # [E, D, m (of Z_j)] @ [E, m, m]
 
 
 class UnPoolLayer(nn.Module):
@@ -291,6 +341,9 @@ class EGHN(nn.Module):
             10 A contacts) the raw entries reach thousands and, without the published clamp, the
             high-level coordinates blow up.
         gradient_checkpointing: checkpoint every k layers of each stack (0: off).
+        edge_chunk, kernel: options of the message-passing block of the EGNN layers (external and
+            high-level blocks; see EGNN); ``edge_chunk`` also chunks the EMMP layers of E-Pool
+            (which have no Triton kernel).
     """
 
     # what scaleq.models.build checks a config against before a run starts
@@ -310,6 +363,8 @@ class EGHN(nn.Module):
         start_at_input: bool = False,
         cluster_edge_attr: ClusterEdgeAttr = "raw",
         gradient_checkpointing: int = 0,
+        edge_chunk: int = 0,
+        kernel: Kernel = "torch",
     ) -> None:
         super().__init__()
         if hidden < 1 or clusters < 1:
@@ -321,19 +376,22 @@ class EGHN(nn.Module):
                 "EGHN needs at least one layer in each block, got interaction_layers="
                 f"{interaction_layers}, pooling_layers={pooling_layers}, decoder_layers={decoder_layers}"
             )
+        check_block_options(edge_chunk, kernel)
         self.clusters = clusters
         self.cluster_edge_attr = cluster_edge_attr
         self.gradient_checkpointing = gradient_checkpointing
         self.embed = nn.Linear(in_node_features, hidden)
-        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing)
+        block = {"edge_chunk": edge_chunk, "kernel": kernel}
+        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing, **block)
         self.pooling = nn.ModuleList(
-            EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1)
+            EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1,
+                      edge_chunk=edge_chunk)
             for i in range(pooling_layers)
         )
         self.assign = nn.Sequential(
             nn.Linear(hidden, ASSIGN_WIDTH * hidden), nn.Tanh(), nn.Linear(ASSIGN_WIDTH * hidden, clusters)
         )
-        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing)
+        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing, **block)
         self.decoder = nn.ModuleList(
             UnPoolLayer(UNPOOL_CHANNELS + i, 2 * hidden if i == 0 else hidden, hidden, last=i == decoder_layers - 1)
             for i in range(decoder_layers)
@@ -375,7 +433,8 @@ class EGHN(nn.Module):
         # E-Pool: EMMP on the local graph, then soft assignments
         graph_centre = scatter_mean(pos, node_batch, num_graphs)  # [B, D]
         z = torch.stack([pos - graph_centre[node_batch], dx, vel], dim=-1)  # [N, D, 3]
-        steps = [functools.partial(_emmp_step, layer, edge_index=local_index, edge_attr=local_attr) for layer in self.pooling]
+        local_layout = EdgeLayout.build(local_index, pos.shape[0], local_attr)  # shared by the EMMP layers
+        steps = [functools.partial(_emmp_step, layer, layout=local_layout) for layer in self.pooling]
         h_pool, _ = run_layers(steps, (h, z), every)
         logits = self.assign(h_pool)  # [N, K]; the softmax runs in fp32 at least (bf16 logits)
         s = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(pos.dtype)
@@ -410,12 +469,12 @@ class EGHN(nn.Module):
         }
 
 
-def _egnn_step(layer: EGHNEGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
-    return layer(h, pos, vel, edge_index, edge_attr)
+def _egnn_step(layer: EGHNEGNNLayer, h: Tensor, pos: Tensor, *, vel: Tensor, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
+    return layer(h, pos, vel, layout)
 
 
-def _emmp_step(layer: EMMPLayer, h: Tensor, z: Tensor, *, edge_index: Tensor, edge_attr: Tensor) -> tuple[Tensor, Tensor]:
-    return layer(h, z, edge_index, edge_attr)
+def _emmp_step(layer: EMMPLayer, h: Tensor, z: Tensor, *, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
+    return layer(h, z, layout)
 
 
 def _unpool_step(layer: UnPoolLayer, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -95,7 +95,7 @@ class EGNN(nn.Module):
         gradient_checkpointing: checkpoint every k layers (0: off).
         edge_chunk: K > 0 runs the edge work in chunks of K edges with recomputation in backward
             (memory O(N H + K H) per layer instead of O(E H)); 0: all edges at once.
-        kernel: "torch"; "triton" (fused forward kernel, needs the triton package); "auto"
+        kernel: "torch"; "triton" (fused forward and backward kernels, need the triton package); "auto"
             (Triton on CUDA when it imports, torch otherwise).
     """
 
