@@ -37,34 +37,14 @@ def sum_over_edges(
     edge: Sequence[Tensor | None],
     params: Sequence[Tensor],
 ) -> tuple[Tensor, ...]:
-    """Per-receiver sums of ``edge_fn``'s outputs: ``chunk`` = 0 runs all edges at once under plain
-    autograd (per-edge activations kept for backward), ``chunk`` > 0 is :func:`edge_sums_recomputed`.
-
-    Shapes:
-        as :func:`edge_sums_recomputed`
-    """
-    if chunk > 0:
-        return edge_sums_recomputed(edge_fn, layout, chunk, recv, src, edge, params)
-    outputs = edge_fn([t[layout.target] for t in recv], [t[layout.source] for t in src], edge, params)
-    return tuple(out.new_zeros(layout.num_nodes, *out.shape[1:]).index_add_(0, layout.target, out) for out in outputs)
-
-
-def edge_sums_recomputed(
-    edge_fn: EdgeFn,
-    layout: EdgeLayout,
-    chunk: int,
-    recv: Sequence[Tensor],
-    src: Sequence[Tensor],
-    edge: Sequence[Tensor | None],
-    params: Sequence[Tensor],
-) -> tuple[Tensor, ...]:
-    """Per-receiver sums of ``edge_fn``'s outputs, walking ``chunk`` receiver-sorted edges at a time.
+    """Per-receiver sums of ``edge_fn``'s outputs.
 
     Args:
         edge_fn: the per-edge computation (see the module docstring); its outputs' dtypes and
             trailing shapes must not depend on the number of edges.
         layout: the receiver-sorted edges.
-        chunk: edges per chunk (> 0).
+        chunk: 0: all edges at once under plain autograd (per-edge activations kept for backward);
+            K > 0: K receiver-sorted edges at a time, recomputed in backward.
         recv, src: node tensors read at each edge's receiver / source (``src`` rows may include
             halo nodes: they index the layout's source set).
         edge: per-edge tensors in the layout's order (None entries are passed through as None).
@@ -73,10 +53,13 @@ def edge_sums_recomputed(
     Shapes:
         recv: [N, ...] each, src: [N_src, ...] each, edge: [E, ...] each -> one [N, ...] per output
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be a positive number of edges, got {chunk}")
-    counts = (len(recv), len(src), len(edge))
-    return RecomputedEdgeSums.apply(edge_fn, layout, chunk, counts, *recv, *src, *edge, *params)
+    if chunk < 0:
+        raise ValueError(f"chunk must be 0 (all edges at once) or a positive number of edges, got {chunk}")
+    if chunk > 0:
+        counts = (len(recv), len(src), len(edge))
+        return RecomputedEdgeSums.apply(edge_fn, layout, chunk, counts, *recv, *src, *edge, *params)
+    outputs = edge_fn([t[layout.target] for t in recv], [t[layout.source] for t in src], edge, params)
+    return tuple(out.new_zeros(layout.num_nodes, *out.shape[1:]).index_add_(0, layout.target, out) for out in outputs)
 
 
 def _split(tensors: Sequence, counts: tuple[int, int, int]) -> tuple[list, list, list, list]:
@@ -90,7 +73,7 @@ def _rows(layout: EdgeLayout, start: int, chunk: int) -> tuple[slice, Tensor, Te
 
 
 class RecomputedEdgeSums(torch.autograd.Function):
-    """See :func:`edge_sums_recomputed`."""
+    """The chunked path of :func:`sum_over_edges`."""
 
     @staticmethod
     def forward(
@@ -130,8 +113,6 @@ class RecomputedEdgeSums(torch.autograd.Function):
                  for group, group_needs in zip((recv, src, edge, params), needs)]
         leaves = [p.detach().requires_grad_(need) for p, need in zip(params, needs[3])]
         device_type, autocast_on, autocast_dtype = ctx.autocast
-        if not any(any(group) for group in needs):
-            return (None,) * (4 + len(tensors))
         for start in range(0, layout.num_edges, ctx.chunk):
             rows, target, source = _rows(layout, start, ctx.chunk)
             with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
@@ -143,6 +124,8 @@ class RecomputedEdgeSums(torch.autograd.Function):
                 outputs = ctx.edge_fn(*gathered, leaves)
             inputs = [t for group in (*gathered, leaves) for t in group if t is not None and t.requires_grad]
             pairs = [(out, g[target].to(out.dtype)) for out, g in zip(outputs, grad_sums) if out.requires_grad]
+            if not inputs or not pairs:  # nothing asked for, or nothing that depends on it
+                break
             found = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True))
             for k, group in enumerate((*gathered, leaves)):
                 index = (target, source, rows, None)[k]
