@@ -77,7 +77,7 @@ def run_setting(workers: int, nodes: int, args: argparse.Namespace) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scaleq.distributed.ray_launcher import runtime_env
+    from scaleq.launchers.ray import runtime_env
 
     cluster = None
     if args.address:

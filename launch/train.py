@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config_yaml(config), end="")
             return 0
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
-            from scaleq.distributed.ray_launcher import run_with_ray
+            from scaleq.launchers.ray import run_with_ray
 
             if args.resume_from is not None:
                 raise ConfigError("--resume-from is not supported with the Ray launcher; use --resume")
@@ -94,7 +94,7 @@ def one_line(err: BaseException) -> str:
 
 
 def _inside_ray_job() -> bool:
-    from scaleq.distributed.ray_launcher import inside_ray_job  # Ray itself is imported only when used
+    from scaleq.launchers.ray import inside_ray_job  # Ray itself is imported only when used
 
     return inside_ray_job()
 

@@ -175,7 +175,7 @@ class EngineConfig:
     kind: Literal["torch", "deepspeed"] = "torch"
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     offload_optimizer: bool = False  # DeepSpeed: optimizer states on the CPU (ZeRO >= 1)
-    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (an epoch's shorter last window is stepped too)
     activation_checkpointing: int = 0  # checkpoint every k layers (> 0 overrides model.gradient_checkpointing)
     # ranks that share each graph (spatial partition + halo exchange); ranks = graph_parallel x
     # data-parallel groups, every graph_parallel consecutive ranks one group
@@ -217,8 +217,8 @@ class TrainConfig:
     grad_clip: float | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every_steps: int = 0  # also save mid-epoch (0: only at the end of each epoch)
-    # Steps between reads of the on-device NaN/inf flag of the loss (also read at every epoch end
+    checkpoint_every_steps: int = 0  # also save mid-epoch, every N optimizer steps (0: only at each epoch's end)
+    # Optimizer steps between reads of the on-device NaN/inf flag of the loss (also read at every epoch end
     # and before every checkpoint): larger means fewer host syncs, more steps run after a NaN.
     finite_check_every: int = 50
     progress: bool = True

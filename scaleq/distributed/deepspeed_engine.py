@@ -11,6 +11,13 @@ next to a small pointer file ``<name>`` (e.g. ``checkpoints/last.pt``) that rank
 atomically after every rank has finished. The pointer is the commit: a crash while shards are
 written leaves the previous pointer, which names the previous complete tag. DeepSpeed's own
 ``latest`` file is written the same way (tmp + rename), so its tools (zero_to_fp32.py) work.
+
+Accumulation follows :mod:`scaleq.distributed.accumulation`, as the torch engine does: DeepSpeed
+counts micro-steps across epochs and would carry an epoch's leftover micro-batches into the next
+epoch's first step, so every micro-batch tells it whether it closes its window
+(``set_gradient_accumulation_boundary``), and the epoch's short last window is stepped with each
+micro-batch weighted 1 / (its length). DeepSpeed itself exchanges gradients at the boundary only
+(ZeRO 0 and 1), or reduce-scatters them every backward (ZeRO 2 and 3 keep only their partition).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
@@ -114,6 +122,7 @@ class DeepSpeedEngine(Engine):
         self.join_graph_parallel(graph_parallel)
         self.precision = precision
         self.activation_checkpointing = activation_checkpointing
+        self.window = AccumulationWindow(gradient_accumulation)
         self.config = _merge(
             deepspeed_config(
                 micro_batch_size=micro_batch_size, zero_stage=zero_stage, offload_optimizer=offload_optimizer,
@@ -139,14 +148,26 @@ class DeepSpeedEngine(Engine):
     def optimizer(self) -> torch.optim.Optimizer:
         return self._ds.optimizer
 
+    def micro_batch(self) -> contextlib.AbstractContextManager[None]:
+        # DeepSpeed wants the boundary known before the forward pass (ZeRO-3 gathers parameters there)
+        self._mark_boundary()
+        return contextlib.nullcontext()
+
     def backward(self, loss: Tensor) -> None:
         # Graph parallelism: each rank holds its share of the group's gradient and DeepSpeed
-        # averages over all R x P ranks, so scale by R (as TorchEngine.backward).
-        self._ds.backward(loss * self.graph_parallel if self.graph_parallel > 1 else loss)
+        # averages over all R x P ranks, so scale by R (as TorchEngine.backward). DeepSpeed divides
+        # by gradient_accumulation_steps (A); the epoch's short last window of k needs 1 / k.
+        self._mark_boundary()
+        scale = self.graph_parallel * self.window.size / self.window.length
+        self._ds.backward(loss * scale if scale != 1 else loss)
 
-    def step(self) -> None:
-        """DeepSpeed steps the optimizer only at accumulation boundaries, clips and zeroes."""
+    def step(self) -> bool:
+        """DeepSpeed steps the optimizer only at the boundary set in backward, clips and zeroes."""
         self._ds.step()
+        return self.window.advance()
+
+    def _mark_boundary(self) -> None:
+        self._ds.set_gradient_accumulation_boundary(self.window.closing)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to add: the DeepSpeed engine's forward applies its torch_autocast section."""
@@ -155,6 +176,7 @@ class DeepSpeedEngine(Engine):
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, path: Path, extra: dict[str, Any]) -> None:
         """Every rank writes its shards into a fresh tag; then rank 0 commits the pointer."""
+        self.window.require_boundary("save a checkpoint")
         folder = path.with_name(path.name + ".ds")
         previous = self._pointer(path)
         tag = f"step{self._ds.global_steps}-{os.urandom(3).hex()}"

@@ -8,6 +8,11 @@ a grid of graph-parallel groups (R consecutive ranks each) x data-parallel group
 the engine for its sampler shard (``data_rank`` of ``data_world_size``: the same for the R ranks
 of a group) and for each batch's graph (:meth:`Engine.prepare_batch`): this rank's share of every
 graph, with ``batch.halo`` attached.
+
+Gradient accumulation is the engine's too (:mod:`scaleq.distributed.accumulation`): the loop
+announces each epoch (:meth:`Engine.start_epoch`), runs every micro-batch's forward and backward
+inside :meth:`Engine.micro_batch`, and learns from :meth:`Engine.step` whether the optimizer
+stepped.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from scaleq.data.graph import GraphBuilder
+from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.halo import split_batch
 from scaleq.distributed.process_group import Ranks, graph_parallel_group
 
@@ -34,6 +40,7 @@ class Engine(ABC):
     precision: str = "fp32"
     graph_parallel: int = 1  # R: ranks that share each graph
     graph_group: Any = None  # this rank's graph-parallel process group (None when R = 1)
+    window: AccumulationWindow  # set by each engine from its gradient_accumulation
     # Set by a launcher (Ray) to hear of every end-of-epoch checkpoint: (path, metrics).
     on_checkpoint: Callable[[Path, dict[str, Any]], None] | None = None
 
@@ -68,12 +75,26 @@ class Engine(ABC):
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
         """Take ownership of model and optimizer; returns the module to call in the loop."""
 
-    @abstractmethod
-    def backward(self, loss: Tensor) -> None: ...
+    def start_epoch(self, batches: int, done: int = 0) -> None:
+        """An epoch of ``batches`` micro-batches on this rank begins (or resumes after ``done``):
+        accumulation windows restart here and the epoch's last one is stepped with its last
+        micro-batch, however short. Every rank announces the same numbers."""
+        self.window.start_epoch(batches, done)
+
+    def micro_batch(self) -> contextlib.AbstractContextManager[None]:
+        """Wraps the forward and backward of one micro-batch, so that gradients are exchanged
+        between ranks only in the window's last backward (DDP decides in the forward pass). Without
+        it every backward exchanges them: the same step, more communication."""
+        return contextlib.nullcontext()
 
     @abstractmethod
-    def step(self) -> None:
-        """Clip (if configured), step the optimizer, zero the gradients."""
+    def backward(self, loss: Tensor) -> None:
+        """Accumulate the gradient of ``loss``, weighted 1 / (micro-batches in its window)."""
+
+    @abstractmethod
+    def step(self) -> bool:
+        """After each micro-batch's backward. At the end of its accumulation window: clip (if
+        configured), step the optimizer, zero the gradients, and return True; else False."""
 
     @abstractmethod
     def save(self, path: Path, extra: dict[str, Any]) -> None:

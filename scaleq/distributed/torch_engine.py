@@ -11,10 +11,20 @@ Under graph parallelism (R ranks per graph) each rank's loss carries the gradien
 the group's loss; DDP's average over all R x P ranks is then R times too small, so
 :meth:`TorchEngine.backward` scales by R and the step equals the single-process step on the
 data-parallel groups' batches.
+
+Gradient accumulation (A micro-batches per step, see :mod:`scaleq.distributed.accumulation`):
+each micro-batch's loss is weighted 1 / (micro-batches in its window). Under DDP the forward and
+backward of every micro-batch but the window's last run in ``no_sync()`` (:meth:`micro_batch`), so
+gradients pile up locally and DDP all-reduces their sum once per optimizer step, in the last
+backward; averaging is linear, so that equals averaging every micro-batch's gradient. Under graph
+parallelism the halo exchange still runs in every backward (it carries a micro-batch's gradient
+to the rank that owns the node, within the graph's group: part of computing the gradient, not of
+averaging it), and the scale by R above applies to the window's sum as it did to one micro-batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import join, launched_ranks
 from scaleq.io import atomic_torch_save
@@ -69,9 +80,8 @@ class TorchEngine(Engine):
         self.join_graph_parallel(graph_parallel)
         self.precision = precision
         self.grad_clip = grad_clip
-        self.accumulation = gradient_accumulation
+        self.window = AccumulationWindow(gradient_accumulation)
         self.activation_checkpointing = activation_checkpointing
-        self._micro = 0
         self._model: nn.Module | None = None
         self._wrapped: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -98,22 +108,29 @@ class TorchEngine(Engine):
         assert self._model is not None, "wrap() first"
         return self._model
 
+    def micro_batch(self) -> contextlib.AbstractContextManager[None]:
+        """``no_sync()`` around a micro-batch that does not close its window (DDP only)."""
+        if isinstance(self._wrapped, DistributedDataParallel) and not self.window.closing:
+            return self._wrapped.no_sync()
+        return contextlib.nullcontext()
+
     def backward(self, loss: Tensor) -> None:
-        scale = self.graph_parallel / self.accumulation  # see the module docstring
+        scale = self.graph_parallel / self.window.length  # see the module docstring
         (loss * scale if scale != 1 else loss).backward()
 
-    def step(self) -> None:
+    def step(self) -> bool:
         assert self._optimizer is not None, "wrap() with an optimizer first"
-        self._micro += 1
-        if self._micro % self.accumulation:
-            return
+        if not self.window.advance():
+            return False
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self._optimizer.step()
         self._optimizer.zero_grad(set_to_none=True)
+        return True
 
     def save(self, path: Path, extra: dict[str, Any]) -> None:
         """Rank 0 writes (every rank holds the same weights); the others wait for it."""
+        self.window.require_boundary("save a checkpoint")
         if self.is_main:
             state = {"model": self.module.state_dict(), "extra": extra}
             if self._optimizer is not None:

@@ -14,10 +14,14 @@ import torch
 
 @dataclass
 class TrainState:
-    """Where training stands: enough, with model and optimizer, to continue exactly."""
+    """Where training stands: enough, with model and optimizer, to continue exactly.
+
+    No position inside a gradient accumulation window is kept: checkpoints are written only
+    between windows (the engines check), and windows restart every epoch, so the next window starts
+    at ``batch_in_epoch`` in the resumed run as in the uninterrupted one."""
 
     epoch: int = 0  # the epoch in progress (or the next one, when batch_in_epoch == 0)
-    batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
+    batch_in_epoch: int = 0  # batches (micro-batches) of ``epoch`` already trained on
     step: int = 0  # optimizer steps so far
     best_val_mse: float = float("inf")
     best_epoch: int = -1

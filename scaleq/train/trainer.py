@@ -7,6 +7,13 @@ steps), ``best.pt`` on improvement; both atomically. Resuming restores model, op
 states, the position inside the epoch and the epoch's running loss sums, so a resumed run continues
 the same sequence of batches and logs the same numbers.
 
+With gradient accumulation (``engine.gradient_accumulation`` micro-batches per optimizer step) the
+engine decides when to step (:mod:`scaleq.distributed.accumulation`); windows restart every
+epoch and the epoch's last one is stepped however short. ``state.step`` counts optimizer steps, and
+NaN checks and mid-epoch checkpoints happen only right after one, so a checkpoint never falls inside
+a window (the engines refuse to write one there): it holds no half-accumulated gradients and a
+resume starts a fresh window exactly where the uninterrupted run started one.
+
 A training step never waits for the device: the epoch's loss sums stay on the device (a NaN or
 infinite loss makes them non-finite, so they are the NaN flag too) and are read every
 ``train.finite_check_every`` steps and at the end of each epoch, always before a checkpoint is
@@ -245,6 +252,8 @@ class Trainer:
         cfg, engine, state = self.config.train, self.engine, self.state
         batch_size = self.config.data.batch_size
         self.train_sampler.set_epoch(epoch, start=state.batch_in_epoch * batch_size)
+        # the loader holds the epoch's batches not yet trained on (the sampler skips the others)
+        engine.start_epoch(state.batch_in_epoch + len(self.train_loader), done=state.batch_in_epoch)
         if not state.batch_in_epoch:
             self._sums.zero_()
         self.model.train()
@@ -258,18 +267,21 @@ class Trainer:
         )
         for batch in bar:
             batch = engine.prepare_batch(batch, self.graph)
-            with engine.autocast():
-                output = self.model(batch)
-            loss, parts = training_loss(output, batch, self.config.loss)
-            engine.backward(loss)
-            engine.step()
-            state.step += 1
+            with engine.micro_batch():  # forward and backward: DDP decides in the forward whether to sync
+                with engine.autocast():
+                    output = self.model(batch)
+                loss, parts = training_loss(output, batch, self.config.loss)
+                engine.backward(loss)
+            stepped = engine.step()
             state.batch_in_epoch += 1
             # Summed on the device, never read here (that would wait for the step to finish). A NaN
             # or infinite loss makes the sum non-finite, so the sum is also the NaN flag.
             self._sums += torch.stack(
                 [loss.detach().float(), *(parts[p].float() if p in parts else zero for p in LOSS_PARTS), one]
             ).double()
+            if not stepped:
+                continue  # inside an accumulation window: checks and checkpoints wait for its end
+            state.step += 1
             checkpoint_now = bool(cfg.checkpoint_every_steps) and state.step % cfg.checkpoint_every_steps == 0
             if checkpoint_now or state.step % cfg.finite_check_every == 0:
                 self._stop_if_not_finite(epoch, checked)

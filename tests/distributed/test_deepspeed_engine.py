@@ -45,3 +45,27 @@ def test_generated_config_maps_our_keys():
     assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     plain = deepspeed_config(micro_batch_size=8)
     assert plain["optimizer"]["params"]["adam_w_mode"] is False and "torch_autocast" not in plain
+
+
+def test_epoch_end_steps_the_short_last_window_and_carries_nothing_over(tmp_path):
+    """ZeRO-2, 2 ranks, accumulation 2, epochs of 5 and 3 micro-batches: DeepSpeed on its own would carry
+    micro-batch 5 into the next epoch's first step; the engine steps it alone at the epoch's end
+    (weighted 1, not 1/2), as plain Adam on the windows [0, 1], [2, 3], [4], [5, 6], [7] does."""
+    from scaleq.testing.accumulation import plain_steps, spawned_epochs, windows
+
+    out = tmp_path / "zero2.pt"
+    options = {
+        "micro_batch_size": 1, "zero_stage": 2, "lr": LR, "weight_decay": 0.0, "gradient_accumulation": 2,
+        "config_overrides": {"optimizer": {"params": {"eps": EPS}}},
+    }
+    spawn(spawned_epochs, 2, free_port(), "deepspeed", options, [5, 3], str(out))
+    result = torch.load(out, weights_only=False)
+    assert result["stepped"] == [False, True, False, True, True, False, True, True]
+
+    model = tiny_model()
+    expected = plain_steps(model, torch.optim.Adam(model.parameters(), lr=LR, eps=EPS), windows([5, 3], 2, 2))
+    assert len(result["after_steps"]) == len(expected) == 5
+    for step, (params, reference) in enumerate(zip(result["after_steps"], expected, strict=True)):
+        for name, value in reference.items():
+            torch.testing.assert_close(params[name], value, atol=ATOL, rtol=0,
+                                       msg=lambda m, s=step, n=name: f"step {s + 1}, {n}: {m}")

@@ -67,19 +67,22 @@ def _compare(references, world_size, tmp_path, tol=TOL):
         assert any(g.abs().max() > 1e-6 for g in reference["grads"].values())  # gradients that mean something
 
 
-def test_training_on_a_two_by_two_grid_ends_with_the_single_process_metrics(tmp_path, nbody_small):
+@pytest.mark.parametrize("accumulation", [1, 3])
+def test_training_on_a_two_by_two_grid_ends_with_the_single_process_metrics(tmp_path, nbody_small, accumulation):
     """4 ranks = graph_parallel 2 x 2 data-parallel groups of 4 samples each: the same steps as one
-    process on batches of 8 (every graph has 5 nodes, so the mean of the groups' means is the mean)."""
+    process on batches of 8 (every graph has 5 nodes, so the mean of the groups' means is the mean).
+    With accumulation 3 the 4 micro-batches of an epoch make windows of 3 and 1: DDP exchanges
+    gradients in each window's last backward only, the halo exchange in every one."""
     from scaleq.config import config_from_dict
     from scaleq.train.run import run
 
-    common = {"graph": {"kind": "radius", "radius": 4.0}}
+    common = {"graph": {"kind": "radius", "radius": 4.0}, "engine": {"gradient_accumulation": accumulation}}
     single = tiny_raw(tmp_path / "one", nbody_small, name="one", epochs=2) | common
     single["data"]["batch_size"] = 8
     summary = run(config_from_dict(single, "<single>"))
     grid = tiny_raw(tmp_path / "grid", nbody_small, name="grid", epochs=2) | common
     grid["data"]["batch_size"] = 4
-    grid["engine"] = {"graph_parallel": 2}
+    grid["engine"] = {"graph_parallel": 2, "gradient_accumulation": accumulation}
     spawn(train_rank, 4, free_port(), grid)
 
     expected = read_metrics(tmp_path / "one" / "runs" / "one" / "metrics.csv")

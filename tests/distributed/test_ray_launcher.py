@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture
 def local_ray(ray_tmpdir):
-    from scaleq.distributed.ray_launcher import runtime_env
+    from scaleq.launchers.ray import runtime_env
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=runtime_env(), log_to_driver=False)
     yield
@@ -25,7 +25,7 @@ def epochs_logged(run_dir):
 
 
 def test_torch_trainer_two_workers_trains_then_resumes_from_its_checkpoint(tmp_path, nbody_small, local_ray):
-    from scaleq.distributed.ray_launcher import run_with_ray
+    from scaleq.launchers.ray import run_with_ray
 
     first = run_with_ray(config_from_dict(tiny_raw(tmp_path, nbody_small, epochs=1)))
     assert first["done"] == 1 and first["epochs_run"] == 1
@@ -48,7 +48,7 @@ def test_killed_worker_is_restarted_and_the_run_completes(tmp_path, nbody_small,
 
     import psutil
 
-    from scaleq.distributed.ray_launcher import run_with_ray
+    from scaleq.launchers.ray import run_with_ray
 
     config = config_from_dict({**tiny_raw(tmp_path, nbody_small, epochs=4), "engine": {"max_failures": 1}})
     storage = tmp_path / "runs" / "ray" / "tiny"
@@ -80,7 +80,7 @@ def test_killed_worker_is_restarted_and_the_run_completes(tmp_path, nbody_small,
 def test_simulated_two_node_cluster_runs_one_worker_per_node(tmp_path, nbody_small, ray_tmpdir):
     from ray.cluster_utils import Cluster
 
-    from scaleq.distributed.ray_launcher import run_with_ray, runtime_env
+    from scaleq.launchers.ray import run_with_ray, runtime_env
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:

@@ -1,5 +1,9 @@
 """Run the training loop in Ray Train workers (TorchTrainer), on one machine or a cluster.
 
+A launcher sits above the loop (it imports ``scaleq.train``; the loop and the engines never import
+it). Ray itself is imported only inside the functions that use it, so that ``launch/train.py`` can
+ask :func:`inside_ray_job` without loading Ray.
+
 Each worker runs the same :func:`scaleq.train.run.run` as a plain process; Ray has already made
 the process group, so the engine (torch DDP or DeepSpeed) joins it. Every end-of-epoch checkpoint
 is reported with ``ray.train.report`` and lands in ``RunConfig(storage_path, name)``. A worker
@@ -21,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, config_from_dict
+from scaleq.distributed import engine_from_config
 from scaleq.io import atomic_copy
+from scaleq.models import check_buildable
+from scaleq.train.run import prepare_data, resolve_run_dir, run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Set in the entrypoint of `ray job submit` (the job supervisor passes the job's config in it).
@@ -61,9 +68,6 @@ def make_trainer(config: Config, *, resume: bool = False) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scaleq.models import check_buildable
-    from scaleq.train.run import prepare_data, resolve_run_dir
-
     config = absolute_paths(check_buildable(config))  # a wrong model key fails on the driver, not in every worker
     prepare_data(config.data, progress=config.train.progress)  # once, on the driver
     run_dir = resolve_run_dir(config, resume)
@@ -98,9 +102,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
     import ray.train
     import ray.train.torch
-
-    from scaleq.distributed import engine_from_config
-    from scaleq.train.run import run
 
     config = config_from_dict(loop_config["config"], "<ray train_loop_config>")
     run_dir = Path(loop_config["run_dir"])
