@@ -6,7 +6,7 @@
 
 For EGNN and FastEGNN-<3, 0.75> (4 x 64, ~20 neighbours per particle) and each path (reference:
 EGNN before the shared block; torch; chunked; triton), N doubles from --start-nodes until a step
-needs more than --budget-mb (peak) or fails; every size runs in a fresh process (scaleq.eval.large_graph).
+needs more than --budget-mb (peak) or fails; every size runs in a fresh process (scaleq.bench.large_graph).
 Then the step time of each path at --compare-nodes, side by side in one process, and each path's
 peak there. Writes bench/large_graph.csv and bench/large_graph_times.csv and prints tables.
 
@@ -14,7 +14,7 @@ peak there. Writes bench/large_graph.csv and bench/large_graph_times.csv and pri
     python launch/bench_large_graph.py --graph-parallel 1 2 4 8 --compare-nodes 1000000 --device cuda
 
 --graph-parallel R...: strong scaling instead: ONE graph of --compare-nodes particles split over R
-ranks (fresh processes, gloo or nccl; scaleq.eval.graph_parallel_bench): step time, efficiency,
+ranks (fresh processes, gloo or nccl; scaleq.bench.graph_parallel): step time, efficiency,
 halo traffic per layer and memory per rank, to bench/graph_parallel.csv/.png. On a CPU with fewer
 cores than R the ranks share cores (then only the memory and halo columns mean something).
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scaleq.eval.large_graph import (  # noqa: E402
+from scaleq.bench.large_graph import (  # noqa: E402
     MODELS,
     PATHS,
     Trial,
@@ -96,7 +96,7 @@ def main() -> int:
 def graph_parallel_mode(args: argparse.Namespace) -> int:
     import tempfile
 
-    from scaleq.eval.graph_parallel_bench import FIELDS, plot, print_table, run_strong_scaling
+    from scaleq.bench.graph_parallel import FIELDS, plot, print_table, run_strong_scaling
 
     cfg = {"particles": args.compare_nodes, "neighbours": args.neighbours, "hidden": 64, "layers": 4,
            "steps": args.steps, "device": args.device}

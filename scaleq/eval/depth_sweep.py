@@ -33,7 +33,7 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed import make_engine
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
-from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.run import open_datasets, prepare_data

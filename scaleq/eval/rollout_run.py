@@ -14,9 +14,9 @@ import torch
 
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
-from scaleq.eval.animation import animate, default_format, frame_grid
+from scaleq.rollout.animation import animate, default_format, frame_grid
 from scaleq.eval.loading import load_run
-from scaleq.eval.rollout import (
+from scaleq.rollout.rollout import (
     Reference,
     Rollout,
     linear_baseline,
@@ -24,7 +24,7 @@ from scaleq.eval.rollout import (
     reference,
     rollout,
 )
-from scaleq.eval.rollout_metrics import (
+from scaleq.rollout.metrics import (
     HorizonMetrics,
     horizon_metrics,
     plot_metrics,

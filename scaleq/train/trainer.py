@@ -42,7 +42,7 @@ from scaleq.config import Config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
-from scaleq.eval.rollout_hook import rollout_during_training
+from scaleq.rollout.hook import rollout_during_training
 from scaleq.losses import squared_error_sum, training_loss
 from scaleq.train.checkpoint import CheckpointError, TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves

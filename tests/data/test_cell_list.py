@@ -9,7 +9,7 @@ import torch
 
 from scaleq.data.cell_list import cell_list_radius_graph, triton_available
 from scaleq.data.graph import radius_graph
-from scaleq.eval.gpu_bench import compare_edges
+from scaleq.bench.gpu import compare_edges
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaleq.eval.gpu_bench import compare_edges
+from scaleq.bench.gpu import compare_edges
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ gradients back to their owners, DDP's gradient sum) and the optimizer step. Each
 its median step time, its share (owned nodes, edges, halo rows), the bytes autograd keeps for the
 backward in its first step (``saved_mb``, allocator-independent) and the memory of that step
 over what it held before (imports and the model excluded): on CUDA the peak allocated bytes, on
-the CPU the peak resident set (as ``scaleq.eval.large_graph`` measures it); ``peak_mb`` is the
-process's whole peak. The graph is ``scaleq.eval.model_bench``'s random particle cloud.
+the CPU the peak resident set (as ``scaleq.bench.large_graph`` measures it); ``peak_mb`` is the
+process's whole peak. The graph is ``scaleq.bench.models``'s random particle cloud.
 
 Halo traffic per layer: the message-passing block extends the source term W_j h [N, H] and the
 positions [N, D] once per layer, so each rank receives N_halo (H + D) values per layer in the
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from scaleq.data.graph import GraphBuilder
-from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
-from scaleq.eval.model_bench import Workload, random_particles
+from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.models import Workload, random_particles
 
 FIELDS = [
     "ranks", "particles", "edges", "step_s", "speedup", "efficiency", "halo_rows_per_rank",

@@ -1,6 +1,6 @@
 import pytest
 
-from scaleq.eval.large_graph import Trial, largest_graph, measure
+from scaleq.bench.large_graph import Trial, largest_graph, measure
 
 
 @pytest.mark.parametrize(("model", "path"), [("egnn", "reference"), ("egnn", "torch"), ("egnn", "chunked"),

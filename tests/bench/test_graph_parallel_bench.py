@@ -2,7 +2,7 @@
 
 import pytest
 
-from scaleq.eval.graph_parallel_bench import summarise
+from scaleq.bench.graph_parallel import summarise
 
 
 def test_summary_row_takes_the_slowest_rank_and_counts_halo_traffic():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scaleq.eval.rollout import linear_baseline, max_steps, reference, rollout
-from scaleq.eval.rollout_metrics import SUMMARY_STEPS, horizon_metrics, plot_metrics, write_metrics_csv
+from scaleq.rollout.rollout import linear_baseline, max_steps, reference, rollout
+from scaleq.rollout.metrics import SUMMARY_STEPS, horizon_metrics, plot_metrics, write_metrics_csv
 from scaleq.sample_options import first_input_frame
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scaleq.eval.animation import animate, frame_grid, mp4_available
+from scaleq.rollout.animation import animate, frame_grid, mp4_available
 
 
 def test_animation_has_the_asked_number_of_frames(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scaleq.eval.model_bench import Workload, random_particles, run_variants, step_times, table1_variants
+from scaleq.bench.models import Workload, random_particles, run_variants, step_times, table1_variants
 
 
 def test_workload_radius_gives_about_the_asked_neighbours():

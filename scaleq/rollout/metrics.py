@@ -18,7 +18,7 @@ from torch import Tensor
 
 from scaleq.data.nbody import NBodyParams, energy
 from scaleq.eval.report import write_rows
-from scaleq.eval.rollout import Reference, Rollout
+from scaleq.rollout.rollout import Reference, Rollout
 
 SUMMARY_STEPS = (1, 5, 10, 20)
 

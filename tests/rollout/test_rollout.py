@@ -8,8 +8,8 @@ from torch import nn
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.store import StoreAttrs, StoreError, Trajectory, write_store
-from scaleq.eval.rollout import max_steps, reference, rollout, velocity_estimate
-from scaleq.eval.rollout_metrics import (
+from scaleq.rollout.rollout import max_steps, reference, rollout, velocity_estimate
+from scaleq.rollout.metrics import (
     horizon_metrics,
     summary_line,
 )

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from scaleq.config import LossConfig
 from scaleq.data.cell_list import cell_list_radius_graph, triton_available
 from scaleq.data.graph import GraphBuilder, radius_graph
-from scaleq.eval.model_bench import Workload, random_particles
-from scaleq.eval.reference_egnn import ReferenceEGNN
+from scaleq.bench.models import Workload, random_particles
+from scaleq.bench.reference_egnn import ReferenceEGNN
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
 

@@ -4,7 +4,7 @@ A trial is one training step (forward, loss, backward) of EGNN or FastEGNN-<3, 0
 nodes, 75% of the real edges dropped) on ONE radius graph of N uniform random particles in a unit
 cube with about ``neighbours`` neighbours each, along one path:
 
-    reference  EGNN as it was before the shared block (scaleq.eval.reference_egnn; EGNN only)
+    reference  EGNN as it was before the shared block (scaleq.bench.reference_egnn; EGNN only)
     torch      the block, all edges at once (edge_chunk 0)
     chunked    the block, chunks of ``edge_chunk`` edges recomputed in backward
     triton     the fused Triton kernels (forward, and a backward that recomputes in registers)
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 
 PATHS = ("reference", "torch", "chunked", "triton")
 MODELS = ("egnn", "fastegnn")
@@ -61,8 +61,8 @@ def build_step(trial: Trial) -> tuple[Any, int]:
 
     from scaleq.config import LossConfig
     from scaleq.data.graph import GraphBuilder
-    from scaleq.eval.model_bench import Workload, random_particles
-    from scaleq.eval.reference_egnn import ReferenceEGNN
+    from scaleq.bench.models import Workload, random_particles
+    from scaleq.bench.reference_egnn import ReferenceEGNN
     from scaleq.losses import training_loss
     from scaleq.models import EGNN, FastEGNN
 
@@ -138,7 +138,7 @@ def measure_in_fresh_process(trial: Trial, steps: int = 1, timeout_s: float = 36
     """:func:`measure` in a new interpreter; None if it failed (out of memory, killed, timed out)."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = "import sys, json; from scaleq.eval.large_graph import _measure_json; print(_measure_json(sys.argv[1]))"
+    code = "import sys, json; from scaleq.bench.large_graph import _measure_json; print(_measure_json(sys.argv[1]))"
     payload = json.dumps({"trial": asdict(trial), "steps": steps})
     try:
         done = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, env=env,

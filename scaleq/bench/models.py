@@ -22,7 +22,7 @@ from torch_geometric.data import Batch, Data
 
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
-from scaleq.eval.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN
 
