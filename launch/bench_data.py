@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset  # noqa: E402
 from scaleq.data.store import StoreAttrs, StoreWriter, Trajectory, TrajectoryStore  # noqa: E402
-from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.io import write_rows  # noqa: E402
 from scaleq.train.trainer import make_loader  # noqa: E402
 
 

@@ -30,7 +30,7 @@ from scaleq.eval.depth_sweep import (  # noqa: E402
     plot_sweep,
     with_changes,
 )
-from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.io import write_rows  # noqa: E402
 from scaleq.models import check_buildable  # noqa: E402
 
 # --quick: a small dataset of its own and a short schedule, a few minutes on 2 CPU cores

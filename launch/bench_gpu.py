@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleq.bench.gpu import device_slug, run  # noqa: E402
-from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.io import write_rows  # noqa: E402
 
 COLUMNS = ("part", "case", "variant", "model", "precision", "nodes", "edges", "ms", "edge_layers_per_s",
            "ratio_to_reference", "peak_mb", "agree", "device", "torch", "cuda", "triton")

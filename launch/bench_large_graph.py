@@ -36,7 +36,7 @@ from scaleq.bench.large_graph import (  # noqa: E402
     measure_in_fresh_process,
     side_by_side_times,
 )
-from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.io import write_rows  # noqa: E402
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scaleq.bench.models import Workload, run_variants, table1_variants  # noqa: E402
-from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.io import write_rows  # noqa: E402
 
 COLUMNS = ("label", "model", "edge_drop", "virtual_nodes", "nodes", "edges", "ms", "relative_time", "peak_mb")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scaleq.eval.report import write_rows  # noqa: E402  (light: no torch at import)
+from scaleq.io import write_rows  # noqa: E402  (light: no torch at import)
 
 FIELDS = ["mode", "workers", "nodes", "graphs_per_s", "edges_per_s", "worker_rss_mb", "efficiency"]
 

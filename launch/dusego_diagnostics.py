@@ -20,7 +20,7 @@ from scaleq.config import ConfigError, load_config  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
 from scaleq.eval.depth_sweep import diagnostics_run  # noqa: E402
 from scaleq.eval.diagnostics import plot_per_layer  # noqa: E402
-from scaleq.eval.report import write_rows  # noqa: E402
+from scaleq.io import write_rows  # noqa: E402
 from scaleq.models import check_buildable  # noqa: E402
 
 QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",

@@ -4,16 +4,18 @@ A writer fills ``.<name>.tmp-<pid>`` next to the target, flushes and fsyncs it, 
 the target (``os.replace`` is atomic within a filesystem) and fsyncs the directory, so a crash or
 a full disk leaves the previous file intact and at worst a temporary that
 :func:`remove_stale_temporaries` clears on the next start. This module imports nothing from
-scaleq, so every package (data, train, distributed, eval) may use it.
+scaleq, so every package (data, train, distributed, rollout, bench, eval) may use it; so do the
+shared writers built on it: CSV tables (:func:`write_rows`) and PNG figures (:func:`save_figure`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,6 +74,28 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
+
+
+def write_rows(rows: list[dict[str, Any]], path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> None:
+    """CSV of ``rows``; columns are ``columns`` (other keys left out) or the union of the rows'
+    keys in first-seen order. Written to a temporary file, then renamed into place."""
+    fields = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_figure(fig: Any, png: str | os.PathLike[str]) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt  # only for those who draw
+
+    fig.tight_layout()
+    try:
+        with atomic_write(png) as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from scaleq.config import LossConfig
 from scaleq.data.cell_list import cell_list_radius_graph, triton_available
 from scaleq.data.graph import GraphBuilder, radius_graph
+from scaleq.bench.memory import PeakMemory, peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.bench.reference_egnn import ReferenceEGNN
 from scaleq.losses import training_loss
@@ -164,23 +165,23 @@ def bench_radius_graphs(device: torch.device, quick: bool, repeats: int, max_nod
         pos, batch, radius = uniform_cloud(case, device)
         reference = None
         for name, search in radius_backends(device).items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            edges = search(pos, radius, batch, case.graphs)  # also the warm-up run
-            reference = edges if reference is None else reference
-            args = (pos, radius, batch, case.graphs)
-            ms = time_ms(lambda s=search, a=args: s(*a), device, repeats, warmup=0)
+            with peak_memory(device) as memory:
+                edges = search(pos, radius, batch, case.graphs)  # also the warm-up run
+                reference = edges if reference is None else reference
+                args = (pos, radius, batch, case.graphs)
+                ms = time_ms(lambda s=search, a=args: s(*a), device, repeats, warmup=0)
             rows.append({
                 "part": "radius_graph", "case": case.label, "variant": name, "nodes": pos.shape[0],
-                "edges": edges.shape[1], "ms": ms, "peak_mb": _peak_mb(device),
+                "edges": edges.shape[1], "ms": ms, "peak_mb": _peak_mb(memory),
                 "agree": compare_edges(edges, reference, pos, radius),
             })
             del edges
     return rows
 
 
-def _peak_mb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+def _peak_mb(memory: PeakMemory) -> float | None:
+    # the allocator's peak; a CPU process's resident peak says little about one variant
+    return memory.peak_mb if memory.device.type == "cuda" else None
 
 
 def _build_model(variant: StepVariant) -> nn.Module:
@@ -215,9 +216,8 @@ def bench_steps(device: torch.device, quick: bool, repeats: int) -> list[dict[st
                 loss.backward()
                 optimizer.step()
 
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            ms = time_ms(step, device, repeats, warmup=1 if quick else 3)
+            with peak_memory(device) as memory:
+                ms = time_ms(step, device, repeats, warmup=1 if quick else 3)
             edges = int(raw.edge_index.shape[1])
             rate = edges * LAYERS / (ms / 1000)
             reference_rate.setdefault(variant.precision, rate)
@@ -225,7 +225,7 @@ def bench_steps(device: torch.device, quick: bool, repeats: int) -> list[dict[st
                 "part": "train_step", "case": case.label, "variant": variant.label, "model": variant.model,
                 "precision": variant.precision, "nodes": raw.num_nodes, "edges": edges, "ms": ms,
                 "edge_layers_per_s": rate, "ratio_to_reference": rate / reference_rate[variant.precision],
-                "peak_mb": _peak_mb(device),
+                "peak_mb": _peak_mb(memory),
             })
             del model, optimizer
     return rows

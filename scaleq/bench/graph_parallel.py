@@ -8,8 +8,8 @@ gradients back to their owners, DDP's gradient sum) and the optimizer step. Each
 its median step time, its share (owned nodes, edges, halo rows), the bytes autograd keeps for the
 backward in its first step (``saved_mb``, allocator-independent) and the memory of that step
 over what it held before (imports and the model excluded): on CUDA the peak allocated bytes, on
-the CPU the peak resident set (as ``scaleq.bench.large_graph`` measures it); ``peak_mb`` is the
-process's whole peak. The graph is ``scaleq.bench.models``'s random particle cloud.
+the CPU the peak resident set (:func:`scaleq.bench.memory.peak_memory`); ``peak_mb`` is the
+process's whole peak during the steps. The graph is ``scaleq.bench.models``'s random particle cloud.
 
 Halo traffic per layer: the message-passing block extends the source term W_j h [N, H] and the
 positions [N, D] once per layer, so each rank receives N_halo (H + D) values per layer in the
@@ -19,7 +19,6 @@ forward pass and sends as many gradients back in the backward pass.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from scaleq.data.graph import GraphBuilder
-from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
 
 FIELDS = [
@@ -44,7 +43,7 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
     from scaleq.distributed import TorchEngine
     from scaleq.losses import training_loss
     from scaleq.models.egnn import EGNN
-    from scaleq.testing.distributed import rank_env
+    from scaleq.distributed.spawn import rank_env
 
     rank_env(rank, world_size, port)
     engine = TorchEngine(device=cfg["device"], graph_parallel=world_size)
@@ -55,12 +54,6 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
     whole = random_particles(work)
     graph = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=4 * int(cfg["neighbours"]) + 16)
     cuda = engine.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(engine.device)
-        before = torch.cuda.memory_allocated(engine.device)
-    else:
-        before = resident_bytes()
-        reset_peak_resident()
     times, batch, growth = [], None, 0.0
     saved: dict[int, int] = {}  # storage address -> bytes autograd keeps in the first step
 
@@ -68,29 +61,28 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    for step in range(cfg["steps"] + 1):
-        engine.barrier()
-        start = time.perf_counter()
-        batch = engine.prepare_batch(whole.clone(), graph)
-        if step:
-            loss, _ = training_loss(wrapped(batch), batch, LossConfig())
-        else:
-            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+    with peak_memory(engine.device) as memory:
+        for step in range(cfg["steps"] + 1):
+            engine.barrier()
+            start = time.perf_counter()
+            batch = engine.prepare_batch(whole.clone(), graph)
+            if step:
                 loss, _ = training_loss(wrapped(batch), batch, LossConfig())
-        engine.backward(loss)
-        engine.step()
-        if cuda:
-            torch.cuda.synchronize(engine.device)
-        engine.barrier()
-        if step:  # the first step warms up and is the one whose memory is measured
-            times.append(time.perf_counter() - start)
-        else:
-            top = torch.cuda.max_memory_allocated(engine.device) if cuda else peak_resident_bytes()
-            growth = max(0, top - before) / 2**20
+            else:
+                with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                    loss, _ = training_loss(wrapped(batch), batch, LossConfig())
+            engine.backward(loss)
+            engine.step()
+            if cuda:
+                torch.cuda.synchronize(engine.device)
+            engine.barrier()
+            if step:  # the first step warms up and is the one whose memory is measured
+                times.append(time.perf_counter() - start)
+            else:
+                growth = max(0, memory.so_far() - memory.base) / 2**20
     assert batch is not None
     halo = getattr(batch, "halo", None)
-    peak = (torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = memory.peak_mb
     report = {
         "step_s": statistics.median(times), "owned": int(batch.pos.shape[0]), "edges": int(batch.edge_index.shape[1]),
         "halo_rows": 0 if halo is None else halo.num_halo, "peak_mb": peak, "growth_mb": growth,
@@ -123,7 +115,7 @@ def summarise(ranks: int, reports: list[dict[str, Any]], cfg: dict[str, Any], ba
 def run_strong_scaling(cfg: dict[str, Any], ranks: list[int], folder: Path) -> list[dict[str, Any]]:
     """Every R in ``ranks`` in fresh processes; one summary row each (speed-up against the first R)."""
     from scaleq.distributed.process_group import free_port
-    from scaleq.testing.distributed import spawn
+    from scaleq.distributed.spawn import spawn
 
     rows: list[dict[str, Any]] = []
     base: tuple[int, float] | None = None

@@ -11,9 +11,8 @@ cube with about ``neighbours`` neighbours each, along one path:
 
 Memory, two ways: ``saved_mb``, the bytes of the distinct storages autograd keeps for the
 backward (counted with saved-tensor hooks during the forward: exact, independent of the allocator);
-``peak_mb``, on CUDA ``torch.cuda.max_memory_allocated`` during the step over what was allocated
-before it; on the CPU the peak resident set during the step (the kernel's high-water mark is reset
-just before it through /proc/self/clear_refs) over the resident set before it. Every size runs in
+``peak_mb``, the step's peak over what was in use before it (:func:`scaleq.bench.memory.peak_memory`:
+the allocator's peak on CUDA, the resident set's on the CPU). Every size runs in
 a fresh process, so one trial's peak never hides another's and an out-of-memory kill ends only it.
 """
 
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.memory import peak_memory
 
 PATHS = ("reference", "torch", "chunked", "triton")
 MODELS = ("egnn", "fastegnn")
@@ -115,16 +114,9 @@ def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
 
     forward, edges = build_step(trial)
     saved: dict[int, int] = {}
-    if trial.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    with peak_memory(trial.device) as memory:
         _step(forward, saved)
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = resident_bytes()
-        reset_peak_resident()
-        _step(forward, saved)
-        peak = max(0, peak_resident_bytes() - base)
+    peak = memory.growth
     times = []
     for _ in range(steps):
         start = time.perf_counter()

@@ -3,9 +3,8 @@
 The variants of FastEGNN's Table 1: EGNN, EGNN* (EGNN with every real edge dropped) and
 FastEGNN-<C, p>. Times: all variants in one process, round-robin, best of ``repeats`` rounds.
 Memory: each variant in a fresh process (``multiprocessing`` spawn), so that the peak of one does
-not hide inside another's: on CUDA ``torch.cuda.max_memory_allocated`` over what was allocated
-before the step; on the CPU the growth of the peak resident set (``ru_maxrss``) during one step
-over the resident set just before it (batch and model already built). Graphs are
+not hide inside another's: :func:`scaleq.bench.memory.peak_memory` over one step (batch and
+model already built). Graphs are
 built and edges dropped once, before timing, as the published code preprocesses them.
 """
 
@@ -22,7 +21,7 @@ from torch_geometric.data import Batch, Data
 
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
-from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.bench.memory import peak_memory
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN
 
@@ -106,22 +105,13 @@ def prepare(variant: Variant, work: Workload) -> Callable[[], None]:
     return step
 
 
-def peak_memory(variant: Variant, work: Workload) -> float:
+def step_peak_mb(variant: Variant, work: Workload) -> float:
     """MB that one step adds at its peak over what the process held before it (batch and model
     built). Meant to run in a fresh process: on the CPU the peak resident set never goes down."""
     step = prepare(variant, work)
-    device = torch.device(work.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    with peak_memory(work.device) as memory:
         step()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        reset_peak_resident()  # so the peak is this step's, not the imports' before it
-        base = resident_bytes()
-        step()
-        peak = max(0, peak_resident_bytes() - base)
-    return peak / 2**20
+    return memory.growth_mb
 
 
 def step_times(variants: list[Variant], work: Workload) -> list[tuple[int, float]]:
@@ -141,7 +131,7 @@ def step_times(variants: list[Variant], work: Workload) -> list[tuple[int, float
 
 
 def _peak_memory_star(args: tuple[Variant, Workload]) -> float:
-    return peak_memory(*args)
+    return step_peak_mb(*args)
 
 
 def run_variants(variants: list[Variant], work: Workload) -> list[dict[str, float | str | int]]:

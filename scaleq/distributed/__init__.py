@@ -1,4 +1,6 @@
-"""The only package that imports torch.distributed, deepspeed or ray."""
+"""Engines (plain torch, DDP, DeepSpeed), graph parallelism and rank start-up. With
+``scaleq.launchers`` above it, the only product code that imports torch.distributed, deepspeed or
+ray (``scaleq.testing``'s multi-rank helpers do too, for the tests)."""
 
 from __future__ import annotations
 

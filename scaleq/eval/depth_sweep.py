@@ -7,11 +7,11 @@ Accuracy: every (model, depth, delta) is trained with the project's Trainer on t
 best-validation epoch; a run whose loss becomes NaN or infinite is reported as NaN, as in the
 paper's table.
 
-Memory: one forward and backward pass on one batch. On CUDA, ``torch.cuda.max_memory_allocated``
-above what was allocated before the pass (exact). On the CPU there is no allocator statistic, so
-each measurement runs in a fresh process and reports the rise of its peak resident set size
-(Linux VmHWM, reset just before the pass; large allocations go straight to mmap so that freed
-memory is returned; all measurements in one process): an approximation good to a few MiB.
+Memory: one forward and backward pass on one batch, measured with
+:func:`scaleq.bench.memory.peak_memory`: on CUDA the allocator's peak above what was allocated
+before the pass (exact); on the CPU the rise of the peak resident set, so the measurements run in
+one fresh process (large allocations go straight to mmap so that freed memory is returned): an
+approximation good to a few MiB.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from torch_geometric.data import Batch, Data
 from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
+from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import make_engine
-from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, save_figure
-from scaleq.bench.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
+from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms
+from scaleq.io import save_figure
+from scaleq.bench.memory import peak_memory
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
-from scaleq.train.run import open_datasets, prepare_data
 from scaleq.train.trainer import Trainer
 
 KINDS = ("egnn", "dusego")
@@ -133,27 +134,23 @@ def _cpu_peak_worker(configs: list[Config], widths: DataWidths, batch: Batch, qu
         model = build_model(config, widths)
         with torch.no_grad():
             model(batch)  # first-call allocations (thread pools, lazy kernels) are not activations
-        reset_peak_resident()
-        before = resident_bytes()
-        _forward_backward(model, batch)
-        peaks.append(peak_resident_bytes() - before)
+        with peak_memory("cpu") as memory:
+            _forward_backward(model, batch)
+        peaks.append(memory.growth)
         del model
     queue.put(peaks)
 
 
-def peak_memory(configs: list[Config], widths: DataWidths, batch: Batch, device: torch.device) -> list[int]:
+def depth_peaks(configs: list[Config], widths: DataWidths, batch: Batch, device: torch.device) -> list[int]:
     """Bytes a forward and backward pass of each config's model needs above its inputs."""
     if device.type == "cuda":
         peaks = []
         for config in configs:
             model = build_model(config, widths).to(device)
             on_device = batch.to(device)
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            _forward_backward(model, on_device)
-            torch.cuda.synchronize(device)
-            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+            with peak_memory(device) as memory:
+                _forward_backward(model, on_device)
+            peaks.append(memory.growth)
             del model, on_device
         return peaks
     # one fresh process for all CPU measurements: its resident size starts small and, with large
@@ -185,7 +182,7 @@ def memory_sweep(config: Config, depths: Sequence[int], graphs: int, device: tor
     batch = Batch.from_data_list([dataset[i] for i in range(min(graphs, len(dataset)))])
     batch = GraphBuilder.from_config(config.graph)(batch)  # built from CPU samples: the graph on the CPU
     grid = [(kind, layers, ck) for kind in kinds for layers in depths for ck in (0, 1)]
-    peaks = peak_memory([with_changes(config, model=model_section(config, *job)) for job in grid],
+    peaks = depth_peaks([with_changes(config, model=model_section(config, *job)) for job in grid],
                         data_widths(dataset), batch, device)
     rows = []
     for (kind, layers, checkpointing), peak in zip(grid, peaks):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.io import atomic_write
+from scaleq.io import save_figure
 from scaleq.losses import position_mse
 
 LayerStates = list[tuple[Tensor, Tensor]]  # (X^n [N, D], H^n [N, H]) for n = 0..L
@@ -138,15 +138,3 @@ def plot_per_layer(rows: list[dict[str, Any]], keys: Sequence[tuple[str, str]], 
     if title:
         fig.suptitle(title)
     save_figure(fig, png)
-
-
-def save_figure(fig: Any, png: Path) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    try:
-        with atomic_write(png) as f:
-            fig.savefig(f, format="png", dpi=120)
-    finally:
-        plt.close(fig)

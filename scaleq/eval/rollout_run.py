@@ -32,7 +32,7 @@ from scaleq.rollout.metrics import (
     write_metrics_csv,
 )
 from scaleq.sample_options import first_input_frame
-from scaleq.train.trainer import BEST
+from scaleq.train.checkpoint import BEST
 
 DEFAULT_STEPS = 20
 COLOUR_FEATURES = ("charge", "type", "element")  # the first of these a store has colours the particles

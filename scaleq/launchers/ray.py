@@ -28,7 +28,8 @@ from scaleq.config import Config, config_from_dict
 from scaleq.distributed import engine_from_config
 from scaleq.io import atomic_copy
 from scaleq.models import check_buildable
-from scaleq.train.run import prepare_data, resolve_run_dir, run
+from scaleq.data.splits import prepare_data
+from scaleq.train.run import resolve_run_dir, run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Set in the entrypoint of `ray job submit` (the job supervisor passes the job's config in it).

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from scaleq.data.nbody import NBodyParams, energy
-from scaleq.eval.report import write_rows
+from scaleq.io import save_figure, write_rows
 from scaleq.rollout.rollout import Reference, Rollout
 
 SUMMARY_STEPS = (1, 5, 10, 20)
@@ -187,7 +187,6 @@ def plot_metrics(metrics: HorizonMetrics, png: Path, *, name: str, baseline_name
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scaleq.eval.diagnostics import save_figure
 
     rows = metrics.rows
     keys = rows[0].keys()

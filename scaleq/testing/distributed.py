@@ -7,9 +7,6 @@ of the per-rank mean losses is exactly the whole-batch mean loss.
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from scaleq.data.graph import GraphBuilder
+from scaleq.distributed.spawn import rank_env
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN
 from scaleq.testing.stores import random_batch
@@ -54,15 +52,6 @@ def one_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def rank_env(rank: int, world_size: int, port: int) -> None:
-    """What torchrun would have set for this rank."""
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-
-
 def engine_step(rank: int, world_size: int, port: int, kind: str, options: dict[str, Any], out: str) -> None:
     """Rank ``rank``: one engine step on its shard; rank 0 writes the parameters to ``out``.
 
@@ -87,16 +76,3 @@ def engine_step(rank: int, world_size: int, port: int, kind: str, options: dict[
         torch.save({"params": state, "sum_of_ranks": float(total)}, Path(out))
     engine.barrier()
     engine.close()
-
-
-def spawn(fn: Callable[..., None], world_size: int, *args: Any, timeout: float = 300.0) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes; raise if one fails
-    or if they are not all done after ``timeout`` seconds (a hung collective must not hang CI)."""
-    context = torch.multiprocessing.spawn(fn, args=(world_size, *args), nprocs=world_size, join=False)
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            raise TimeoutError(f"{world_size} ranks of {fn.__name__} not done after {timeout:.0f} s")

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+# the file names under <run>/checkpoints/: the newest state, and the best-validation one
+LAST, BEST = "last.pt", "best.pt"
+
 
 @dataclass
 class TrainState:

@@ -9,20 +9,16 @@ from typing import Any
 
 import torch
 
-from scaleq.config import Config, ConfigError, DataConfig, save_config
-from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset
-from scaleq.data.nbody import SplitSpec, protocol_params, write_nbody_dataset
-from scaleq.data.store import StoreError
+from scaleq.config import Config, ConfigError, save_config
+from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
+from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
-from scaleq.train.checkpoint import CheckpointError, seed_everything
+from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything
 from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
-from scaleq.train.trainer import BEST, LAST, FitResult, Trainer, evaluate, make_loader
-
-SPLITS = ("train", "valid", "test")
-
+from scaleq.train.trainer import FitResult, Trainer, evaluate, make_loader
 
 @dataclass
 class RunSummary:
@@ -47,43 +43,6 @@ class RunSummary:
             f"test MSE {self.model} (best validation epoch {self.best_epoch + 1}): {self.test_mse:.6f}, "
             f"{ratio:.3f} x Linear's {self.linear_test_mse:.6f}",
         ])
-
-
-def prepare_data(data: DataConfig, progress: bool = True) -> None:
-    """Generate the dataset at ``data.path`` when it is missing and the config says how."""
-    root = Path(data.path)
-    missing = [s for s in SPLITS if not (root / f"{s}.zarr").exists()]
-    if not missing:
-        return
-    if data.generate is None:
-        raise StoreError(
-            f"{root}: dataset not found (missing {', '.join(f'{s}.zarr' for s in missing)}); convert one with "
-            "data_prep/*.py or add a data.generate section"
-        )
-    gen = data.generate
-    params = protocol_params(gen.system, particles=gen.particles, steps=gen.steps, gaussians=gen.gaussians)
-    splits = [SplitSpec("train", gen.train, gen.train_drawn), SplitSpec("valid", gen.valid), SplitSpec("test", gen.test)]
-    print(f"generating {gen.particles}-body dataset ({gen.system} system) at {root} (seed {gen.seed}) ...", flush=True)
-    write_nbody_dataset(root, params, splits, seed=gen.seed, overwrite=True, progress=progress)
-
-
-def open_datasets(config: Config) -> dict[str, TrajectoryDataset]:
-    data = config.data
-    datasets = {}
-    for split in SPLITS:
-        # the config checked these options when it loaded (scaleq.sample_options: the same rules)
-        spec = SampleSpec(
-            delta=data.delta,
-            input_frame=data.input_frame,
-            starts_per_trajectory=data.starts_per_trajectory,
-            velocity=data.velocity,
-            max_samples=data.max_train_samples if split == "train" else data.max_eval_samples,
-            seed=config.seed,
-        )
-        scale_from = datasets["train"].store if split != "train" else None  # one feature scale: the training split's
-        datasets[split] = TrajectoryDataset(Path(data.path) / f"{split}.zarr", spec, node_features=data.node_features,
-                                            scale_from=scale_from)
-    return datasets
 
 
 def resolve_run_dir(config: Config, resume: bool) -> Path:
@@ -210,4 +169,4 @@ def fit_linear(train_set: TrajectoryDataset, config: Config, engine: Engine) -> 
     return LinearDynamics.from_normal_equation(engine.all_reduce_sum(sums))
 
 
-__all__ = ["RunSummary", "run", "fit_linear", "prepare_data", "open_datasets", "resolve_run_dir", "BEST"]
+__all__ = ["RunSummary", "run", "fit_linear", "resolve_run_dir"]

@@ -44,10 +44,9 @@ from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.rollout.hook import rollout_during_training
 from scaleq.losses import squared_error_sum, training_loss
-from scaleq.train.checkpoint import CheckpointError, TrainState, rng_state, set_rng_state
+from scaleq.train.checkpoint import BEST, LAST, CheckpointError, TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
-LAST, BEST = "last.pt", "best.pt"
 LOSS_PARTS = ("mse", "mmd", "connectivity")  # the parts training_loss may return, logged as train_<part>
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
                   "epoch_seconds"]

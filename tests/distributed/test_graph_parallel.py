@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scaleq.distributed.process_group import free_port
-from scaleq.testing.distributed import spawn
+from scaleq.distributed.spawn import spawn
 from scaleq.testing.graph_parallel import (
     CASES,
     GRAPH_SIZES,

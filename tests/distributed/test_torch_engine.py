@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from scaleq.distributed.process_group import free_port
-from scaleq.testing.distributed import engine_step, one_step, spawn, tiny_model, whole_batch
+from scaleq.distributed.spawn import spawn
+from scaleq.testing.distributed import engine_step, one_step, tiny_model, whole_batch
 
 # fp32 on the CPU: the split sums gradients in another order than the whole batch does.
 ATOL = 1e-6

@@ -92,7 +92,8 @@ def deepspeed_save(rank: int, world_size: int, port: int, stage: int, path: str)
     """Rank ``rank`` of a DeepSpeed run: one Adam step on its shard of the batch, then a checkpoint."""
     from scaleq.distributed import make_engine
     from scaleq.losses import position_mse
-    from scaleq.testing.distributed import rank_env, rank_shard, tiny_model
+    from scaleq.distributed.spawn import rank_env
+    from scaleq.testing.distributed import rank_shard, tiny_model
 
     rank_env(rank, world_size, port)
     engine = make_engine("deepspeed", device="cpu", micro_batch_size=8 // world_size, zero_stage=stage, lr=LR,
@@ -120,7 +121,8 @@ def test_deepspeed_and_torch_checkpoints_load_to_the_same_weights(tmp_path, stag
     from scaleq.distributed import make_engine
     from scaleq.distributed.process_group import free_port
     from scaleq.losses import position_mse
-    from scaleq.testing.distributed import spawn, tiny_model, whole_batch
+    from scaleq.distributed.spawn import spawn
+    from scaleq.testing.distributed import tiny_model, whole_batch
 
     build_shm_op()  # compiled (once per machine) here, not inside the ranks' time limit
     spawn(deepspeed_save, 2, free_port(), stage, str(tmp_path / "deepspeed" / "checkpoints" / "best.pt"))

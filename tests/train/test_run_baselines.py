@@ -5,7 +5,8 @@ import pytest
 
 from scaleq.config import config_from_dict
 from scaleq.testing.stores import tiny_nbody_dataset
-from scaleq.train.run import open_datasets, run
+from scaleq.data.splits import open_datasets
+from scaleq.train.run import run
 
 
 @pytest.mark.slow
