@@ -4,7 +4,7 @@ A launcher sits above the loop (it imports ``scaleq.train``; the loop and the en
 it). Ray itself is imported only inside the functions that use it, so that ``launch/train.py`` can
 ask :func:`inside_ray_job` without loading Ray.
 
-Each worker runs the same :func:`scaleq.train.run.run` as a plain process; Ray has already made
+Each worker runs the same :func:`scaleq.run.run` as a plain process; Ray has already made
 the process group, so the engine (torch DDP or DeepSpeed) joins it. Every end-of-epoch checkpoint
 is reported with ``ray.train.report`` and lands in ``RunConfig(storage_path, name)``. A worker
 that dies makes Ray restart the group (``FailureConfig(max_failures)``); the new workers find the
@@ -29,7 +29,7 @@ from scaleq.distributed import engine_from_config
 from scaleq.io import atomic_copy
 from scaleq.models import check_buildable
 from scaleq.data.splits import prepare_data
-from scaleq.train.run import resolve_run_dir, run
+from scaleq.run import resolve_run_dir, run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Set in the entrypoint of `ray job submit` (the job supervisor passes the job's config in it).

@@ -82,7 +82,7 @@ def check_buildable(config: Config) -> Config:
     What :mod:`scaleq.config` cannot check without importing the models: ``model.name`` is a
     registered model, every other ``model.*`` key is a keyword argument of its constructor, of
     its type, and the model fits the other sections (:func:`check_model_fits`). Every run calls
-    this before it starts anything (scaleq.train.run.run, the Ray driver, launch/train.py);
+    this before it starts anything (scaleq.run.run, the Ray driver, launch/train.py);
     :func:`instantiate` checks the options for the tools that build a model directly.
     """
     options = model_options(config.model)

@@ -221,7 +221,7 @@ def rollout(model: nn.Module, ref: Reference, graph: GraphBuilder, *, device: to
 
 def linear_baseline(time: float | None = None) -> tuple[nn.Module, str]:
     """The baseline a rollout is compared with, and its name: the papers' Linear x + v * horizon * t
-    with the run's fitted t (``summary.json``'s ``linear_time``, see ``scaleq.train.run``), or
+    with the run's fitted t (``summary.json``'s ``linear_time``, see ``scaleq.run``), or
     constant-velocity extrapolation x + v * horizon where no fitted t exists yet (during training)."""
     if time is None:
         return ConstantVelocity(), "constant velocity"

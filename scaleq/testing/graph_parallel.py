@@ -135,7 +135,7 @@ def assemble(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def train_rank(rank: int, world_size: int, port: int, raw: dict[str, Any]) -> None:
     """Rank ``rank`` of a torchrun-style launch of the training run ``raw`` (a config dict)."""
     from scaleq.config import config_from_dict
-    from scaleq.train.run import run
+    from scaleq.run import run
 
     rank_env(rank, world_size, port)
     run(config_from_dict(raw, "<test config>"))

@@ -74,7 +74,7 @@ def test_training_on_a_two_by_two_grid_ends_with_the_single_process_metrics(tmp_
     With accumulation 3 the 4 micro-batches of an epoch make windows of 3 and 1: DDP exchanges
     gradients in each window's last backward only, the halo exchange in every one."""
     from scaleq.config import config_from_dict
-    from scaleq.train.run import run
+    from scaleq.run import run
 
     common = {"graph": {"kind": "radius", "radius": 4.0}, "engine": {"gradient_accumulation": accumulation}}
     single = tiny_raw(tmp_path / "one", nbody_small, name="one", epochs=2) | common

@@ -10,7 +10,7 @@ from scaleq.config import config_from_dict
 from scaleq.eval.clusters import plot_clusters
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
-from scaleq.train.run import run
+from scaleq.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 

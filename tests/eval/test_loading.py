@@ -13,7 +13,7 @@ from scaleq.eval.loading import load_run
 from scaleq.models import DataWidths, build_model
 from scaleq.testing.stores import random_walk_trajectories
 from scaleq.train.checkpoint import CheckpointError, load_weights
-from scaleq.train.run import run
+from scaleq.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -90,7 +90,7 @@ def test_models_that_fit_pass(tmp_path):
 
 def test_a_run_checks_its_model_before_making_data(tmp_path):
     """run() is what every launcher calls (the CLI, Ray workers, the depth sweep)."""
-    from scaleq.train.run import run
+    from scaleq.run import run
 
     config = load_config(write_config(tmp_path, model={"name": "egnn", "depth": 3}))
     with pytest.raises(ConfigError, match=r"model: unknown key 'depth' for model 'egnn'"):

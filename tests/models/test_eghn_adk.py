@@ -10,7 +10,7 @@ from scaleq.config import config_from_dict
 from scaleq.data import md
 from scaleq.eval.clusters import cluster_plot_from_run
 from scaleq.train.metrics import read_metrics
-from scaleq.train.run import run
+from scaleq.run import run
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from scaleq.config import config_from_dict
 from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
-from scaleq.train.run import run
+from scaleq.run import run
 
 pytestmark = pytest.mark.slow
 

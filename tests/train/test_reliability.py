@@ -23,7 +23,7 @@ from scaleq.distributed.process_group import free_port
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.metrics import read_metrics
-from scaleq.train.run import run
+from scaleq.run import run
 from scaleq.train.run_dir import RunDirError, claim_run_dir
 from scaleq.train.trainer import Trainer
 

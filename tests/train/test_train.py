@@ -8,7 +8,7 @@ import pytest
 from scaleq.config import config_from_dict
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
-from scaleq.train.run import run
+from scaleq.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
