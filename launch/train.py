@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from scaleq.config import ConfigError, config_yaml, load_config  # noqa: E402
 from scaleq.data.store import StoreError  # noqa: E402
 from scaleq.models import check_buildable  # noqa: E402
-from scaleq.train.checkpoint import CheckpointError  # noqa: E402
 from scaleq.run import run  # noqa: E402
+from scaleq.train.checkpoint import CheckpointError  # noqa: E402
 from scaleq.train.run_dir import RunDirError  # noqa: E402
 
 USER_ERRORS = (ConfigError, StoreError, CheckpointError, RunDirError)  # exit 2: fix the input

@@ -103,8 +103,11 @@ class DataConfig:
             raise ConfigError(f"data.node_features must be a non-empty list of distinct names, got {self.node_features}")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class GraphConfig:
+    """How every batch's graph is built (:class:`scaleq.data.graph.GraphBuilder` extends this
+    class with the building itself, so an option is added here and nowhere else)."""
+
     kind: GraphKind = "complete"
     radius: float | None = None
     max_num_neighbors: int = 64  # cap per node: the nearest ones are kept (a warning says when)
@@ -123,9 +126,9 @@ class GraphConfig:
     edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
-        # the rules GraphBuilder applies (scaleq.data.graph.GraphBuilder.from_config builds it)
+        # scaleq.data.graph.GraphBuilder is a GraphConfig too: the options are defined here once
         try:
-            check_graph_options(**dataclasses.asdict(self))
+            check_graph_options(self)
         except ValueError as err:
             raise ConfigError(f"graph: {err}") from None
 
@@ -235,10 +238,6 @@ class TrainConfig:
             raise ConfigError(f"train.rollout_every must be >= 0 (0: off), got {self.rollout_every}")
 
 
-# models whose per-graph pooling is not split across ranks (see scaleq/distributed/partition.py)
-GRAPH_PARALLEL_UNSUPPORTED = ("eghn",)
-
-
 @dataclass(kw_only=True)
 class Config:
     name: str = "run"
@@ -252,7 +251,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.engine.graph_parallel > 1 and (self.model.name in GRAPH_PARALLEL_UNSUPPORTED or self.graph.local != "none"):
+        # the model's own support is its class attribute ``supports_graph_parallel``, which
+        # scaleq.models.check_model_fits reads; a local graph (EGHN's) is global per graph whatever the model
+        if self.engine.graph_parallel > 1 and self.graph.local != "none":
             raise ConfigError(
                 f"engine.graph_parallel = {self.engine.graph_parallel} is not supported for model {self.model.name!r} "
                 f"with graph.local {self.graph.local!r}: EGHN's pooling and local graph are global per graph; "

@@ -1,4 +1,8 @@
-"""One training run from a Config: data (generated if missing), model, engine, loop, summary."""
+"""One training run from a Config: data (generated if missing), model, engine, loop, summary.
+
+It sits above the loop (``scaleq.train``) and hands it what the config asks for at the end of an
+epoch (the rollout of ``train.rollout_every``, :mod:`scaleq.rollout.hook`), so the loop imports
+neither evaluation nor rollouts."""
 
 from __future__ import annotations
 
@@ -11,14 +15,17 @@ import torch
 
 from scaleq.config import Config, ConfigError, save_config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
+from scaleq.data.graph import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
+from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything
 from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
-from scaleq.train.trainer import FitResult, Trainer, evaluate, make_loader
+from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate, make_loader
+
 
 @dataclass
 class RunSummary:
@@ -93,7 +100,7 @@ def run(
         run_dir, refused = engine.broadcast_object((claim.path if claim is not None else None, refused))
         if refused is not None:
             raise RunDirError(refused)
-        trainer = Trainer(config, engine, model, datasets, run_dir)
+        trainer = Trainer(config, engine, model, datasets, run_dir, on_epoch_end=_epoch_end_callbacks(config, datasets, run_dir))
         if resume:
             _resume(trainer, run_dir, resume_from)
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
@@ -111,6 +118,14 @@ def run(
         if owns_engine:
             engine.close()
     return summary
+
+
+def _epoch_end_callbacks(config: Config, datasets: dict[str, TrajectoryDataset], run_dir: Path) -> list[EpochEndCallback]:
+    """What the loop calls after each epoch: the short validation rollout of ``train.rollout_every``."""
+    if not config.train.rollout_every:
+        return []
+    graph = GraphBuilder.from_config(config.graph)
+    return [RolloutEveryEpochs(config.train.rollout_every, datasets["valid"], graph, run_dir, config.model.name)]
 
 
 def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:

@@ -31,14 +31,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scaleq.config import LossConfig
-from scaleq.data.cell_list import cell_list_radius_graph, triton_available
-from scaleq.data.graph import GraphBuilder, radius_graph
 from scaleq.bench.memory import PeakMemory, peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.bench.reference_egnn import ReferenceEGNN
+from scaleq.config import LossConfig
+from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.data.graph import GraphBuilder, radius_graph
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
+from scaleq.triton_status import triton_status
 
 NEIGHBOURS = 20.0
 LAYERS, HIDDEN = 4, 64
@@ -151,7 +152,7 @@ def radius_backends(device: torch.device) -> dict[str, Callable[[Tensor, float, 
         "cell_list (torch)": lambda p, r, b, g: cell_list_radius_graph(
             p, r, b, num_graphs=g, max_num_neighbors=CAP, pair_search="torch").edge_index,
     }
-    if device.type == "cuda" and triton_available():
+    if device.type == "cuda" and triton_status().installed:
         out["cell_list (triton)"] = lambda p, r, b, g: cell_list_radius_graph(
             p, r, b, num_graphs=g, max_num_neighbors=CAP, pair_search="triton").edge_index
     return out
@@ -198,7 +199,7 @@ def bench_steps(device: torch.device, quick: bool, repeats: int) -> list[dict[st
         raw = random_particles(work).to(device)
         reference_rate: dict[str, float] = {}
         for variant in step_variants():
-            if variant.kwargs.get("kernel") == "triton" and not (device.type == "cuda" and triton_available()):
+            if variant.kwargs.get("kernel") == "triton" and not (device.type == "cuda" and triton_status().installed):
                 continue  # the fused kernel is CUDA's (on a CPU only Triton's interpreter runs it)
             torch.manual_seed(0)
             model = _build_model(variant).to(device)
@@ -263,11 +264,7 @@ def bench_reductions(device: torch.device, quick: bool, repeats: int) -> list[di
 
 def environment(device: torch.device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    triton = "none"
-    if triton_available():
-        import triton as triton_module
-
-        triton = triton_module.__version__
+    triton = triton_status().version or "none"
     return {"device": name, "torch": torch.__version__, "cuda": str(torch.version.cuda), "triton": triton}
 
 

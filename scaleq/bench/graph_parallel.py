@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from scaleq.data.graph import GraphBuilder
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
+from scaleq.data.graph import GraphBuilder
 
 FIELDS = [
     "ranks", "particles", "edges", "step_s", "speedup", "efficiency", "halo_rows_per_rank",
@@ -41,9 +41,9 @@ def bench_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: 
     one warm-up step; writes ``<out>/rank<rank>.json``."""
     from scaleq.config import LossConfig
     from scaleq.distributed import TorchEngine
+    from scaleq.distributed.spawn import rank_env
     from scaleq.losses import training_loss
     from scaleq.models.egnn import EGNN
-    from scaleq.distributed.spawn import rank_env
 
     rank_env(rank, world_size, port)
     engine = TorchEngine(device=cfg["device"], graph_parallel=world_size)

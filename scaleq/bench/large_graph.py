@@ -58,10 +58,10 @@ def build_step(trial: Trial) -> tuple[Any, int]:
     completes a training step) and the number of edges of its graph."""
     import torch
 
-    from scaleq.config import LossConfig
-    from scaleq.data.graph import GraphBuilder
     from scaleq.bench.models import Workload, random_particles
     from scaleq.bench.reference_egnn import ReferenceEGNN
+    from scaleq.config import LossConfig
+    from scaleq.data.graph import GraphBuilder
     from scaleq.losses import training_loss
     from scaleq.models import EGNN, FastEGNN
 
@@ -110,7 +110,6 @@ def _step(forward: Any, saved: dict[int, int] | None = None) -> None:
 
 def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
     """Peak memory of the first step and the best time of ``steps`` more (this process)."""
-    import torch
 
     forward, edges = build_step(trial)
     saved: dict[int, int] = {}

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch_geometric.data import Batch, Data
 
+from scaleq.bench.memory import peak_memory
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
-from scaleq.bench.memory import peak_memory
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN
 

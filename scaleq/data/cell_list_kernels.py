@@ -12,14 +12,14 @@ which is slow and meant for tests.
 """
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from scaleq.data.cell_list import CellTable
+from scaleq.data.cell_table import CellTable
+from scaleq.triton_status import triton_status
 
 BLOCK = 128
 
@@ -88,11 +88,6 @@ def _cell_pairs_kernel(
         tl.store(count_ptr + slot, found, mask=live)
 
 
-def _interpreting() -> bool:
-    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; older ones read the variable directly
-    return bool(knobs.runtime.interpret) if knobs is not None else os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 @functools.cache
 def _kernel():  # noqa: ANN202 (a Triton kernel object)
     # With TRITON_INTERPRET=1 set before triton was imported, this is the interpreted kernel.
@@ -108,7 +103,7 @@ def cell_pairs_triton(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor,
     """
     num_nodes, dim = pos.shape
     device = pos.device
-    if not pos.is_cuda and not _interpreting():
+    if not pos.is_cuda and not triton_status().interpreted:
         raise RuntimeError("the Triton pair search on CPU tensors runs in Triton's interpreter: set "
                            "TRITON_INTERPRET=1 in the environment before Python imports triton")
     kernel = _kernel()

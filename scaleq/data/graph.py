@@ -11,28 +11,23 @@ torch-cluster (torch-geometric 2.8 no longer routes to it).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch_cluster
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, check_box_sides, keep_nearest
+from scaleq.config import GraphConfig
+from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, keep_nearest
+from scaleq.data.cell_table import check_box_sides
 from scaleq.graph_options import (
     Backend,
     EdgeAttrKind,
     EdgeDropMode,
-    GraphKind,
-    LocalKind,
-    check_graph_options,
     num_edge_features,
 )
 from scaleq.nn.scatter import rank_within_groups
-
-if TYPE_CHECKING:
-    from scaleq.config import GraphConfig
 
 
 def complete_graph(batch: Tensor) -> Tensor:
@@ -249,7 +244,7 @@ class CapWarning:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GraphBuilder:
+class GraphBuilder(GraphConfig):
     """Adds ``edge_index`` [2, E] (sorted by target for radius graphs) and ``edge_attr`` [E, F + 1]
     to a batch, on its device; with ``periodic``, also ``edge_shift`` [E, D] (add it to
     ``pos[i] - pos[j]`` for the minimum-image difference), the boxes coming from the batch's ``box``
@@ -268,38 +263,19 @@ class GraphBuilder:
     store's static bonds ('bonds'), each node's ``local_k`` nearest neighbours ('knn') or the
     neighbours within ``local_radius`` ('radius'), all in the input frame (not periodic), and its
     attributes ``local_attr``, computed as ``edge_attr`` (``edge_attr``: see :func:`edge_features`).
+
+    The options are :class:`scaleq.config.GraphConfig`'s, inherited (defined and checked there
+    once): ``GraphBuilder(kind="radius", radius=0.1)`` or ``GraphBuilder.from_config(config.graph)``.
     """
 
-    kind: GraphKind = "complete"
-    radius: float | None = None
-    max_num_neighbors: int = 64
-    backend: Backend = "auto"
-    periodic: bool = False
-    edge_drop: float = 0.0
-    edge_drop_mode: EdgeDropMode = "shortest"
-    local: LocalKind = "none"
-    local_k: int = 4
-    local_radius: float | None = None
-    edge_attr: EdgeAttrKind = "egnn"
     _main_cap: CapWarning = field(default_factory=lambda: CapWarning("radius graph"), init=False, repr=False, compare=False)
     _local_cap: CapWarning = field(default_factory=lambda: CapWarning("local radius graph"), init=False, repr=False, compare=False)
     _boxes_checked: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        check_graph_options(
-            kind=self.kind, radius=self.radius, max_num_neighbors=self.max_num_neighbors, backend=self.backend,
-            periodic=self.periodic, edge_drop=self.edge_drop, edge_drop_mode=self.edge_drop_mode, local=self.local,
-            local_k=self.local_k, local_radius=self.local_radius, edge_attr=self.edge_attr,
-        )
-
     @classmethod
     def from_config(cls, graph: GraphConfig) -> GraphBuilder:
         """The builder a config's ``graph:`` section describes."""
-        return cls(
-            kind=graph.kind, radius=graph.radius, max_num_neighbors=graph.max_num_neighbors, backend=graph.backend,
-            periodic=graph.periodic, edge_drop=graph.edge_drop, edge_drop_mode=graph.edge_drop_mode, local=graph.local,
-            local_k=graph.local_k, local_radius=graph.local_radius, edge_attr=graph.edge_attr,
-        )
+        return cls(**{f.name: getattr(graph, f.name) for f in fields(GraphConfig)})
 
     def num_edge_features(self, num_node_attr: int) -> int:
         return num_edge_features(self.edge_attr, num_node_attr)

@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch, Data
 
+from scaleq.bench.memory import peak_memory
 from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
-from scaleq.distributed import make_engine
+from scaleq.distributed import engine_from_config
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms
 from scaleq.io import save_figure
-from scaleq.bench.memory import peak_memory
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.trainer import Trainer
@@ -84,8 +84,7 @@ def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path,
                    model: torch.nn.Module | None = None) -> dict[str, float]:
     """Train ``model`` (default: a fresh one from the config) in place with the project's Trainer;
     its test MSE at the best-validation epoch, NaN when training diverged."""
-    engine = make_engine(config.engine.kind, device=config.train.device, precision=config.train.precision,
-                         grad_clip=config.train.grad_clip)
+    engine = engine_from_config(config)  # what scaleq.run.run trains with: every engine option of the config
     model = model if model is not None else build_for(config, datasets["train"])
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

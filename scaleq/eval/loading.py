@@ -17,8 +17,8 @@ from torch import nn
 
 from scaleq.config import Config, load_config
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.models import build_model, check_buildable
 from scaleq.data.splits import open_datasets
+from scaleq.models import build_model, check_buildable
 from scaleq.train.checkpoint import BEST, CheckpointError, load_weights
 
 

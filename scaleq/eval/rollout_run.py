@@ -14,8 +14,15 @@ import torch
 
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
-from scaleq.rollout.animation import animate, default_format, frame_grid
 from scaleq.eval.loading import load_run
+from scaleq.rollout.animation import animate, default_format, frame_grid
+from scaleq.rollout.metrics import (
+    HorizonMetrics,
+    horizon_metrics,
+    plot_metrics,
+    summary_line,
+    write_metrics_csv,
+)
 from scaleq.rollout.rollout import (
     Reference,
     Rollout,
@@ -23,13 +30,6 @@ from scaleq.rollout.rollout import (
     max_steps,
     reference,
     rollout,
-)
-from scaleq.rollout.metrics import (
-    HorizonMetrics,
-    horizon_metrics,
-    plot_metrics,
-    summary_line,
-    write_metrics_csv,
 )
 from scaleq.sample_options import first_input_frame
 from scaleq.train.checkpoint import BEST

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, config_from_dict
+from scaleq.data.splits import prepare_data
 from scaleq.distributed import engine_from_config
 from scaleq.io import atomic_copy
 from scaleq.models import check_buildable
-from scaleq.data.splits import prepare_data
 from scaleq.run import resolve_run_dir, run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

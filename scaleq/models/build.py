@@ -93,10 +93,14 @@ def check_buildable(config: Config) -> Config:
 def check_model_fits(config: Config) -> None:
     """The keys of other sections that ask the model for what it does not have: a local graph it
     needs (``needs_local_graph``), the outputs a loss term reads (``auxiliary_outputs``), layers
-    to checkpoint. Otherwise each fails only at the first training step, after the data is made."""
+    to checkpoint, graph parallelism it cannot split (``supports_graph_parallel``). Otherwise each fails only at the first training step, after the data is made."""
     from scaleq.models import MODELS  # the registry imports this module
 
     name, cls = config.model.name, model_class(config.model)
+    ranks = config.engine.graph_parallel
+    if ranks > 1 and not supports_graph_parallel(cls):
+        raise ConfigError(f"engine.graph_parallel = {ranks} is not supported for model {name!r}: its pooling is "
+                          "global per graph; set engine.graph_parallel to 1")
     if needs_local_graph(cls) and config.graph.local == "none":
         raise ConfigError(f"model.name {name!r} needs a local graph: set graph.local to 'bonds', 'knn' or 'radius' "
                           "(got 'none')")
@@ -115,6 +119,12 @@ def check_model_fits(config: Config) -> None:
 def needs_local_graph(cls: type[nn.Module]) -> bool:
     """Whether the model reads ``batch.local_index`` (a class attribute; default False)."""
     return bool(getattr(cls, "needs_local_graph", False))
+
+
+def supports_graph_parallel(cls: type[nn.Module]) -> bool:
+    """Whether its forward may run on one rank's part of each graph plus the halo (a class
+    attribute; default True: per-node and per-edge work, per-graph sums through ``batch.halo``)."""
+    return bool(getattr(cls, "supports_graph_parallel", True))
 
 
 def auxiliary_outputs(cls: type[nn.Module]) -> tuple[str, ...]:

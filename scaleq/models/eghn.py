@@ -348,6 +348,7 @@ class EGHN(nn.Module):
 
     # what scaleq.models.build checks a config against before a run starts
     needs_local_graph: ClassVar[bool] = True
+    supports_graph_parallel: ClassVar[bool] = False  # the pooling and the local graph are global per graph
     auxiliary_outputs: ClassVar[tuple[str, ...]] = ("assignments", "cluster_pos", "pooled_adjacency")
 
     def __init__(

@@ -21,37 +21,30 @@ node terms from autocast are read and widened to fp32. Matrix products use IEEE 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from scaleq.triton_status import triton_status
+
 BLOCK_R = 16  # receivers per program
 BLOCK_E = 32  # edges per tile (tl.dot needs >= 16)
 
 
-@functools.cache
 def available() -> bool:
-    """True when the triton package imports."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when the triton package imports (:func:`scaleq.triton_status.triton_status`)."""
+    return triton_status().installed
 
 
 def interpreted() -> bool:
-    """Whether Triton runs under its CPU interpreter (TRITON_INTERPRET=1, read when triton is
-    first imported in the process)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether Triton runs under its CPU interpreter (:func:`scaleq.triton_status.triton_status`)."""
+    return triton_status().interpreted
 
 
 def usable_on(device: torch.device) -> bool:
     """Whether the kernel can run on tensors of ``device``: compiled on CUDA, interpreted on CPU."""
-    if not available():
-        return False
-    return interpreted() if device.type == "cpu" else device.type == "cuda" and not interpreted()
+    return triton_status().runs_on(device)
 
 
 @functools.cache

@@ -19,8 +19,8 @@ from torch_geometric.data import Batch
 
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
-from scaleq.losses import position_mse
 from scaleq.distributed.spawn import rank_env
+from scaleq.losses import position_mse
 from scaleq.testing.distributed import NODES, tiny_model
 from scaleq.testing.stores import random_batch
 

@@ -18,9 +18,9 @@ from torch_geometric.data import Batch
 
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
+from scaleq.distributed.spawn import rank_env
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
-from scaleq.distributed.spawn import rank_env
 from scaleq.testing.stores import random_batch
 
 # Three graphs: 16 and 9 nodes, and one of 2 (with 4 ranks, two own nothing of it).

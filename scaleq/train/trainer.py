@@ -7,6 +7,9 @@ steps), ``best.pt`` on improvement; both atomically. Resuming restores model, op
 states, the position inside the epoch and the epoch's running loss sums, so a resumed run continues
 the same sequence of batches and logs the same numbers.
 
+What else happens at the end of an epoch (a short rollout, say) the loop is handed as callbacks
+(``on_epoch_end``), as the engines are handed ``on_checkpoint``: the loop imports none of it.
+
 With gradient accumulation (``engine.gradient_accumulation`` micro-batches per optimizer step) the
 engine decides when to step (:mod:`scaleq.distributed.accumulation`); windows restart every
 epoch and the epoch's last one is stepped however short. ``state.step`` counts optimizer steps, and
@@ -26,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,6 @@ from scaleq.config import Config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
-from scaleq.rollout.hook import rollout_during_training
 from scaleq.losses import squared_error_sum, training_loss
 from scaleq.train.checkpoint import BEST, LAST, CheckpointError, TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
@@ -51,6 +53,20 @@ LOSS_PARTS = ("mse", "mmd", "connectivity")  # the parts training_loss may retur
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
                   "epoch_seconds"]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What the loop hands each ``on_epoch_end`` callback, on every rank, after the epoch's checkpoint."""
+
+    epoch: int  # epochs done
+    step: int  # optimizer steps so far
+    model: nn.Module  # the engine-wrapped model
+    engine: Engine
+    tensorboard: Any | None  # rank 0's SummaryWriter; None elsewhere
+
+
+EpochEndCallback = Callable[[EpochEnd], None]
 
 
 @dataclass
@@ -127,8 +143,10 @@ class Trainer:
         model: nn.Module,
         datasets: dict[str, TrajectoryDataset],
         run_dir: Path,
+        on_epoch_end: Sequence[EpochEndCallback] = (),
     ) -> None:
         self.config = config
+        self.on_epoch_end = list(on_epoch_end)
         self.engine = engine
         self.run_dir = run_dir
         self.graph = GraphBuilder.from_config(config.graph)
@@ -227,8 +245,9 @@ class Trainer:
                             f"epoch {epoch + 1:4d}  train loss {train_loss:.5f}  val MSE {values['val_mse']:.5f}"
                             f"  best {state.best_val_mse:.5f} (epoch {state.best_epoch + 1})"
                         )
-                if cfg.rollout_every and (epoch + 1) % cfg.rollout_every == 0:
-                    rollout_during_training(self, epoch + 1, logger.tensorboard if logger is not None else None)
+                end = EpochEnd(epoch + 1, state.step, self.model, engine, logger.tensorboard if logger is not None else None)
+                for callback in self.on_epoch_end:
+                    callback(end)
                 if state.epochs_without_improvement >= cfg.patience:
                     stopped_early = True
                     break

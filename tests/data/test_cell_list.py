@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaleq.data.cell_list import cell_list_radius_graph, triton_available
-from scaleq.data.graph import radius_graph
 from scaleq.bench.gpu import compare_edges
+from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.data.graph import radius_graph
+from scaleq.triton_status import triton_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,7 +146,8 @@ def test_bad_input_is_named():
 
 TRITON_CHECK = """
 import torch
-from scaleq.data.cell_list import cell_list_radius_graph, triton_available
+from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.triton_status import triton_status
 g = torch.Generator().manual_seed(0)
 cases = []
 pos = torch.rand(50, 3, generator=g)
@@ -183,7 +185,7 @@ def test_cuda_pair_searches_equal_torch_cluster_and_each_other():
     pos, batch = mixed_batch([3000, 1, 0, 5000], 3, seed=21)
     reference = radius_graph(pos, 0.08, batch, 128, backend="torch_cluster", num_graphs=4).edge_index
     box = torch.tensor([[[0.0, 1.0]] * 3] * 4)
-    searches = ["torch"] + (["triton"] if triton_available() else [])
+    searches = ["torch"] + (["triton"] if triton_status().installed else [])
     periodic = {}
     for search in searches:
         edges = cell_list_radius_graph(pos.cuda(), 0.08, batch.cuda(), num_graphs=4, max_num_neighbors=128, pair_search=search)

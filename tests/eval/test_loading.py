@@ -11,9 +11,9 @@ from scaleq.config import config_from_dict, save_config
 from scaleq.data.store import StoreAttrs, Trajectory, write_store
 from scaleq.eval.loading import load_run
 from scaleq.models import DataWidths, build_model
+from scaleq.run import run
 from scaleq.testing.stores import random_walk_trajectories
 from scaleq.train.checkpoint import CheckpointError, load_weights
-from scaleq.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,8 +91,8 @@ def test_a_checkpoint_of_another_model_is_refused_with_one_line(tmp_path):
 def deepspeed_save(rank: int, world_size: int, port: int, stage: int, path: str) -> None:
     """Rank ``rank`` of a DeepSpeed run: one Adam step on its shard of the batch, then a checkpoint."""
     from scaleq.distributed import make_engine
-    from scaleq.losses import position_mse
     from scaleq.distributed.spawn import rank_env
+    from scaleq.losses import position_mse
     from scaleq.testing.distributed import rank_shard, tiny_model
 
     rank_env(rank, world_size, port)
@@ -120,8 +120,8 @@ def test_deepspeed_and_torch_checkpoints_load_to_the_same_weights(tmp_path, stag
 
     from scaleq.distributed import make_engine
     from scaleq.distributed.process_group import free_port
-    from scaleq.losses import position_mse
     from scaleq.distributed.spawn import spawn
+    from scaleq.losses import position_mse
     from scaleq.testing.distributed import tiny_model, whole_batch
 
     build_shm_op()  # compiled (once per machine) here, not inside the ranks' time limit

@@ -9,8 +9,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from scaleq.config import ConfigError, config_from_dict
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.run import run
+from scaleq.testing.stores import tiny_nbody_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

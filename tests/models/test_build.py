@@ -12,7 +12,13 @@ import yaml
 from scaleq.config import ConfigError, ModelConfig, config_from_dict, load_config
 from scaleq.data.graph import GraphBuilder
 from scaleq.models import MODELS
-from scaleq.models.build import auxiliary_outputs, check_buildable, instantiate, needs_local_graph
+from scaleq.models.build import (
+    auxiliary_outputs,
+    check_buildable,
+    instantiate,
+    needs_local_graph,
+    supports_graph_parallel,
+)
 from scaleq.testing.stores import random_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +128,12 @@ def test_cli_refuses_a_model_key_the_constructor_does_not_take(tmp_path):
 @pytest.mark.parametrize("sections, message", [m[1:] for m in MISFITS], ids=[m[0] for m in MISFITS])
 def test_cli_refuses_a_model_that_does_not_fit(tmp_path, sections, message):
     assert_refused(cli("--config", str(write_config(tmp_path, **sections))), message, tmp_path)
+
+
+def test_graph_parallel_support_is_a_class_attribute_the_build_check_reads(tmp_path):
+    """EGHN's pooling is global per graph: it says so itself (supports_graph_parallel = False), and
+    check_buildable refuses engine.graph_parallel > 1 for it; the other models keep the default."""
+    assert [n for n, c in MODELS.items() if not supports_graph_parallel(c)] == ["eghn"]
+    config = config_from_dict(raw_config(tmp_path, model={"name": "eghn"}, engine={"graph_parallel": 2}))
+    with pytest.raises(ConfigError, match=r"engine\.graph_parallel = 2 is not supported for model 'eghn'"):
+        check_buildable(config)

@@ -9,8 +9,8 @@ from MDAnalysisTests import datafiles
 from scaleq.config import config_from_dict
 from scaleq.data import md
 from scaleq.eval.clusters import cluster_plot_from_run
-from scaleq.train.metrics import read_metrics
 from scaleq.run import run
+from scaleq.train.metrics import read_metrics
 
 
 @pytest.mark.slow

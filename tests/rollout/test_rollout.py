@@ -8,12 +8,12 @@ from torch import nn
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.store import StoreAttrs, StoreError, Trajectory, write_store
-from scaleq.rollout.rollout import max_steps, reference, rollout, velocity_estimate
+from scaleq.models.baselines import ConstantVelocity
 from scaleq.rollout.metrics import (
     horizon_metrics,
     summary_line,
 )
-from scaleq.models.baselines import ConstantVelocity
+from scaleq.rollout.rollout import max_steps, reference, rollout, velocity_estimate
 from scaleq.testing.stores import tiny_nbody_dataset
 
 

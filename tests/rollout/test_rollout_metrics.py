@@ -8,8 +8,8 @@ from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.nbody import NBodyParams, draw_initial_states, simulate
 from scaleq.data.store import StoreAttrs, write_store
-from scaleq.rollout.rollout import linear_baseline, reference, rollout
 from scaleq.rollout.metrics import horizon_metrics, kabsch_rmsd, nbody_invariants, radius_of_gyration
+from scaleq.rollout.rollout import linear_baseline, reference, rollout
 
 
 def test_simulator_energy_is_conserved_to_its_integrators_accuracy():

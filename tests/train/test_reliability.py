@@ -20,10 +20,10 @@ import zarr
 from scaleq.config import config_from_dict
 from scaleq.data.store import StoreError
 from scaleq.distributed.process_group import free_port
+from scaleq.run import run
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.metrics import read_metrics
-from scaleq.run import run
 from scaleq.train.run_dir import RunDirError, claim_run_dir
 from scaleq.train.trainer import Trainer
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from scaleq.config import config_from_dict
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.data.splits import open_datasets
 from scaleq.run import run
+from scaleq.testing.stores import tiny_nbody_dataset
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from scaleq.config import config_from_dict
+from scaleq.run import run
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
-from scaleq.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
