@@ -22,6 +22,7 @@ from torch import nn
 
 from scaleq.config import Config, ConfigError, ModelConfig, check_type
 from scaleq.graph_options import num_edge_features
+from scaleq.models.registry import MODELS
 
 # Constructor arguments that come from the data, not from the config.
 DATA_DERIVED_ARGS = ("in_node_features", "in_edge_features", "dim")
@@ -94,8 +95,6 @@ def check_model_fits(config: Config) -> None:
     """The keys of other sections that ask the model for what it does not have: a local graph it
     needs (``needs_local_graph``), the outputs a loss term reads (``auxiliary_outputs``), layers
     to checkpoint, graph parallelism it cannot split (``supports_graph_parallel``). Otherwise each fails only at the first training step, after the data is made."""
-    from scaleq.models import MODELS  # the registry imports this module
-
     name, cls = config.model.name, model_class(config.model)
     ranks = config.engine.graph_parallel
     if ranks > 1 and not supports_graph_parallel(cls):
@@ -134,8 +133,6 @@ def auxiliary_outputs(cls: type[nn.Module]) -> tuple[str, ...]:
 
 def model_class(model: ModelConfig) -> type[nn.Module]:
     """The registered class of ``model.name``."""
-    from scaleq.models import MODELS  # the registry imports this module
-
     if model.name not in MODELS:
         raise ConfigError(f"model.name {model.name!r} is not one of {sorted(MODELS)}")
     return MODELS[model.name]
