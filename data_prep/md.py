@@ -15,10 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scaleq.data.cli import add_store_arguments, run_converter, store_options  # noqa: E402
-from scaleq.data.md import MAX_BOND_LENGTH, MAX_DISPLACEMENT, convert_md  # noqa: E402
+from scaleq.data.cli import add_store_arguments, run_converter, store_options
+from scaleq.data.md import MAX_BOND_LENGTH, MAX_DISPLACEMENT, convert_md
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scaleq.data.cli import run_converter  # noqa: E402
-from scaleq.data.nbody import PROTOCOLS, SYSTEMS, SplitSpec, protocol_params, write_nbody_dataset  # noqa: E402
+from scaleq.data.cli import run_converter
+from scaleq.data.nbody import PROTOCOLS, SYSTEMS, SplitSpec, protocol_params, write_nbody_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scaleq.data.cli import add_store_arguments, run_converter, store_options  # noqa: E402
-from scaleq.data.water3d import convert_water3d  # noqa: E402
+from scaleq.data.cli import add_store_arguments, run_converter, store_options
+from scaleq.data.water3d import convert_water3d
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Depth sweep: EGNN against DuSEGO-EGNN at 4/8/12/16 layers (the DuSEGO paper's Table 2), and
-peak training memory against depth with and without gradient checkpointing.
+peak training memory against depth with and without gradient checkpointing (scaleq.eval.depth_sweep).
 
     python launch/bench_depth.py                                  # full protocol of the config
     python launch/bench_depth.py --quick                          # minutes on a CPU
@@ -16,26 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-import torch  # noqa: E402
-
-from scaleq.config import ConfigError, load_config  # noqa: E402
-from scaleq.data.store import StoreError  # noqa: E402
-from scaleq.eval.depth_sweep import (  # noqa: E402
-    accuracy_sweep,
-    accuracy_table,
-    memory_sweep,
-    memory_table,
-    plot_sweep,
-    with_changes,
-)
-from scaleq.io import write_rows  # noqa: E402
-from scaleq.models import check_buildable  # noqa: E402
-
-# --quick: a small dataset of its own and a short schedule, a few minutes on 2 CPU cores
-QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",
-         "data.generate.steps=6000", "train.epochs=20", "train.eval_every=5", "train.progress=false"]
+from scaleq.config import ConfigError, load_config
+from scaleq.data.store import StoreError
+from scaleq.eval.depth_sweep import QUICK_OVERRIDES, run_sweep, with_changes
+from scaleq.models import check_buildable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,35 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.dt=0.25")
     args = parser.parse_args(argv)
     try:
-        config = check_buildable(load_config(args.config, (QUICK if args.quick else []) + args.overrides))
+        config = check_buildable(load_config(args.config, (QUICK_OVERRIDES if args.quick else []) + args.overrides))
         if args.epochs is not None:
             config = with_changes(config, train={"epochs": args.epochs})
-    except ConfigError as err:
+        run_sweep(config, args.depths, args.deltas or [config.data.delta], args.out, memory_graphs=args.memory_graphs,
+                  accuracy=not args.skip_accuracy, memory=not args.skip_memory)
+    except (ConfigError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    deltas = args.deltas or [config.data.delta]
-    accuracy, memory = [], []
-    try:
-        if not args.skip_accuracy:
-            print(f"training {2 * len(args.depths) * len(deltas)} models ({config.train.epochs} epochs each) ...")
-            accuracy = accuracy_sweep(config, args.depths, deltas, args.out)
-            write_rows(accuracy, args.out / "depth_accuracy.csv")
-        if not args.skip_memory:
-            device = torch.device("cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu")
-            print(f"measuring peak memory on {device} ...")
-            memory = memory_sweep(config, args.depths, args.memory_graphs, device)
-            write_rows(memory, args.out / "depth_memory.csv")
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if accuracy:
-        print(accuracy_table(accuracy))
-    if memory:
-        print(memory_table(memory))
-    if accuracy or memory:
-        plot_sweep(accuracy, memory, args.out / "depth_sweep.png")
-        print(f"wrote {args.out}/depth_*.csv and {args.out}/depth_sweep.png")
     return 0
 
 

@@ -14,16 +14,9 @@ against torch.segment_reduce. Writes bench/gpu_<device>.csv and .png and prints 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scaleq.bench.gpu import device_slug, run  # noqa: E402
-from scaleq.io import write_rows  # noqa: E402
-
-COLUMNS = ("part", "case", "variant", "model", "precision", "nodes", "edges", "ms", "edge_layers_per_s",
-           "ratio_to_reference", "peak_mb", "agree", "device", "torch", "cuda", "triton")
+from scaleq.bench.gpu import report, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,65 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 10)
     rows = run(device, args.quick, repeats, steps=not args.graphs_only, max_nodes=args.max_nodes)
 
-    env = rows[0]
-    print(f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}, Triton {env['triton']}")
-    print(f"\n{'radius graph':<14}{'backend':<22}{'edges':>12}{'ms':>11}{'peak MB':>10}  agree")
-    for r in (r for r in rows if r["part"] == "radius_graph"):
-        print(f"{r['case']:<14}{r['variant']:<22}{r['edges']:>12}{r['ms']:>11.2f}{_mb(r['peak_mb']):>10}  {r['agree']}")
-    reductions = [r for r in rows if r["part"] == "edge_reduce"]
-    if reductions:
-        print(f"\n{'reduce':<10}{'variant':<20}{'edges':>10}{'ms':>10}  agree")
-    for r in reductions:
-        print(f"{r['case']:<10}{r['variant']:<20}{r['edges']:>10}{r['ms']:>10.2f}  {r['agree']}")
-    steps = [r for r in rows if r["part"] == "train_step"]
-    if steps:
-        print(f"\n{'step':<10}{'variant':<20}{'prec':<6}{'edges':>10}{'ms':>10}{'M edge-layers/s':>17}{'x ref':>7}{'peak MB':>10}")
-    for r in steps:
-        print(f"{r['case']:<10}{r['variant']:<20}{r['precision']:<6}{r['edges']:>10}{r['ms']:>10.1f}"
-              f"{r['edge_layers_per_s'] / 1e6:>17.2f}{r['ratio_to_reference']:>7.2f}{_mb(r['peak_mb']):>10}")
-
-    stem = args.out / f"gpu_{device_slug(device)}"
-    write_rows(rows, Path(f"{stem}.csv"), COLUMNS)
-    plot(rows, Path(f"{stem}.png"), str(env["device"]))
-    print(f"\nwrote {stem}.csv and {stem}.png")
+    report(rows, device, args.out)
     return 0
 
 
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    graphs = [r for r in rows if r["part"] == "radius_graph"]
-    cases = list(dict.fromkeys(r["case"] for r in graphs))
-    backends = list(dict.fromkeys(r["variant"] for r in graphs))
-    width = 0.8 / len(backends)
-    for k, backend in enumerate(backends):
-        ms = {r["case"]: r["ms"] for r in graphs if r["variant"] == backend}
-        left.bar([i + k * width for i in range(len(cases))], [ms.get(c, 0.0) for c in cases], width, label=backend)
-    left.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases)
-    left.set_yscale("log")
-    left.set_ylabel("radius graph (ms)")
-    left.legend(fontsize=8)
-    steps = [r for r in rows if r["part"] == "train_step"]
-    labels = [f"{r['case']}\n{r['variant']} {r['precision']}" for r in steps]
-    bars = right.barh(labels, [r["edge_layers_per_s"] / 1e6 for r in steps],
-                      color=["#888" if r["model"] == "reference" else "#2a7" for r in steps])
-    right.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in steps], fontsize=7)
-    right.tick_params(axis="y", labelsize=6)
-    right.invert_yaxis()
-    right.set_xlabel("training step, M edge-layers/s (x: over the reference EGNN)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,20 +26,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scaleq.bench.large_graph import (  # noqa: E402
-    MODELS,
-    PATHS,
-    Trial,
-    largest_graph,
-    measure_in_fresh_process,
-    side_by_side_times,
-)
-from scaleq.io import write_rows  # noqa: E402
+from scaleq.bench import graph_parallel, large_graph
+from scaleq.bench.large_graph import MODELS, PATHS, Trial
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["reference", "torch", "chunked"])
@@ -55,58 +46,17 @@ def main() -> int:
     parser.add_argument("--graph-parallel", type=int, nargs="+", default=None, metavar="R",
                         help="strong scaling of one graph over R ranks instead (EGNN, --compare-nodes particles)")
     parser.add_argument("--steps", type=int, default=3, help="--graph-parallel: timed steps after a warm-up step")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.graph_parallel:
-        return graph_parallel_mode(args)
-
+        cfg = {"particles": args.compare_nodes, "neighbours": args.neighbours, "hidden": 64, "layers": 4,
+               "steps": args.steps, "device": args.device}
+        graph_parallel.run(cfg, args.graph_parallel, args.out)
+        return 0
     base = Trial(model="egnn", path="torch", nodes=args.start_nodes, neighbours=args.neighbours,
                  edge_chunk=args.edge_chunk, gradient_checkpointing=args.checkpointing, device=args.device)
     trials = [replace(base, model=m, path=p) for m in args.models for p in args.paths
               if not (p == "reference" and m != "egnn")]
-    rows = []
-    for trial in trials:
-        rows += largest_graph(trial, args.budget_mb, args.max_nodes)
-    write_rows(rows, args.out / "large_graph.csv")
-    print(f"\nlargest graph within {args.budget_mb:.0f} MB ({args.device}):")
-    print(f"{'model':9s} {'path':10s} {'nodes':>10s} {'edges':>12s} {'peak MB':>9s} {'saved MB':>9s}")
-    for trial in trials:
-        fitting = [r for r in rows if r["model"] == trial.model and r["path"] == trial.path and r["fits"]]
-        best = fitting[-1] if fitting else None
-        print(f"{trial.model:9s} {trial.path:10s} " + (f"{best['nodes']:>10,d} {best['edges']:>12,d} {best['peak_mb']:>9.1f} {best['saved_mb']:>9.1f}"
-                                                       if best else f"{'none':>10s}"))
-    if args.compare_nodes:
-        compared = [replace(t, nodes=args.compare_nodes) for t in trials]
-        seconds = side_by_side_times(compared)
-        times = []
-        for trial, s in zip(compared, seconds):
-            peak = measure_in_fresh_process(trial, steps=0)
-            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan"),
-                        "saved_mb": float("nan")}
-            times.append({**(peak or fallback), "step_s": round(s, 3)})
-        write_rows(times, args.out / "large_graph_times.csv")
-        print(f"\none step at N={args.compare_nodes} (times side by side in one process; peaks in fresh processes):")
-        print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s} {'saved MB':>9s}")
-        for row in times:
-            print(f"{row['model']:9s} {row['path']:10s} {row['edges']:>9,d} {row['step_s']:>8.3f} {row['peak_mb']:>9.1f} "
-                  f"{row['saved_mb']:>9.1f}")
-    print(f"\nwrote {args.out / 'large_graph.csv'}" + (f" and {args.out / 'large_graph_times.csv'}" if args.compare_nodes else ""))
-    return 0
-
-
-def graph_parallel_mode(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from scaleq.bench.graph_parallel import FIELDS, plot, print_table, run_strong_scaling
-
-    cfg = {"particles": args.compare_nodes, "neighbours": args.neighbours, "hidden": 64, "layers": 4,
-           "steps": args.steps, "device": args.device}
-    print(f"one graph of {args.compare_nodes} particles, EGNN 4 x 64, ranks {args.graph_parallel} on {args.device}")
-    with tempfile.TemporaryDirectory(prefix="gp-bench-") as folder:
-        rows = run_strong_scaling(cfg, args.graph_parallel, Path(folder))
-    write_rows(rows, args.out / "graph_parallel.csv", FIELDS)
-    plot(rows, args.out / "graph_parallel.png")
-    print_table(rows)
-    print(f"wrote {args.out / 'graph_parallel.csv'} and {args.out / 'graph_parallel.png'}")
+    large_graph.run(trials, args.budget_mb, args.max_nodes, args.compare_nodes, args.out)
     return 0
 
 

@@ -14,17 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from scaleq.config import ConfigError, load_config
+from scaleq.data.store import StoreError
+from scaleq.eval.depth_sweep import QUICK_OVERRIDES, diagnostics_report
+from scaleq.models import check_buildable
 
-from scaleq.config import ConfigError, load_config  # noqa: E402
-from scaleq.data.store import StoreError  # noqa: E402
-from scaleq.eval.depth_sweep import diagnostics_run  # noqa: E402
-from scaleq.eval.diagnostics import plot_per_layer  # noqa: E402
-from scaleq.io import write_rows  # noqa: E402
-from scaleq.models import check_buildable  # noqa: E402
-
-QUICK = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200", "data.generate.test=200",
-         "data.generate.steps=6000", "train.eval_every=5", "train.progress=false"]
+QUICK = [o for o in QUICK_OVERRIDES if not o.startswith("train.epochs=")]  # --epochs sets the schedule
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,22 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = check_buildable(load_config(args.config, (QUICK if args.quick else []) + args.overrides))
-        args.out.mkdir(parents=True, exist_ok=True)
-        energies, gradients = diagnostics_run(config, args.layers, args.alphas, args.epochs, args.graphs, args.out)
+        diagnostics_report(config, args.layers, args.alphas, args.epochs, args.graphs, args.out)
     except (ConfigError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_rows(energies, args.out / "dirichlet_energy.csv")
-    write_rows(gradients, args.out / "gradient_norms.csv")
-    plot_per_layer(energies, [("energy_h", "Dirichlet energy E(H^n)"), ("energy_x", "Dirichlet energy E(X^n)")],
-                   args.out / "dirichlet_energy.png", f"{args.layers} layers")
-    plot_per_layer(gradients, [("grad_params", "|dL/dtheta_n|"), ("grad_h", "|dL/dH^n|"), ("grad_x", "|dL/dX^n|")],
-                   args.out / "gradient_norms.png", f"{args.layers} layers")
-    last = {(r["model"], r["stage"]): r for r in energies}
-    print(f"{'model':<24s}{'stage':<9s}{'E(H^L)':>12s}{'E(X^L)':>12s}{'test MSE':>11s}")
-    for (model, stage), row in last.items():
-        print(f"{model:<24s}{stage:<9s}{row['energy_h']:12.4g}{row['energy_x']:12.4g}{row['test_mse']:11.5f}")
-    print(f"wrote {args.out}/dirichlet_energy.csv/.png and {args.out}/gradient_norms.csv/.png")
     return 0
 
 

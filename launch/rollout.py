@@ -15,12 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from scaleq.config import ConfigError  # noqa: E402
-from scaleq.data.store import StoreError  # noqa: E402
-from scaleq.eval.rollout_run import rollout_from_run  # noqa: E402
-from scaleq.train.checkpoint import CheckpointError  # noqa: E402
+from scaleq.config import ConfigError
+from scaleq.data.store import StoreError
+from scaleq.eval.rollout_run import rollout_from_run
+from scaleq.train.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,21 +22,10 @@ the metrics became NaN). Either way the reason is one line on stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from scaleq.config import ConfigError, config_yaml, load_config  # noqa: E402
-from scaleq.data.store import StoreError  # noqa: E402
-from scaleq.models import check_buildable  # noqa: E402
-from scaleq.run import run  # noqa: E402
-from scaleq.train.checkpoint import CheckpointError  # noqa: E402
-from scaleq.train.run_dir import RunDirError  # noqa: E402
-
-USER_ERRORS = (ConfigError, StoreError, CheckpointError, RunDirError)  # exit 2: fix the input
-RUN_FAILURES = (OSError, FloatingPointError)  # exit 1: disk, I/O, divergence
+from scaleq.launchers.train_command import train_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,49 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
     args = parser.parse_args(argv)
-    try:
-        # model keys are checked against the model classes here too, so --print-config refuses them
-        config = check_buildable(load_config(args.config, args.overrides))
-        if args.print_config:
-            print(config_yaml(config), end="")
-            return 0
-        if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
-            from scaleq.launchers.ray import run_with_ray
-
-            if args.resume_from is not None:
-                raise ConfigError("--resume-from is not supported with the Ray launcher; use --resume")
-            metrics = run_with_ray(config, resume=args.resume, address=args.ray_address)
-            print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
-                  f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
-            return 0
-        summary = run(config, resume=args.resume, resume_from=args.resume_from)
-    except USER_ERRORS as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except RUN_FAILURES as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 1
-    if os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
-        print(summary.describe())
-    return 0
-
-
-def one_line(err: BaseException) -> str:
-    """The reason of ``err`` as one line. Errors raised in DataLoader workers arrive re-raised with
-    the worker's whole traceback as message; their last line is the original message."""
-    text = str(err).strip()
-    if text.startswith("Caught ") and "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    if isinstance(err, OSError) and err.filename and err.strerror and not text.startswith("Caught "):
-        text = f"{err.filename}: {err.strerror}"
-    return " ".join(text.split())
-
-
-def _inside_ray_job() -> bool:
-    from scaleq.launchers.ray import inside_ray_job  # Ray itself is imported only when used
-
-    return inside_ray_job()
+    return train_command(args)
 
 
 if __name__ == "__main__":

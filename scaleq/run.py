@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from scaleq.config import Config, ConfigError, save_config
-from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
+from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import Engine, engine_from_config
@@ -24,7 +24,7 @@ from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything
 from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
-from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate, make_loader
+from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
 
 @dataclass

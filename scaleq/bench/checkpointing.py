@@ -1,49 +1,39 @@
 """Peak memory and step time of EGNN with and without gradient checkpointing, as graphs and depth grow.
 
-    python launch/bench_memory.py                                  # CPU sizes (a few minutes on 2 cores)
-    python launch/bench_memory.py --nodes 20000 100000 --layers 4 16 --device cuda
-
-Every variant runs in a fresh subprocess (so peak memory is its own): one radius graph of N
-uniform random points with about --degree neighbours per node, L layers, one warm-up step and
---steps timed steps. Memory: on CUDA torch.cuda.max_memory_allocated; on the CPU the rise of the
-process's peak RSS over its RSS before the first step (ru_maxrss). Writes bench/memory.csv and
-bench/memory.png and prints a table with the with/without ratios.
+Every variant runs in a fresh process (so peak memory is its own): one radius graph of N uniform
+random points with about ``degree`` neighbours per node (:func:`scaleq.bench.models.random_particles`),
+L layers, one warm-up step and ``steps`` timed steps. Memory: what the steps need at their peak
+above what was in use before them (:func:`scaleq.bench.memory.peak_memory`). ``launch/bench_memory.py``
+runs it, writes bench/memory.csv and bench/memory.png and prints a table with the with/without ratios.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import resource
-import subprocess
-import sys
+import multiprocessing
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-from scaleq.io import write_rows  # noqa: E402  (light: no torch at import)
+from scaleq.bench.memory import peak_memory
+from scaleq.bench.models import Workload, random_particles
+from scaleq.data.graph import GraphBuilder
+from scaleq.io import save_figure, write_rows
+from scaleq.losses import position_mse
+from scaleq.models.egnn import EGNN
 
 FIELDS = ["nodes", "edges", "layers", "checkpointing", "peak_mb", "step_s"]
 
 
-def measure(nodes: int, layers: int, every: int, degree: float, hidden: int, steps: int, device: str) -> dict:
+def measure(nodes: int, layers: int, every: int, degree: float, hidden: int, steps: int, device: str) -> dict[str, Any]:
     """One variant, in this process."""
-    import torch
-
-    from scaleq.data.graph import GraphBuilder
-    from scaleq.losses import position_mse
-    from scaleq.models.egnn import EGNN
-    from scaleq.testing.stores import random_batch
-
     torch.manual_seed(0)
     dev = torch.device(device)
-    batch = random_batch(1, nodes=(nodes,), node_features=2, seed=0)
-    batch.pos = torch.rand(nodes, 3)  # unit cube; radius for ~degree neighbours: 4/3 pi r^3 N = degree
-    radius = (3 * degree / (4 * math.pi * nodes)) ** (1 / 3)
-    graph = GraphBuilder(kind="radius", radius=radius, max_num_neighbors=4 * int(degree) + 8)
-    batch = graph(batch.to(dev))
+    work = Workload(graphs=1, nodes=nodes, neighbours=degree)
+    graph = GraphBuilder(kind="radius", radius=work.radius, max_num_neighbors=4 * int(degree) + 8)
+    batch = graph(random_particles(work).to(dev))
     model = EGNN(in_node_features=2, in_edge_features=2, hidden=hidden, layers=layers, gradient_checkpointing=every)
     model = model.to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -54,70 +44,44 @@ def measure(nodes: int, layers: int, every: int, degree: float, hidden: int, ste
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rss_before = _rss_mb()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    step()
     times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - start)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    with peak_memory(dev) as memory:
+        step()  # the warm-up step
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - start)
     return {"nodes": nodes, "edges": int(batch.edge_index.shape[1]), "layers": layers, "checkpointing": every,
-            "peak_mb": round(peak, 1), "step_s": round(min(times), 4)}
+            "peak_mb": round(memory.growth_mb, 1), "step_s": round(min(times), 4)}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, nargs="+", default=[2000, 8000])
-    parser.add_argument("--layers", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--degree", type=float, default=16.0, help="mean neighbours per node")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
-    args = parser.parse_args()
-    if args.one:
-        n, layers, every = (int(v) for v in args.one.split(","))
-        print(json.dumps(measure(n, layers, every, args.degree, args.hidden, args.steps, args.device)))
-        return 0
+def run(nodes: Sequence[int], layers: Sequence[int], degree: float, hidden: int, steps: int, device: str,
+        out: Path) -> list[dict[str, Any]]:
+    """Every (N, L) plain and checkpointed, each in a fresh spawned process; writes
+    ``<out>/memory.csv`` and ``<out>/memory.png`` and prints the table."""
+    context = multiprocessing.get_context("spawn")
     rows = []
-    for n in args.nodes:
-        for layers in args.layers:
+    for n in nodes:
+        for depth in layers:
             for every in (0, 1):
-                cmd = [sys.executable, __file__, "--one", f"{n},{layers},{every}", "--degree", str(args.degree),
-                       "--hidden", str(args.hidden), "--steps", str(args.steps), "--device", args.device]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-                print(f"  N={n} L={layers} checkpointing={every}: {rows[-1]['peak_mb']} MB, {rows[-1]['step_s']} s",
+                with context.Pool(1) as pool:
+                    rows.append(pool.apply(measure, (n, depth, every, degree, hidden, steps, device)))
+                print(f"  N={n} L={depth} checkpointing={every}: {rows[-1]['peak_mb']} MB, {rows[-1]['step_s']} s",
                       flush=True)
-    write_rows(rows, args.out / "memory.csv", FIELDS)
+    write_rows(rows, out / "memory.csv", FIELDS)
     print(f"\n{'N':>7} {'E':>9} {'L':>3} | {'MB plain':>9} {'MB ckpt':>8} {'ratio':>6} | {'s plain':>8} {'s ckpt':>7} {'ratio':>6}")
     for plain, ckpt in zip(rows[::2], rows[1::2]):
         print(f"{plain['nodes']:>7} {plain['edges']:>9} {plain['layers']:>3} | {plain['peak_mb']:>9.1f} "
               f"{ckpt['peak_mb']:>8.1f} {ckpt['peak_mb'] / max(plain['peak_mb'], 1e-9):>6.2f} | "
               f"{plain['step_s']:>8.3f} {ckpt['step_s']:>7.3f} {ckpt['step_s'] / plain['step_s']:>6.2f}")
-    plot(rows, args.out / "memory.png")
-    print(f"\nwrote {args.out / 'memory.csv'} and {args.out / 'memory.png'}")
-    return 0
+    plot(rows, out / "memory.png")
+    print(f"\nwrote {out / 'memory.csv'} and {out / 'memory.png'}")
+    return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -132,9 +96,4 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("edges E")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    save_figure(fig, path)

@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from scaleq.bench.reference_egnn import ReferenceEGNN
 from scaleq.config import LossConfig
 from scaleq.data.cell_list import cell_list_radius_graph
 from scaleq.data.graph import GraphBuilder, radius_graph
+from scaleq.io import save_figure, write_rows
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
 from scaleq.triton_status import triton_status
@@ -282,3 +284,64 @@ def run(device: torch.device, quick: bool, repeats: int, *, steps: bool = True, 
     if steps:
         rows += bench_reductions(device, quick, repeats) + bench_steps(device, quick, repeats)
     return [{**row, **env} for row in rows]
+
+
+COLUMNS = ("part", "case", "variant", "model", "precision", "nodes", "edges", "ms", "edge_layers_per_s",
+           "ratio_to_reference", "peak_mb", "agree", "device", "torch", "cuda", "triton")
+
+
+def report(rows: list[dict[str, Any]], device: torch.device, out: Path) -> Path:
+    """Print the tables, write ``<out>/gpu_<device>.csv`` and ``.png``; the path stem."""
+    env = rows[0]
+    print(f"{env['device']}, torch {env['torch']}, CUDA {env['cuda']}, Triton {env['triton']}")
+    print(f"\n{'radius graph':<14}{'backend':<22}{'edges':>12}{'ms':>11}{'peak MB':>10}  agree")
+    for r in (r for r in rows if r["part"] == "radius_graph"):
+        print(f"{r['case']:<14}{r['variant']:<22}{r['edges']:>12}{r['ms']:>11.2f}{_mb(r['peak_mb']):>10}  {r['agree']}")
+    reductions = [r for r in rows if r["part"] == "edge_reduce"]
+    if reductions:
+        print(f"\n{'reduce':<10}{'variant':<20}{'edges':>10}{'ms':>10}  agree")
+    for r in reductions:
+        print(f"{r['case']:<10}{r['variant']:<20}{r['edges']:>10}{r['ms']:>10.2f}  {r['agree']}")
+    steps = [r for r in rows if r["part"] == "train_step"]
+    if steps:
+        print(f"\n{'step':<10}{'variant':<20}{'prec':<6}{'edges':>10}{'ms':>10}{'M edge-layers/s':>17}{'x ref':>7}{'peak MB':>10}")
+    for r in steps:
+        print(f"{r['case']:<10}{r['variant']:<20}{r['precision']:<6}{r['edges']:>10}{r['ms']:>10.1f}"
+              f"{r['edge_layers_per_s'] / 1e6:>17.2f}{r['ratio_to_reference']:>7.2f}{_mb(r['peak_mb']):>10}")
+
+    stem = out / f"gpu_{device_slug(device)}"
+    write_rows(rows, Path(f"{stem}.csv"), COLUMNS)
+    plot(rows, Path(f"{stem}.png"), str(env["device"]))
+    print(f"\nwrote {stem}.csv and {stem}.png")
+    return stem
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    graphs = [r for r in rows if r["part"] == "radius_graph"]
+    cases = list(dict.fromkeys(r["case"] for r in graphs))
+    backends = list(dict.fromkeys(r["variant"] for r in graphs))
+    width = 0.8 / len(backends)
+    for k, backend in enumerate(backends):
+        ms = {r["case"]: r["ms"] for r in graphs if r["variant"] == backend}
+        left.bar([i + k * width for i in range(len(cases))], [ms.get(c, 0.0) for c in cases], width, label=backend)
+    left.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases)
+    left.set_yscale("log")
+    left.set_ylabel("radius graph (ms)")
+    left.legend(fontsize=8)
+    steps = [r for r in rows if r["part"] == "train_step"]
+    labels = [f"{r['case']}\n{r['variant']} {r['precision']}" for r in steps]
+    bars = right.barh(labels, [r["edge_layers_per_s"] / 1e6 for r in steps],
+                      color=["#888" if r["model"] == "reference" else "#2a7" for r in steps])
+    right.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in steps], fontsize=7)
+    right.tick_params(axis="y", labelsize=6)
+    right.invert_yaxis()
+    right.set_xlabel("training step, M edge-layers/s (x: over the reference EGNN)")
+    fig.suptitle(title)
+    save_figure(fig, path)

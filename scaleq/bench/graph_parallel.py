@@ -29,6 +29,7 @@ import torch
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.data.graph import GraphBuilder
+from scaleq.io import write_rows
 
 FIELDS = [
     "ranks", "particles", "edges", "step_s", "speedup", "efficiency", "halo_rows_per_rank",
@@ -157,3 +158,19 @@ def plot(rows: list[dict[str, Any]], png: Path) -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def run(cfg: dict[str, Any], ranks: list[int], out: Path) -> list[dict[str, Any]]:
+    """:func:`run_strong_scaling` over ``ranks``; writes ``<out>/graph_parallel.csv`` and ``.png``
+    and prints the table."""
+    import tempfile
+
+    print(f"one graph of {cfg['particles']} particles, EGNN {cfg['layers']} x {cfg['hidden']}, ranks {ranks} "
+          f"on {cfg['device']}")
+    with tempfile.TemporaryDirectory(prefix="gp-bench-") as folder:
+        rows = run_strong_scaling(cfg, ranks, Path(folder))
+    write_rows(rows, out / "graph_parallel.csv", FIELDS)
+    plot(rows, out / "graph_parallel.png")
+    print_table(rows)
+    print(f"wrote {out / 'graph_parallel.csv'} and {out / 'graph_parallel.png'}")
+    return rows

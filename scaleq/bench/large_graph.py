@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.bench.memory import peak_memory
+from scaleq.io import write_rows
 
 PATHS = ("reference", "torch", "chunked", "triton")
 MODELS = ("egnn", "fastegnn")
@@ -179,3 +180,41 @@ def side_by_side_times(trials: list[Trial], repeats: int = 3) -> list[float]:
             _step(forward)
             best[k] = min(best[k], time.perf_counter() - start)
     return best
+
+
+# -- the whole benchmark (launch/bench_large_graph.py) ---------------------------------------------
+
+
+def run(trials: list[Trial], budget_mb: float, max_nodes: int, compare_nodes: int, out: Path) -> list[dict[str, Any]]:
+    """The largest graph within ``budget_mb`` per trial, then (``compare_nodes`` > 0) one step of
+    each at that size side by side; writes ``<out>/large_graph.csv`` (and ``large_graph_times.csv``)
+    and prints both tables."""
+    device = trials[0].device if trials else "cpu"
+    rows = []
+    for trial in trials:
+        rows += largest_graph(trial, budget_mb, max_nodes)
+    write_rows(rows, out / "large_graph.csv")
+    print(f"\nlargest graph within {budget_mb:.0f} MB ({device}):")
+    print(f"{'model':9s} {'path':10s} {'nodes':>10s} {'edges':>12s} {'peak MB':>9s} {'saved MB':>9s}")
+    for trial in trials:
+        fitting = [r for r in rows if r["model"] == trial.model and r["path"] == trial.path and r["fits"]]
+        best = fitting[-1] if fitting else None
+        print(f"{trial.model:9s} {trial.path:10s} " + (f"{best['nodes']:>10,d} {best['edges']:>12,d} {best['peak_mb']:>9.1f} {best['saved_mb']:>9.1f}"
+                                                       if best else f"{'none':>10s}"))
+    if compare_nodes:
+        compared = [replace(t, nodes=compare_nodes) for t in trials]
+        seconds = side_by_side_times(compared)
+        times = []
+        for trial, s in zip(compared, seconds):
+            peak = measure_in_fresh_process(trial, steps=0)
+            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan"),
+                        "saved_mb": float("nan")}
+            times.append({**(peak or fallback), "step_s": round(s, 3)})
+        write_rows(times, out / "large_graph_times.csv")
+        print(f"\none step at N={compare_nodes} (times side by side in one process; peaks in fresh processes):")
+        print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s} {'saved MB':>9s}")
+        for row in times:
+            print(f"{row['model']:9s} {row['path']:10s} {row['edges']:>9,d} {row['step_s']:>8.3f} {row['peak_mb']:>9.1f} "
+                  f"{row['saved_mb']:>9.1f}")
+    print(f"\nwrote {out / 'large_graph.csv'}" + (f" and {out / 'large_graph_times.csv'}" if compare_nodes else ""))
+    return rows

@@ -5,13 +5,16 @@ CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``, reset on entry)
 allocated on entry. CPU: the process's peak resident set (Linux: /proc's VmHWM, reset on entry
 through clear_refs; elsewhere the peak so far, ``ru_maxrss``, which only bounds the growth from
 below) over its resident set on entry. On the CPU the peak never falls within a process, so a
-benchmark that compares several measurements runs each in a fresh process."""
+benchmark that compares several measurements runs each in a fresh process. With ``children``
+(DataLoader workers), the CPU figure is instead the summed proportional set size (PSS: shared
+pages counted once) of this process and its children, polled every 0.1 s."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -55,7 +58,7 @@ class PeakMemory:
 
 
 @contextlib.contextmanager
-def peak_memory(device: torch.device | str = "cpu") -> Iterator[PeakMemory]:
+def peak_memory(device: torch.device | str = "cpu", *, children: bool = False) -> Iterator[PeakMemory]:
     """Measure the peak memory of the ``with`` block on ``device`` (see the module docstring)::
 
         with peak_memory(device) as memory:
@@ -66,6 +69,10 @@ def peak_memory(device: torch.device | str = "cpu") -> Iterator[PeakMemory]:
 
     device = torch.device(device)
     measured = PeakMemory(device)
+    if children and device.type == "cpu":
+        with _polled_tree_pss(measured):
+            yield measured
+        return
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -107,3 +114,36 @@ def _peak_resident_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def _polled_tree_pss(measured: PeakMemory, interval: float = 0.1) -> Iterator[None]:
+    """Fill ``measured`` with the summed PSS of this process and its children: on entry, and the
+    largest seen by a polling thread until exit."""
+    import psutil
+
+    def tree_pss() -> int:
+        me, total = psutil.Process(), 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                info = proc.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            measured.peak = max(measured.peak, tree_pss())
+            stop.wait(interval)
+
+    measured.base = measured.peak = tree_pss()
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

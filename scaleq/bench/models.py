@@ -15,6 +15,8 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch_geometric.data import Batch, Data
@@ -22,6 +24,7 @@ from torch_geometric.data import Batch, Data
 from scaleq.bench.memory import peak_memory
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
+from scaleq.io import save_figure, write_rows
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN
 
@@ -149,3 +152,34 @@ def run_variants(variants: list[Variant], work: Workload) -> list[dict[str, floa
          "peak_mb": peak}
         for v, (edges, ms), peak in zip(variants, times, peaks)
     ]
+
+
+COLUMNS = ("label", "model", "edge_drop", "virtual_nodes", "nodes", "edges", "ms", "relative_time", "peak_mb")
+
+
+def report(rows: list[dict[str, Any]], work: Workload, out: Path) -> Path:
+    """Print the table, write ``<out>/models_<device>.csv`` and ``.png``; the path stem."""
+    print(f"{'variant':<20}{'edges':>10}{'rel. time':>11}{'ms':>10}{'peak MB':>10}")
+    for r in rows:
+        print(f"{r['label']:<20}{r['edges']:>10}{r['relative_time']:>11.2f}{r['ms']:>10.1f}{r['peak_mb']:>10.1f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"models_{work.device}"
+    write_rows(rows, Path(f"{stem}.csv"), COLUMNS)
+    plot(rows, Path(f"{stem}.png"), f"{work.graphs} x {work.nodes} particles, {work.device}")
+    print(f"wrote {stem}.csv and {stem}.png")
+    return stem
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    labels = [str(r["label"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, name in ((axes[0], "relative_time", "time / EGNN"), (axes[1], "peak_mb", "peak memory (MB)")):
+        bars = ax.bar(labels, [float(r[key]) for r in rows], color=["#888"] * 2 + ["#2a7"] * (len(rows) - 2))
+        ax.bar_label(bars, fmt="%.2f" if key == "relative_time" else "%.0f", fontsize=8)
+        ax.set_ylabel(name)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle(f"forward + backward, {title}")
+    save_figure(fig, path)

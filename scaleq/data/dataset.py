@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader as GraphLoader
 
 from scaleq.data.store import NUM_FRAMES, StoreError, TrajectoryStore, open_store
 from scaleq.sample_options import VelocitySource, check_sample_options, first_input_frame
@@ -253,3 +255,17 @@ class ShardedSampler(torch.utils.data.Sampler[int]):
         if total > self.num_samples:
             order = order.repeat(-(-total // self.num_samples))[:total]
         return iter(order[self.rank :: self.world_size][self.start :].tolist())
+
+
+def make_loader(
+    dataset: TrajectoryDataset, batch_size: int, sampler: ShardedSampler, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """The DataLoader every reader of a dataset uses: PyG batches in ``sampler``'s order."""
+    return GraphLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+    )

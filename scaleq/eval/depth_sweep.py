@@ -34,8 +34,8 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import engine_from_config
-from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms
-from scaleq.io import save_figure
+from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer
+from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything
 from scaleq.train.trainer import Trainer
@@ -298,4 +298,59 @@ def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs
             tag = {"model": name, "stage": stage, "layers": layers, "test_mse": extra.get("test_mse", math.nan)}
             energies += [{**tag, **row} for row in dirichlet_energies(model, batch)]
             gradients += [{**tag, **row} for row in gradient_norms(model, batch)]
+    return energies, gradients
+
+
+# -- the whole sweep (launch/bench_depth.py) ------------------------------------------------------
+
+# a small dataset of its own and a short schedule: a few minutes on 2 CPU cores
+QUICK_OVERRIDES = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200",
+                   "data.generate.test=200", "data.generate.steps=6000", "train.epochs=20", "train.eval_every=5",
+                   "train.progress=false"]
+
+
+def run_sweep(config: Config, depths: Sequence[int], deltas: Sequence[int], out: Path, *, memory_graphs: int = 500,
+              accuracy: bool = True, memory: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The accuracy sweep and the memory sweep (either may be left out); writes
+    ``<out>/depth_accuracy.csv``, ``<out>/depth_memory.csv`` and ``<out>/depth_sweep.png`` and
+    prints both tables. StoreError when the data is missing and the config cannot make it."""
+    out.mkdir(parents=True, exist_ok=True)
+    accuracy_rows: list[dict[str, Any]] = []
+    memory_rows: list[dict[str, Any]] = []
+    if accuracy:
+        print(f"training {2 * len(depths) * len(deltas)} models ({config.train.epochs} epochs each) ...")
+        accuracy_rows = accuracy_sweep(config, depths, deltas, out)
+        write_rows(accuracy_rows, out / "depth_accuracy.csv")
+    if memory:
+        device = torch.device("cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu")
+        print(f"measuring peak memory on {device} ...")
+        memory_rows = memory_sweep(config, depths, memory_graphs, device)
+        write_rows(memory_rows, out / "depth_memory.csv")
+    if accuracy_rows:
+        print(accuracy_table(accuracy_rows))
+    if memory_rows:
+        print(memory_table(memory_rows))
+    if accuracy_rows or memory_rows:
+        plot_sweep(accuracy_rows, memory_rows, out / "depth_sweep.png")
+        print(f"wrote {out}/depth_*.csv and {out}/depth_sweep.png")
+    return accuracy_rows, memory_rows
+
+
+def diagnostics_report(config: Config, layers: int, alphas: Sequence[float], epochs: int, graphs: int,
+                       out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`diagnostics_run`, then ``<out>/dirichlet_energy.csv/.png`` and
+    ``<out>/gradient_norms.csv/.png`` and a table of the last layer's energies."""
+    out.mkdir(parents=True, exist_ok=True)
+    energies, gradients = diagnostics_run(config, layers, alphas, epochs, graphs, out)
+    write_rows(energies, out / "dirichlet_energy.csv")
+    write_rows(gradients, out / "gradient_norms.csv")
+    plot_per_layer(energies, [("energy_h", "Dirichlet energy E(H^n)"), ("energy_x", "Dirichlet energy E(X^n)")],
+                   out / "dirichlet_energy.png", f"{layers} layers")
+    plot_per_layer(gradients, [("grad_params", "|dL/dtheta_n|"), ("grad_h", "|dL/dH^n|"), ("grad_x", "|dL/dX^n|")],
+                   out / "gradient_norms.png", f"{layers} layers")
+    last = {(r["model"], r["stage"]): r for r in energies}
+    print(f"{'model':<24s}{'stage':<9s}{'E(H^L)':>12s}{'E(X^L)':>12s}{'test MSE':>11s}")
+    for (model, stage), row in last.items():
+        print(f"{model:<24s}{stage:<9s}{row['energy_h']:12.4g}{row['energy_x']:12.4g}{row['test_mse']:11.5f}")
+    print(f"wrote {out}/dirichlet_energy.csv/.png and {out}/gradient_norms.csv/.png")
     return energies, gradients

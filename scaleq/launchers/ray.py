@@ -21,6 +21,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,61 @@ def _restore(source: Path, target: Path) -> None:
             shutil.copytree(item, target / item.name, dirs_exist_ok=True)
         else:
             atomic_copy(item, target / item.name)
+
+
+# -- any function in Ray Train workers (the scaling benchmark) -------------------------------------
+
+
+def run_in_workers(
+    fn: Callable[[dict[str, Any]], dict[str, float]],
+    loop_config: dict[str, Any],
+    *,
+    workers: int,
+    nodes: int = 1,
+    address: str | None = None,
+    use_gpu: bool = False,
+    storage: str,
+    name: str,
+) -> dict[str, Any]:
+    """Run ``fn(loop_config)`` in ``workers`` Ray Train workers (their process group made) and
+    return rank 0's numbers. Without ``address`` the workers run on ``nodes`` simulated nodes of
+    this machine (``ray.cluster_utils.Cluster``, spread one per node); with it, on that cluster."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cluster = None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env())
+    else:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": workers // nodes, "include_dashboard": False})
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=workers // nodes)
+        ray.init(address=cluster.address, runtime_env=runtime_env(), log_to_driver=False)
+    try:
+        trainer = TorchTrainer(
+            _reporting_worker,
+            train_loop_config={"fn": fn, "config": loop_config},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         placement_strategy="STRICT_SPREAD" if nodes > 1 else "PACK"),
+            run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve())),
+        )
+        return dict(trainer.fit().metrics)
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def _reporting_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    results = loop_config["fn"](loop_config["config"])
+    is_main = not dist.is_initialized() or dist.get_rank() == 0
+    # Ray Train V2 keeps the metrics of reports that carry a checkpoint: rank 0 attaches an empty one.
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if is_main else None
+        ray.train.report(results, checkpoint=checkpoint)

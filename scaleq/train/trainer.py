@@ -38,11 +38,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader as GraphLoader
 from tqdm import tqdm
 
 from scaleq.config import Config
-from scaleq.data.dataset import ShardedSampler, TrajectoryDataset
+from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.losses import squared_error_sum, training_loss
@@ -76,19 +75,6 @@ class FitResult:
     test_mse: float  # at the best-validation epoch
     epochs_run: int
     stopped_early: bool
-
-
-def make_loader(
-    dataset: TrajectoryDataset, batch_size: int, sampler: ShardedSampler, num_workers: int, pin_memory: bool = False
-) -> DataLoader:
-    return GraphLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=False,
-        pin_memory=pin_memory,
-    )
 
 
 def device_batches(loader: Iterable[Batch], device: torch.device) -> Iterator[Batch]:

@@ -3,9 +3,8 @@
 import numpy as np
 import torch
 
-from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset
+from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.testing.stores import tiny_store
-from scaleq.train.trainer import make_loader
 
 
 class RecordingDataset(TrajectoryDataset):
