@@ -52,8 +52,10 @@ from torch import Tensor
 
 Precision = Literal["ieee", "tf32", "bf16", "fp16"]
 PRECISIONS = ("ieee", "tf32", "bf16", "fp16")
-# tiles when interpreted (tl.dot needs every dimension >= 16); on CUDA they are autotuned
-INTERPRETER_TILES = {"BLOCK_R": 16, "BLOCK_E": 32}
+# (BLOCK_R, BLOCK_E, num_warps) the CUDA autotuner tries: wider edge tiles feed the tensor cores
+# longer, more warps hold the [BLOCK_E, H] activations in fewer registers per thread
+CUDA_TILES = ((16, 32, 4), (16, 64, 4), (16, 64, 8), (32, 64, 8))
+INTERPRETER_TILES = (16, 32)  # one small shape when interpreted (tl.dot needs every dimension >= 16)
 INTERPRETER_PROGRAMS = 3  # backward programs under the interpreter: few, so each walks several blocks
 PROGRAMS_PER_SM = 4  # backward programs per streaming multiprocessor on CUDA
 
@@ -322,13 +324,8 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         tl.store(vectors + 4 * H, tl.sum(acc_bx2, axis=0))
 
     key = ["H", "D", "FE", "HAS_SHIFT", "ROUND", "PRECISION"]  # (the autotuner adds the tensors' dtypes)
-    if interpret:
-        configs = [triton.Config(INTERPRETER_TILES)]
-    else:
-        # a few tile shapes for an SM: wider edge tiles feed the tensor cores longer, more warps
-        # hold the [BLOCK_E, H] activations with fewer registers per thread
-        configs = [triton.Config({"BLOCK_R": r, "BLOCK_E": e}, num_warps=w, num_stages=1)
-                   for r, e, w in ((16, 32, 4), (16, 64, 4), (16, 64, 8), (32, 64, 8), (32, 128, 8))]
+    tiles = [(*INTERPRETER_TILES, 4)] if interpret else CUDA_TILES
+    configs = [triton.Config({"BLOCK_R": r, "BLOCK_E": e}, num_warps=w, num_stages=1) for r, e, w in tiles]
     forward = triton.autotune(configs, key=key)(edge_sums_kernel)
     # tuning runs the backward several times: zero its atomic targets before each run
     backward = triton.autotune(configs, key=[*key, "NEED_ATTR", "NEED_SHIFT"],
@@ -401,12 +398,13 @@ def _contiguous(t: Tensor) -> Tensor:
 
 def _backward_programs(num_nodes: int, device: torch.device) -> int:
     """How many persistent programs the backward launches (rows of its parameter-gradient buffer):
-    a few per SM on CUDA, never more than there are blocks of the smallest tile."""
+    a few per SM on CUDA, never more than there are blocks at the smallest BLOCK_R tried."""
     if interpreted():
-        cap = INTERPRETER_PROGRAMS
+        cap, block_r = INTERPRETER_PROGRAMS, INTERPRETER_TILES[0]
     else:
         cap = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(cap, -(-num_nodes // 16)))
+        block_r = min(r for r, _, _ in CUDA_TILES)
+    return max(1, min(cap, -(-num_nodes // block_r)))
 
 
 def fused_edge_sums(

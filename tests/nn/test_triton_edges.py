@@ -120,6 +120,8 @@ def test_precision_follows_torch_switches():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert triton_edges.matmul_precision(torch.float32, cpu) == "bf16"
         assert triton_edges.matmul_precision(torch.float64, cpu) == "ieee"
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert triton_edges.matmul_precision(torch.float32, cpu) == "fp16"
     before = torch.backends.cuda.matmul.fp32_precision
     try:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
@@ -235,7 +237,7 @@ def test_edge_kernels_compile_for_an_h100_without_atomics_on_parameters_and_with
     without TRITON_INTERPRET, which the test session sets), and reads what came out: the only
     atomic adds are the backward's two source-side node gradients (parameter gradients go to a
     per-program buffer, receiver-side sums are stored once per block), and the weight products
-    use tensor-core instructions at TF32 and bf16 but not at IEEE fp32."""
+    use tensor-core instructions (TF32 forward, bf16 backward)."""
     pytest.importorskip("triton")
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
@@ -244,7 +246,7 @@ def test_edge_kernels_compile_for_an_h100_without_atomics_on_parameters_and_with
         pytest.skip("this Triton has no ASTSource / GPUTarget")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # as launched; silences Triton 3.9's notice
-    cases = ("tf32/forward", "tf32/backward", "bf16/backward", "ieee/backward")  # ~20 s of compiling each
+    cases = ("tf32/forward", "bf16/backward")  # 20 s to a minute of compiling each
     code = f"from tests.nn.test_triton_edges import edge_kernel_report as r; r(*{cases!r})"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
