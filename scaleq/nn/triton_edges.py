@@ -5,8 +5,8 @@ Tiles. Edges are sorted by receiver (:class:`scaleq.nn.edge_layout.EdgeLayout`, 
 walked in tiles of ``BLOCK_E`` edges. Every edge of a block ends at one of the block's receivers,
 so whoever runs a block owns those receivers' rows: their sums need no atomics. Inside a tile
 they are summed with a one-hot product, ``acc[BLOCK_R, H] += onehot[BLOCK_R, BLOCK_E] @ x[BLOCK_E, H]``
-(``onehot[r, e] = 1`` where edge e ends at receiver ``first + r``), on the tensor cores, and
-stored once per block. The torch twin is ``scaleq.nn.message_passing.edge_terms``.
+(``onehot[r, e] = 1`` where edge e ends at receiver ``first + r``), on the tensor cores unless
+the precision is IEEE, and stored once per block. The torch twin is ``scaleq.nn.message_passing.edge_terms``.
 
 Forward (``edge_sums_kernel``), one program per block: per tile it gathers the precomputed node
 terms (W_i h + b)_i and (W_j h)_j and the positions, runs phi_e's rest, phi_x and the SiLUs in
@@ -33,7 +33,8 @@ fp32. Accumulation is fp32 (fp64), and the SiLUs, distances and coordinate updat
 (fp64). The one-hot sums run in "tf32x3" (three TF32 products: fp32 accuracy on tensor cores)
 unless the precision is "ieee". Triton's CPU interpreter ignores ``input_precision`` (its products
 are fp32), and its tl.dot cannot multiply bf16 (it stores them as integers), so there the bf16
-operands are rounded to bf16 and multiplied as fp32: the same rounding, another instruction.
+operands are rounded to bf16 and multiplied as fp32 (the interpreter rounds toward zero where
+compiled code rounds to nearest, so its bf16 results are a little further off).
 
 Triton is optional: :func:`available` says whether it imports, and nothing imports it at module
 import time. On a CPU it runs under ``TRITON_INTERPRET=1`` (the tests do), which must be set
@@ -135,7 +136,8 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         feat_ok = feats < FE
         square = col_ok[:, None] & col_ok[None, :]
         compute = w2_ptr.dtype.element_ty
-        # weights transposed to [in, out] (rows @ W^T is tl.dot(rows, wT)), loaded once, as dot operands
+        # weights transposed to [in, out] (rows @ W^T is tl.dot(rows, wT)), loaded once, as dot operands:
+        # every weight product's operands are rounded to ROUND and reach tl.dot as OPERAND (_dot_options)
         w2t = tl.load(w2_ptr + cols[None, :] * H + cols[:, None], mask=square, other=0.0).to(ROUND).to(OPERAND)
         wx1t = tl.load(wx1_ptr + cols[None, :] * H + cols[:, None], mask=square, other=0.0).to(ROUND).to(OPERAND)
         b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0)
@@ -168,8 +170,8 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
                 attr = tl.load(attr_ptr + edges[:, None] * FE + feats[None, :], mask=edge_ok[:, None] & feat_ok[None, :],
                                other=0.0).to(compute)  # [BLOCK_E, FP]
                 pre = tl.dot(attr.to(ROUND).to(OPERAND), w_et, pre, input_precision=PRECISION)
-            # SiLU written out (x sigmoid(x)): the kernels are closures, and jit helpers called from
-            # closures are not found by every Triton release this runs on
+            # SiLU written out (x sigmoid(x)): Triton's interpreter does not find jit helpers defined
+            # next to the kernels in this function
             a1 = pre / (1.0 + tl.exp(-pre))
             pre2 = tl.dot(a1.to(ROUND).to(OPERAND), w2t, input_precision=PRECISION) + b2[None, :]
             m = pre2 / (1.0 + tl.exp(-pre2))  # [BLOCK_E, HP]
@@ -208,7 +210,8 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:  # cached per interpreter mode
         square = col_ok[:, None] & col_ok[None, :]
         wide = col_ok[:, None] & feat_ok[None, :]
         compute = w2_ptr.dtype.element_ty
-        # weights as [out, in] (the backward products) and transposed [in, out] (the recomputed forward)
+        # weights as [out, in] (the backward products) and transposed [in, out] (the recomputed forward);
+        # dot operands rounded to ROUND, handed to tl.dot as OPERAND, as in the forward
         w2 = tl.load(w2_ptr + cols[:, None] * H + cols[None, :], mask=square, other=0.0).to(ROUND).to(OPERAND)
         wx1 = tl.load(wx1_ptr + cols[:, None] * H + cols[None, :], mask=square, other=0.0).to(ROUND).to(OPERAND)
         w2t = tl.trans(w2)
