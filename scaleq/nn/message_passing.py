@@ -222,7 +222,10 @@ def _edge_terms_fn(
 
 class FusedEdgeSums(torch.autograd.Function):
     """The block's sums with the fused Triton kernels (:mod:`scaleq.nn.triton_edges`): one kernel
-    over all edges forward, one that recomputes in registers backward. Not differentiable twice."""
+    over all edges forward, one that recomputes in registers backward. Their matrix products run
+    at the precision torch would use here (:func:`~scaleq.nn.triton_edges.matmul_precision`:
+    autocast's dtype, TF32 where torch allows it for CUDA matmuls), chosen in forward and kept
+    for backward. Not differentiable twice."""
 
     @staticmethod
     def forward(
@@ -237,11 +240,14 @@ class FusedEdgeSums(torch.autograd.Function):
         edge_shift: Tensor | None,
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        from scaleq.nn.triton_edges import fused_edge_sums
+        from scaleq.nn.triton_edges import fused_edge_sums, matmul_precision
 
         ctx.layout = layout
+        ctx.precision = matmul_precision(pos.dtype, pos.device)
         ctx.save_for_backward(p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params)
-        return fused_edge_sums(layout, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params, message_dtype)
+        return fused_edge_sums(
+            layout, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params, message_dtype, ctx.precision
+        )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -252,7 +258,7 @@ class FusedEdgeSums(torch.autograd.Function):
         needs = ctx.needs_input_grad[2:]  # p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params
         grads = fused_edge_grads(
             ctx.layout, grad_message, grad_coord, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params,
-            need_attr=needs[4], need_shift=needs[5],
+            need_attr=needs[4], need_shift=needs[5], precision=ctx.precision,
         )
         node_grads = [g if need else None for g, need in zip(grads[:4], needs[:4])]
         param_grads = [g if need else None for g, need in zip(grads.weights, needs[6:])]

@@ -352,7 +352,7 @@ def test_every_path_on_cuda_equals_the_plain_torch_path(options):
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 @pytest.mark.parametrize("options", [{"kernel": "triton"}, {"edge_chunk": 7}], ids=["triton", "chunk7"])
 def test_every_path_under_bf16_autocast(device, options):
-    """bf16 autocast: the edge MLPs in bf16 (the Triton kernels widen to fp32), coordinates fp32."""
+    """bf16 autocast: the edge MLPs in bf16 (the Triton kernels: bf16 operands, fp32 activations), coordinates fp32."""
     skip_without_triton(options, device)
     layer = make_layer(torch.float32).to(device)
     graph = [t.to(device) for t in random_graph(dtype=torch.float32)]
@@ -360,6 +360,9 @@ def test_every_path_under_bf16_autocast(device, options):
         got = run_block(layer, *graph, **options)
         expected = run_block(layer, *graph)
     assert got[1].dtype == torch.float32  # coordinates stay fp32
+    # the kernels round their weight products' operands to bf16 as torch does; Triton's interpreter
+    # rounds toward zero where compiled code rounds to nearest (tests/nn/test_triton_edges.py)
+    limit = 4e-2 if options.get("kernel") == "triton" and device == "cpu" else 2e-2
     for k, (a, b) in enumerate(zip(got, expected)):  # bf16 rounding differs by summation order: compare norms
         error = (a.float() - b.float()).norm() / b.float().norm()
-        assert error < 2e-2, f"tensor {k}: relative error {error:.3g}"
+        assert error < limit, f"tensor {k}: relative error {error:.3g}"
