@@ -71,4 +71,5 @@ def chunk_rows(kernel: str, edge_chunk: EdgeChunk, rows: int, bytes_per_row: int
         raise ValueError("an 'auto' choice of the edge path needs the device's free memory")
     if edge_chunk == 0 and rows * bytes_per_row * PLAIN_HEADROOM <= free_bytes:
         return 0
-    return max(MIN_CHUNK, min(rows, int(free_bytes * CHUNK_SHARE) // max(bytes_per_row, 1)))
+    sized = max(MIN_CHUNK, int(free_bytes * CHUNK_SHARE) // max(bytes_per_row, 1))
+    return max(1, min(rows, sized))  # one chunk when all rows fit (at least one row: 0 would mean plain)
