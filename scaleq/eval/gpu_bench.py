@@ -83,6 +83,7 @@ def step_variants() -> list[StepVariant]:
             StepVariant("reference EGNN", "reference", {}, precision),
             StepVariant("EGNN", "egnn", {}, precision),
             StepVariant("EGNN chunked", "egnn", {"edge_chunk": 65536}, precision),
+            StepVariant("EGNN chunked (auto)", "egnn", {"edge_chunk": "auto"}, precision),
             StepVariant("EGNN triton", "egnn", {"kernel": "triton"}, precision),
             StepVariant("FastEGNN-<3,0.75>", "fastegnn", fast, precision, edge_drop=0.75),
             StepVariant("FastEGNN-<3,0.75> chunked", "fastegnn", {**fast, "edge_chunk": 65536}, precision, edge_drop=0.75),
