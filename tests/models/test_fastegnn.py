@@ -212,3 +212,22 @@ def test_chunked_real_virtual_messages_keep_no_per_node_memory_of_the_virtual_no
             per_node[chunk, c] = (kept[1] - kept[0]) / added_nodes
     assert per_node[64, 6] == per_node[64, 1]
     assert per_node[0, 6] - per_node[0, 1] >= 5 * hidden * 4 * layers  # plain: at least an [N, C, H] per layer
+
+
+def test_chunked_real_virtual_messages_under_bf16_autocast():
+    """bf16 autocast: the chunked path's recomputation runs under the forward's autocast state;
+    outputs and gradients match the plain path's to bf16 rounding, coordinates stay fp32."""
+    batch = make_batch(kind="radius")
+    results = []
+    for chunk in (0, 5):
+        model = make_model(edge_chunk=chunk)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+            fast_loss(out).backward()
+        assert out["pos"].dtype == torch.float32 and out["virtual_pos"].dtype == torch.float32
+        # the last layer's feature update feeds no output: no gradient there (plain) or zeros (chunked)
+        grads = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in model.parameters()])
+        results.append({"pos": out["pos"].detach(), "virtual_h": out["virtual_h"].detach().float(), "gradients": grads})
+    for key, expected in results[0].items():  # bf16 rounding differs by summation order: compare norms
+        error = (results[1][key] - expected).norm() / expected.norm()
+        assert error < 2e-2, f"{key}: relative error {error:.3g}"
