@@ -83,6 +83,7 @@ def step_variants() -> list[StepVariant]:
             StepVariant("reference EGNN", "reference", {}, precision),
             StepVariant("EGNN", "egnn", {}, precision),
             StepVariant("EGNN chunked", "egnn", {"edge_chunk": 65536}, precision),
+            StepVariant("EGNN chunked (auto)", "egnn", {"edge_chunk": "auto"}, precision),
             StepVariant("EGNN triton", "egnn", {"kernel": "triton"}, precision),
             StepVariant("FastEGNN-<3,0.75>", "fastegnn", fast, precision, edge_drop=0.75),
             StepVariant("FastEGNN-<3,0.75> chunked", "fastegnn", {**fast, "edge_chunk": 65536}, precision, edge_drop=0.75),
@@ -238,7 +239,8 @@ def _index_add(rows: Tensor, target: Tensor, nodes: int) -> Tensor:
 def bench_reductions(device: torch.device, quick: bool, repeats: int) -> list[dict[str, Any]]:
     """Summing per-edge rows [E, H] into their receivers [N, H], receiver-sorted edges: index_add_
     with int64 and int32 indices, and torch.segment_reduce over the CSR segment lengths (the
-    message-passing block uses index_add_; these rows say whether segments would beat it)."""
+    message-passing block uses segment_reduce on CUDA and index_add_ elsewhere,
+    scaleq.nn.segments; these rows check that choice on the device at hand)."""
     rows = []
     for case in step_workloads(quick):
         nodes = case.graphs * case.nodes
