@@ -80,9 +80,9 @@ def main() -> int:
         times = []
         for trial, s in zip(compared, seconds):
             peak = measure_in_fresh_process(trial, steps=0)
-            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan"),
-                        "saved_mb": float("nan")}
-            times.append({**(peak or fallback), "step_s": round(s, 3)})
+            if peak["error"]:
+                peak.update(edges=0, peak_mb=float("nan"), saved_mb=float("nan"))
+            times.append({**peak, "step_s": round(s, 3)})
         write_rows(times, args.out / "large_graph_times.csv")
         print(f"\none step at N={args.compare_nodes} (times side by side in one process; peaks in fresh processes):")
         print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s} {'saved MB':>9s}")
