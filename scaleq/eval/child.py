@@ -21,11 +21,13 @@ OUT_OF_MEMORY_MARKS = ("out of memory", "can't allocate memory", "outofmemoryerr
 
 @dataclass(frozen=True)
 class ChildResult:
-    """A finished child: ``stdout`` when it succeeded, else ``error`` (cause, then stderr's tail)."""
+    """A finished child: ``stdout`` when it succeeded, else ``cause`` (a few words) and ``error``
+    (the cause, then the last lines of its stderr)."""
 
     stdout: str
     returncode: int | None  # None: it ran out of time and was killed
     error: str | None
+    cause: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -68,9 +70,10 @@ def run_child(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeo
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as expired:
         stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else (expired.stderr or "")
-        return ChildResult("", None, describe_failure(None, stderr, timeout_s, lines))
+        return ChildResult("", None, describe_failure(None, stderr, timeout_s, lines), exit_cause(None, stderr, timeout_s))
     if done.returncode != 0:
-        return ChildResult(done.stdout, done.returncode, describe_failure(done.returncode, done.stderr, lines=lines))
+        return ChildResult(done.stdout, done.returncode, describe_failure(done.returncode, done.stderr, lines=lines),
+                           exit_cause(done.returncode, done.stderr))
     return ChildResult(done.stdout, 0, None)
 
 

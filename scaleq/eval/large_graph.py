@@ -147,7 +147,7 @@ def measure_in_fresh_process(trial: Trial, steps: int = 1, timeout_s: float = 36
         return {**json.loads(child.stdout.strip().splitlines()[-1]), "error": None}
     print(f"  {trial.model} {trial.path} N={trial.nodes:,d} failed: {child.error}", flush=True)
     return {**asdict(trial), "edges": None, "saved_mb": None, "peak_mb": None, "step_s": None,
-            "error": child.error.splitlines()[0] if child.error else None}
+            "error": child.cause}
 
 
 def _measure_json(payload: str) -> str:
