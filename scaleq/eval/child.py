@@ -4,6 +4,7 @@ into its exit cause and the last lines of its stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -64,17 +65,27 @@ def describe_failure(returncode: int | None, stderr: str, timeout_s: float | Non
 
 def run_child(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout_s: float = 3600,
               lines: int = 12) -> ChildResult:
-    """Run ``cmd``, capturing its output; never raises for the child's own failure."""
+    """Run ``cmd``, capturing its output; never raises for the child's own failure. The child
+    leads a process group of its own, so a timeout ends it and everything it started (a launcher's
+    ranks, a pool's workers), and what they printed until then is kept."""
+    process = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=None if env is None else dict(env), start_new_session=True)
     try:
-        done = subprocess.run(list(cmd), capture_output=True, text=True, env=None if env is None else dict(env),
-                              timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as expired:
-        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else (expired.stderr or "")
-        return ChildResult("", None, describe_failure(None, stderr, timeout_s, lines), exit_cause(None, stderr, timeout_s))
-    if done.returncode != 0:
-        return ChildResult(done.stdout, done.returncode, describe_failure(done.returncode, done.stderr, lines=lines),
-                           exit_cause(done.returncode, done.stderr))
-    return ChildResult(done.stdout, 0, None)
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        return ChildResult(stdout, None, describe_failure(None, stderr, timeout_s, lines), exit_cause(None, stderr, timeout_s))
+    finally:
+        if process.poll() is None:  # interrupted: take the group down with us
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if process.returncode != 0:
+        return ChildResult(stdout, process.returncode, describe_failure(process.returncode, stderr, lines=lines),
+                           exit_cause(process.returncode, stderr))
+    return ChildResult(stdout, 0, None)
 
 
 def _send_result(queue: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
