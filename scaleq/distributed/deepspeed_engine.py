@@ -4,8 +4,9 @@ The DeepSpeed config is generated from ours (:func:`deepspeed_config`), so one Y
 engines. The optimizer comes from that config (Adam or AdamW with train.lr and
 train.weight_decay); the torch optimizer the loop offers to :meth:`DeepSpeedEngine.wrap` is
 not used. It is torch's own Adam/AdamW (fused on CUDA), so nothing is compiled on first use
-(:mod:`scaleq.distributed.deepspeed_ops` says which DeepSpeed ops remain and when). bf16 is torch autocast inside DeepSpeed: weights, gradients and optimizer states stay
-fp32, and so do the coordinates in the models.
+(:mod:`scaleq.distributed.deepspeed_ops` says which DeepSpeed ops remain and when). bf16 is
+torch autocast inside DeepSpeed: weights, gradients and optimizer states stay fp32, and so do
+the coordinates in the models.
 
 Checkpoints are DeepSpeed's own (every rank writes its ZeRO shards) in ``<name>.ds/<tag>/``
 next to a small pointer file ``<name>`` (e.g. ``checkpoints/last.pt``) that rank 0 writes
@@ -78,7 +79,7 @@ def deepspeed_config(
         params["torch_adam"] = True
         params["fused" if device_type == "cuda" else "foreach"] = True
     # else DeepSpeed's CPU Adam: ZeRO-Offload refuses a torch optimizer, and CPU Adam is a C++ op
-    # that DeepSpeed compiles on first use (see explain_op_build_failure)
+    # that DeepSpeed compiles on first use (see scaleq.distributed.deepspeed_ops)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation,
