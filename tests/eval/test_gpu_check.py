@@ -29,7 +29,7 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path, capsys, monkeypatch):
     assert rows["deepspeed"]["needs_cuda"] == "False" and rows["profile"]["needs_cuda"] == "True"
     # the DeepSpeed run trained FastEGNN and its epoch line explains the total by its parts
     assert "train loss" in rows["deepspeed"]["detail"] and "+ 0.01 x mmd" in rows["deepspeed"]["detail"]
-    assert "egnn 1,000: ok" in rows["large_graph"]["detail"] and "fastegnn 1,000: ok" in rows["large_graph"]["detail"]
+    assert "egnn 500: ok" in rows["large_graph"]["detail"] and "fastegnn 500: ok" in rows["large_graph"]["detail"]
     profile = list(csv.DictReader((tmp_path / "profile_cpu.csv").open()))
     assert {r["model"] for r in profile} == {"egnn", "fastegnn"}
     assert {r["name"] for r in profile if r["kind"] == "count per step"} == {"stream_syncs", "dtoh_copies", "scalar_reads"}
