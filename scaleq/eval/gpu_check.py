@@ -217,8 +217,8 @@ def run_check(device: str = "cuda", *, quick: bool = False, budget_s: float = 48
             outcome = run_part(part, s, allowance)
             carried = max(0.0, allowance - outcome.seconds)
             outcomes.append(outcome)
-            print(f"  {outcome.part:12s} {outcome.status:7s} {outcome.seconds:6.0f} s  {outcome.detail.splitlines()[0]}",
-                  flush=True)
+            first = (outcome.detail.splitlines() or [""])[0]
+            print(f"  {outcome.part:12s} {outcome.status:7s} {outcome.seconds:6.0f} s  {first}", flush=True)
     write_rows([{"part": o.part, "needs_cuda": o.needs_cuda, "status": o.status, "seconds": round(o.seconds, 1),
                  "detail": o.detail.replace("\n", " | "), "device": device} for o in outcomes], out / "gpu_check.csv")
     return outcomes
