@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scaleq.eval.gpu_bench import device_slug, run  # noqa: E402
+from scaleq.eval.gpu_bench import device_slug, plot, run  # noqa: E402
 from scaleq.eval.report import write_rows  # noqa: E402
 
 COLUMNS = ("part", "case", "variant", "model", "precision", "nodes", "edges", "ms", "edge_layers_per_s",
@@ -70,38 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
-
-
-def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    graphs = [r for r in rows if r["part"] == "radius_graph"]
-    cases = list(dict.fromkeys(r["case"] for r in graphs))
-    backends = list(dict.fromkeys(r["variant"] for r in graphs))
-    width = 0.8 / len(backends)
-    for k, backend in enumerate(backends):
-        ms = {r["case"]: r["ms"] for r in graphs if r["variant"] == backend}
-        left.bar([i + k * width for i in range(len(cases))], [ms.get(c, 0.0) for c in cases], width, label=backend)
-    left.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases)
-    left.set_yscale("log")
-    left.set_ylabel("radius graph (ms)")
-    left.legend(fontsize=8)
-    steps = [r for r in rows if r["part"] == "train_step"]
-    labels = [f"{r['case']}\n{r['variant']} {r['precision']}" for r in steps]
-    bars = right.barh(labels, [r["edge_layers_per_s"] / 1e6 for r in steps],
-                      color=["#888" if r["model"] == "reference" else "#2a7" for r in steps])
-    right.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in steps], fontsize=7)
-    right.tick_params(axis="y", labelsize=6)
-    right.invert_yaxis()
-    right.set_xlabel("training step, M edge-layers/s (x: over the reference EGNN)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

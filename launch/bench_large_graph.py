@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--neighbours", type=float, default=20.0)
     parser.add_argument("--checkpointing", type=int, default=0, help="gradient checkpointing every k layers (0: off)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout-s", type=float, default=3600, help="time limit of each size's process")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--graph-parallel", type=int, nargs="+", default=None, metavar="R",
                         help="strong scaling of one graph over R ranks instead (EGNN, --compare-nodes particles)")
@@ -65,7 +66,7 @@ def main() -> int:
               if not (p == "reference" and m != "egnn")]
     rows = []
     for trial in trials:
-        rows += largest_graph(trial, args.budget_mb, args.max_nodes)
+        rows += largest_graph(trial, args.budget_mb, args.max_nodes, timeout_s=args.timeout_s)
     write_rows(rows, args.out / "large_graph.csv")
     print(f"\nlargest graph within {args.budget_mb:.0f} MB ({args.device}):")
     print(f"{'model':9s} {'path':10s} {'nodes':>10s} {'edges':>12s} {'peak MB':>9s} {'saved MB':>9s}")
@@ -80,9 +81,9 @@ def main() -> int:
         times = []
         for trial, s in zip(compared, seconds):
             peak = measure_in_fresh_process(trial, steps=0)
-            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan"),
-                        "saved_mb": float("nan")}
-            times.append({**(peak or fallback), "step_s": round(s, 3)})
+            if peak["error"]:
+                peak.update(edges=0, peak_mb=float("nan"), saved_mb=float("nan"))
+            times.append({**peak, "step_s": round(s, 3)})
         write_rows(times, args.out / "large_graph_times.csv")
         print(f"\none step at N={args.compare_nodes} (times side by side in one process; peaks in fresh processes):")
         print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s} {'saved MB':>9s}")

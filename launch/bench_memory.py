@@ -16,13 +16,13 @@ import argparse
 import json
 import math
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scaleq.eval.child import run_child  # noqa: E402
 from scaleq.eval.report import write_rows  # noqa: E402  (light: no torch at import)
 
 FIELDS = ["nodes", "edges", "layers", "checkpointing", "peak_mb", "step_s"]
@@ -99,8 +99,11 @@ def main() -> int:
             for every in (0, 1):
                 cmd = [sys.executable, __file__, "--one", f"{n},{layers},{every}", "--degree", str(args.degree),
                        "--hidden", str(args.hidden), "--steps", str(args.steps), "--device", args.device]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
+                child = run_child(cmd)
+                if not child.ok:
+                    print(f"  N={n} L={layers} checkpointing={every} failed: {child.error}", flush=True)
+                    return 1
+                rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
                 print(f"  N={n} L={layers} checkpointing={every}: {rows[-1]['peak_mb']} MB, {rows[-1]['step_s']} s",
                       flush=True)
     write_rows(rows, args.out / "memory.csv", FIELDS)

@@ -26,6 +26,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -287,3 +288,70 @@ def run(device: torch.device, quick: bool, repeats: int, *, steps: bool = True, 
     if steps:
         rows += bench_reductions(device, quick, repeats) + bench_steps(device, quick, repeats)
     return [{**row, **env} for row in rows]
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """One panel per workload, so every label reads: radius graphs (grouped by size, one bar per
+    backend), each training-step workload (one row per variant, fp32 and bf16 side by side, each bar
+    labelled with its ratio to the reference EGNN), and the edge reductions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    graphs = [r for r in rows if r["part"] == "radius_graph"]
+    steps = [r for r in rows if r["part"] == "train_step"]
+    reductions = [r for r in rows if r["part"] == "edge_reduce"]
+    step_cases = list(dict.fromkeys(r["case"] for r in steps))
+    panels = (["graphs"] if graphs else []) + step_cases + (["reduce"] if reductions else [])
+    columns = 2 if len(panels) > 1 else 1
+    grid_rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(8.5 * columns, 4.2 * grid_rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        if panel == "graphs":
+            _grouped_bars(ax, graphs, "case", "variant", "ms")
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (log)")
+            ax.set_title("radius graph, ~20 neighbours, by particles")
+        elif panel == "reduce":
+            _grouped_bars(ax, reductions, "case", "variant", "ms")
+            ax.set_ylabel("ms")
+            ax.set_title("summing [E, 64] edge rows into nodes, by workload")
+        else:
+            _step_panel(ax, [r for r in steps if r["case"] == panel])
+            ax.set_title(f"training step, {panel} particles (4 x 64)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _grouped_bars(ax: Any, rows: list[dict[str, Any]], group: str, series: str, value: str) -> None:  # noqa: ANN401
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    names = list(dict.fromkeys(r[series] for r in rows))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        values = {r[group]: r[value] for r in rows if r[series] == name}
+        ax.bar([i + k * width for i in range(len(groups))], [values.get(g, 0.0) for g in groups], width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never on them
+
+
+def _step_panel(ax: Any, rows: list[dict[str, Any]]) -> None:  # noqa: ANN401
+    """Horizontal bars: one row per variant, one bar per precision, labelled x<ratio to the reference>."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    height = 0.8 / len(precisions)
+    for k, precision in enumerate(precisions):
+        by_variant = {r["variant"]: r for r in rows if r["precision"] == precision}
+        ys = [i + k * height for i, v in enumerate(variants) if v in by_variant]
+        chosen = [by_variant[v] for v in variants if v in by_variant]
+        bars = ax.barh(ys, [r["edge_layers_per_s"] / 1e6 for r in chosen], height, label=precision)
+        ax.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in chosen], fontsize=8, padding=2)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(variants))], variants, fontsize=9)
+    ax.invert_yaxis()
+    ax.margins(x=0.15)
+    ax.set_xlabel("M edge-layers/s (x: over the reference EGNN, same precision)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -49,7 +49,7 @@ def run_block(layer, edge_index, edge_attr, h, pos, edge_shift=None, halo=None, 
     pos = pos.clone().requires_grad_()
     layout = EdgeLayout.build(edge_index, pos.shape[0], edge_attr, edge_shift)
     sums = edge_sums(layer.phi_e, layer.phi_x, h, pos, layout, halo=halo, **options)
-    weight_m = torch.linspace(-1, 1, sums.message_sum.numel(), dtype=h.dtype).view_as(sums.message_sum)
+    weight_m = torch.linspace(-1, 1, sums.message_sum.numel(), dtype=h.dtype, device=h.device).view_as(sums.message_sum)
     loss = (sums.message_sum * weight_m).sum() + sums.coord_sum.pow(2).sum()
     params = [layer.phi_e[0].weight, layer.phi_e[0].bias, layer.phi_e[2].weight, layer.phi_e[2].bias,
               layer.phi_x[0].weight, layer.phi_x[0].bias, layer.phi_x[2].weight]
