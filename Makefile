@@ -11,7 +11,7 @@ STAMP := $(VENV)/.scaleq-installed
 VENV_FLAGS := $(if $(strip $(TORCH)),,--system-site-packages)
 PYTEST_ARGS ?=
 
-.PHONY: setup train test lint
+.PHONY: setup train test lint gpu-check
 
 setup: $(STAMP)
 
@@ -34,3 +34,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# On a CUDA machine: every GPU part end to end in about 8 minutes (see README, "Checking a GPU
+# machine"). Installs nothing: the venv's python if there is one, else $(PYTHON) as it is.
+# GPU_CHECK_ARGS="--budget-s 900" or "--device cpu --quick" pass through.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) launch/gpu_check.py $(GPU_CHECK_ARGS)

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbours", type=float, default=20.0)
     parser.add_argument("--checkpointing", type=int, default=0, help="gradient checkpointing every k layers (0: off)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout-s", type=float, default=3600, help="time limit of each size's process")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--graph-parallel", type=int, nargs="+", default=None, metavar="R",
                         help="strong scaling of one graph over R ranks instead (EGNN, --compare-nodes particles)")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                  edge_chunk=args.edge_chunk, gradient_checkpointing=args.checkpointing, device=args.device)
     trials = [replace(base, model=m, path=p) for m in args.models for p in args.paths
               if not (p == "reference" and m != "egnn")]
-    large_graph.run(trials, args.budget_mb, args.max_nodes, args.compare_nodes, args.out)
+    large_graph.run(trials, args.budget_mb, args.max_nodes, args.compare_nodes, args.out, args.timeout_s)
     return 0
 
 

@@ -5,7 +5,16 @@ import torch
 from torch_geometric.data import Batch
 
 from scaleq.config import LossConfig
-from scaleq.losses import connectivity_loss, mmd_virtual, position_mse, sample_per_graph, training_loss
+from scaleq.losses import (
+    LOSS_PARTS,
+    connectivity_loss,
+    explain_total,
+    mmd_virtual,
+    position_mse,
+    sample_per_graph,
+    term_weights,
+    training_loss,
+)
 from scaleq.testing.stores import random_batch
 
 SIZES = (4, 11, 7, 25)  # mixed sizes: the first graph has fewer nodes than 3 * C
@@ -141,3 +150,28 @@ def test_connectivity_weight_without_pooled_adjacency_is_a_clear_error():
     batch = Batch(target=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="pooled_adjacency"):
         training_loss({"pos": torch.zeros(2, 3)}, batch, LossConfig(connectivity_weight=1.0))
+
+
+def test_every_part_training_loss_returns_is_a_listed_term_and_the_total_is_their_weighted_sum():
+    data = random_batch(num_graphs=2, nodes=(6, 9))
+    out = {"pos": data.target + 0.1, "virtual_pos": torch.randn(2 * C, 3), "pooled_adjacency": torch.rand(2, 4, 4)}
+    config = LossConfig(mmd_weight=0.5, connectivity_weight=2.0)
+    loss, parts = training_loss(out, data, config)
+    assert list(parts) == list(LOSS_PARTS)  # every term on: all of them, in the listed order
+    weights = term_weights(config)
+    torch.testing.assert_close(loss, sum(weights[k] * parts[k] for k in LOSS_PARTS))
+
+
+def test_mmd_term_lies_in_minus_one_one_and_is_negative_when_virtual_nodes_sit_among_the_nodes():
+    """The published term is the biased MMD^2 without its k(x, x) part: >= -mean k(x_s, x_s') >= -1."""
+    data = random_batch(num_graphs=2, nodes=(30, 30))
+    among = torch.cat([data.pos[data.batch == b][:C] for b in range(2)])  # virtual nodes on real ones
+    far = among + 100.0
+    values = [float(mmd_virtual(data.pos, z, data.batch, 2, sigma=1.0)) for z in (among, far)]
+    assert -1.0 <= values[0] < 0 < values[1] <= 1.0
+
+
+def test_a_total_is_explained_by_its_parts():
+    config = LossConfig(mmd_weight=0.01)
+    assert explain_total({"loss": -0.0022, "mse": 0.0036742, "mmd": -0.59066}, config) == "mse 0.0036742 + 0.01 x mmd -0.59066"
+    assert explain_total({"mse": 0.5}, LossConfig()) == "mse 0.5"

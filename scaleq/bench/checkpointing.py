@@ -9,7 +9,6 @@ runs it, writes bench/memory.csv and bench/memory.png and prints a table with th
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.data.graph import GraphBuilder
+from scaleq.eval.child import call_in_spawned_process
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN
@@ -61,13 +61,11 @@ def run(nodes: Sequence[int], layers: Sequence[int], degree: float, hidden: int,
         out: Path) -> list[dict[str, Any]]:
     """Every (N, L) plain and checkpointed, each in a fresh spawned process; writes
     ``<out>/memory.csv`` and ``<out>/memory.png`` and prints the table."""
-    context = multiprocessing.get_context("spawn")
     rows = []
     for n in nodes:
         for depth in layers:
             for every in (0, 1):
-                with context.Pool(1) as pool:
-                    rows.append(pool.apply(measure, (n, depth, every, degree, hidden, steps, device)))
+                rows.append(call_in_spawned_process(measure, n, depth, every, degree, hidden, steps, device))
                 print(f"  N={n} L={depth} checkpointing={every}: {rows[-1]['peak_mb']} MB, {rows[-1]['step_s']} s",
                       flush=True)
     write_rows(rows, out / "memory.csv", FIELDS)

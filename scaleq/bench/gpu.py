@@ -87,6 +87,7 @@ def step_variants() -> list[StepVariant]:
             StepVariant("reference EGNN", "reference", {}, precision),
             StepVariant("EGNN", "egnn", {}, precision),
             StepVariant("EGNN chunked", "egnn", {"edge_chunk": 65536}, precision),
+            StepVariant("EGNN chunked (auto)", "egnn", {"edge_chunk": "auto"}, precision),
             StepVariant("EGNN triton", "egnn", {"kernel": "triton"}, precision),
             StepVariant("FastEGNN-<3,0.75>", "fastegnn", fast, precision, edge_drop=0.75),
             StepVariant("FastEGNN-<3,0.75> chunked", "fastegnn", {**fast, "edge_chunk": 65536}, precision, edge_drop=0.75),
@@ -241,7 +242,8 @@ def _index_add(rows: Tensor, target: Tensor, nodes: int) -> Tensor:
 def bench_reductions(device: torch.device, quick: bool, repeats: int) -> list[dict[str, Any]]:
     """Summing per-edge rows [E, H] into their receivers [N, H], receiver-sorted edges: index_add_
     with int64 and int32 indices, and torch.segment_reduce over the CSR segment lengths (the
-    message-passing block uses index_add_; these rows say whether segments would beat it)."""
+    message-passing block uses segment_reduce on CUDA and index_add_ elsewhere,
+    scaleq.nn.segments; these rows check that choice on the device at hand)."""
     rows = []
     for case in step_workloads(quick):
         nodes = case.graphs * case.nodes
@@ -321,27 +323,63 @@ def _mb(value: float | None) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """One panel per workload, so every label reads: radius graphs (grouped by size, one bar per
+    backend), each training-step workload (one row per variant, fp32 and bf16 side by side, each bar
+    labelled with its ratio to the reference EGNN), and the edge reductions."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     graphs = [r for r in rows if r["part"] == "radius_graph"]
-    cases = list(dict.fromkeys(r["case"] for r in graphs))
-    backends = list(dict.fromkeys(r["variant"] for r in graphs))
-    width = 0.8 / len(backends)
-    for k, backend in enumerate(backends):
-        ms = {r["case"]: r["ms"] for r in graphs if r["variant"] == backend}
-        left.bar([i + k * width for i in range(len(cases))], [ms.get(c, 0.0) for c in cases], width, label=backend)
-    left.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases)
-    left.set_yscale("log")
-    left.set_ylabel("radius graph (ms)")
-    left.legend(fontsize=8)
     steps = [r for r in rows if r["part"] == "train_step"]
-    labels = [f"{r['case']}\n{r['variant']} {r['precision']}" for r in steps]
-    bars = right.barh(labels, [r["edge_layers_per_s"] / 1e6 for r in steps],
-                      color=["#888" if r["model"] == "reference" else "#2a7" for r in steps])
-    right.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in steps], fontsize=7)
-    right.tick_params(axis="y", labelsize=6)
-    right.invert_yaxis()
-    right.set_xlabel("training step, M edge-layers/s (x: over the reference EGNN)")
+    reductions = [r for r in rows if r["part"] == "edge_reduce"]
+    step_cases = list(dict.fromkeys(r["case"] for r in steps))
+    panels = (["graphs"] if graphs else []) + step_cases + (["reduce"] if reductions else [])
+    columns = 2 if len(panels) > 1 else 1
+    grid_rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(8.5 * columns, 4.2 * grid_rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        if panel == "graphs":
+            _grouped_bars(ax, graphs, "case", "variant", "ms")
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (log)")
+            ax.set_title("radius graph, ~20 neighbours, by particles")
+        elif panel == "reduce":
+            _grouped_bars(ax, reductions, "case", "variant", "ms")
+            ax.set_ylabel("ms")
+            ax.set_title("summing [E, 64] edge rows into nodes, by workload")
+        else:
+            _step_panel(ax, [r for r in steps if r["case"] == panel])
+            ax.set_title(f"training step, {panel} particles (4 x 64)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout()
     save_figure(fig, path)
+
+
+def _grouped_bars(ax: Any, rows: list[dict[str, Any]], group: str, series: str, value: str) -> None:  # noqa: ANN401
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    names = list(dict.fromkeys(r[series] for r in rows))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        values = {r[group]: r[value] for r in rows if r[series] == name}
+        ax.bar([i + k * width for i in range(len(groups))], [values.get(g, 0.0) for g in groups], width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never on them
+
+
+def _step_panel(ax: Any, rows: list[dict[str, Any]]) -> None:  # noqa: ANN401
+    """Horizontal bars: one row per variant, one bar per precision, labelled x<ratio to the reference>."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    height = 0.8 / len(precisions)
+    for k, precision in enumerate(precisions):
+        by_variant = {r["variant"]: r for r in rows if r["precision"] == precision}
+        ys = [i + k * height for i, v in enumerate(variants) if v in by_variant]
+        chosen = [by_variant[v] for v in variants if v in by_variant]
+        bars = ax.barh(ys, [r["edge_layers_per_s"] / 1e6 for r in chosen], height, label=precision)
+        ax.bar_label(bars, labels=[f"x{r['ratio_to_reference']:.2f}" for r in chosen], fontsize=8, padding=2)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(variants))], variants, fontsize=9)
+    ax.invert_yaxis()
+    ax.margins(x=0.15)
+    ax.set_xlabel("M edge-layers/s (x: over the reference EGNN, same precision)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.bench.memory import peak_memory
+from scaleq.eval.child import run_child
 from scaleq.io import write_rows
 
 PATHS = ("reference", "torch", "chunked", "triton")
@@ -126,20 +126,20 @@ def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
             "peak_mb": round(peak / 2**20, 1), "step_s": round(min(times), 4) if times else math.nan}
 
 
-def measure_in_fresh_process(trial: Trial, steps: int = 1, timeout_s: float = 3600) -> dict[str, Any] | None:
-    """:func:`measure` in a new interpreter; None if it failed (out of memory, killed, timed out)."""
+def measure_in_fresh_process(trial: Trial, steps: int = 1, timeout_s: float = 3600) -> dict[str, Any]:
+    """:func:`measure` in a new interpreter. A failed child (out of memory, killed, timed out, an
+    error) gives the trial's fields with empty numbers and ``error``: its exit cause and the last
+    lines of its stderr, which are printed as well."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     code = "import sys, json; from scaleq.bench.large_graph import _measure_json; print(_measure_json(sys.argv[1]))"
     payload = json.dumps({"trial": asdict(trial), "steps": steps})
-    try:
-        done = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, env=env,
-                              timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return None
-    if done.returncode != 0:
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    child = run_child([sys.executable, "-c", code, payload], env=env, timeout_s=timeout_s)
+    if child.ok:
+        return {**json.loads(child.stdout.strip().splitlines()[-1]), "error": None}
+    print(f"  {trial.model} {trial.path} N={trial.nodes:,d} failed: {child.error}", flush=True)
+    return {**asdict(trial), "edges": None, "saved_mb": None, "peak_mb": None, "step_s": None,
+            "error": child.cause}
 
 
 def _measure_json(payload: str) -> str:
@@ -147,20 +147,20 @@ def _measure_json(payload: str) -> str:
     return json.dumps(measure(Trial(**data["trial"]), steps=data["steps"]))
 
 
-def largest_graph(trial: Trial, budget_mb: float, max_nodes: int, growth: float = 2.0) -> list[dict[str, Any]]:
+def largest_graph(trial: Trial, budget_mb: float, max_nodes: int, growth: float = 2.0,
+                  timeout_s: float = 3600) -> list[dict[str, Any]]:
     """Rows for N = trial.nodes, growth N, ... up to ``max_nodes``, stopping after the first size
-    that fails or needs more than ``budget_mb``; each row says whether it ``fits``."""
+    that fails or needs more than ``budget_mb``; each row says whether it ``fits`` (and why not:
+    ``error``)."""
     rows = []
     nodes = trial.nodes
     while nodes <= max_nodes:
-        row = measure_in_fresh_process(replace(trial, nodes=nodes), steps=0)  # the peak only
-        fits = row is not None and row["peak_mb"] <= budget_mb
-        rows.append({**(row or {**asdict(replace(trial, nodes=nodes)), "edges": None, "saved_mb": None, "peak_mb": None,
-                                "step_s": None}),
-                     "budget_mb": budget_mb, "fits": fits})
+        row = measure_in_fresh_process(replace(trial, nodes=nodes), steps=0, timeout_s=timeout_s)  # the peak only
+        fits = not row["error"] and row["peak_mb"] <= budget_mb
+        rows.append({**row, "budget_mb": budget_mb, "fits": fits})
         print(f"  {trial.model:8s} {trial.path:9s} N={nodes:>9,d}: "
               + (f"{row['edges']:>11,d} edges, {row['peak_mb']:>9.1f} MB peak, {row['saved_mb']:>9.1f} MB saved"
-                 if row else "failed"), flush=True)
+                 if not row["error"] else f"failed ({row['error']})"), flush=True)
         if not fits:
             break
         nodes = int(nodes * growth)
@@ -185,14 +185,15 @@ def side_by_side_times(trials: list[Trial], repeats: int = 3) -> list[float]:
 # -- the whole benchmark (launch/bench_large_graph.py) ---------------------------------------------
 
 
-def run(trials: list[Trial], budget_mb: float, max_nodes: int, compare_nodes: int, out: Path) -> list[dict[str, Any]]:
+def run(trials: list[Trial], budget_mb: float, max_nodes: int, compare_nodes: int, out: Path,
+        timeout_s: float = 3600) -> list[dict[str, Any]]:
     """The largest graph within ``budget_mb`` per trial, then (``compare_nodes`` > 0) one step of
     each at that size side by side; writes ``<out>/large_graph.csv`` (and ``large_graph_times.csv``)
     and prints both tables."""
     device = trials[0].device if trials else "cpu"
     rows = []
     for trial in trials:
-        rows += largest_graph(trial, budget_mb, max_nodes)
+        rows += largest_graph(trial, budget_mb, max_nodes, timeout_s=timeout_s)
     write_rows(rows, out / "large_graph.csv")
     print(f"\nlargest graph within {budget_mb:.0f} MB ({device}):")
     print(f"{'model':9s} {'path':10s} {'nodes':>10s} {'edges':>12s} {'peak MB':>9s} {'saved MB':>9s}")
@@ -207,9 +208,9 @@ def run(trials: list[Trial], budget_mb: float, max_nodes: int, compare_nodes: in
         times = []
         for trial, s in zip(compared, seconds):
             peak = measure_in_fresh_process(trial, steps=0)
-            fallback = {"model": trial.model, "path": trial.path, "nodes": trial.nodes, "edges": 0, "peak_mb": float("nan"),
-                        "saved_mb": float("nan")}
-            times.append({**(peak or fallback), "step_s": round(s, 3)})
+            if peak["error"]:
+                peak.update(edges=0, peak_mb=float("nan"), saved_mb=float("nan"))
+            times.append({**peak, "step_s": round(s, 3)})
         write_rows(times, out / "large_graph_times.csv")
         print(f"\none step at N={compare_nodes} (times side by side in one process; peaks in fresh processes):")
         print(f"{'model':9s} {'path':10s} {'edges':>9s} {'step s':>8s} {'peak MB':>9s} {'saved MB':>9s}")

@@ -11,7 +11,6 @@ built and edges dropped once, before timing, as the published code preprocesses 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from torch_geometric.data import Batch, Data
 from scaleq.bench.memory import peak_memory
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
+from scaleq.eval.child import call_in_spawned_process
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN
@@ -133,18 +133,10 @@ def step_times(variants: list[Variant], work: Workload) -> list[tuple[int, float
     return [(step.num_edges, 1000 * t) for step, t in zip(steps, best)]  # type: ignore[attr-defined]
 
 
-def _peak_memory_star(args: tuple[Variant, Workload]) -> float:
-    return step_peak_mb(*args)
-
-
 def run_variants(variants: list[Variant], work: Workload) -> list[dict[str, float | str | int]]:
     """One row per variant: edges, best ms, ``relative_time`` (over the first variant's, EGNN's:
     the paper's "Relative Time") and ``peak_mb`` (each measured in its own spawned process)."""
-    context = multiprocessing.get_context("spawn")
-    peaks = []
-    for variant in variants:
-        with context.Pool(1) as pool:
-            peaks.append(pool.map(_peak_memory_star, [(variant, work)])[0])
+    peaks = [call_in_spawned_process(step_peak_mb, variant, work) for variant in variants]
     times = step_times(variants, work)
     reference = times[0][1]
     return [

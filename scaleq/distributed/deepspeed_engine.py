@@ -3,8 +3,10 @@
 The DeepSpeed config is generated from ours (:func:`deepspeed_config`), so one YAML drives both
 engines. The optimizer comes from that config (Adam or AdamW with train.lr and
 train.weight_decay); the torch optimizer the loop offers to :meth:`DeepSpeedEngine.wrap` is
-not used. bf16 is torch autocast inside DeepSpeed: weights, gradients and optimizer states stay
-fp32, and so do the coordinates in the models.
+not used. It is torch's own Adam/AdamW (fused on CUDA), so nothing is compiled on first use
+(:mod:`scaleq.distributed.deepspeed_ops` says which DeepSpeed ops remain and when). bf16 is
+torch autocast inside DeepSpeed: weights, gradients and optimizer states stay fp32, and so do
+the coordinates in the models.
 
 Checkpoints are DeepSpeed's own (every rank writes its ZeRO shards) in ``<name>.ds/<tag>/``
 next to a small pointer file ``<name>`` (e.g. ``checkpoints/last.pt``) that rank 0 writes
@@ -36,6 +38,7 @@ from torch import Tensor, nn
 
 from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT
+from scaleq.distributed.deepspeed_ops import explain_op_build_failures
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
 from scaleq.distributed.torch_engine import pick_device, set_activation_checkpointing
@@ -66,10 +69,17 @@ def deepspeed_config(
         "eps": 1e-8,
         # DeepSpeed's "Adam" means AdamW unless told otherwise; ours means Adam with L2 decay.
         "adam_w_mode": optimizer == "adamw",
-        # torch's Adam on the CPU (DeepSpeed's fused kernels are GPU code); CPU offload uses
-        # DeepSpeed's CPU Adam.
-        "torch_adam": device_type == "cpu" and not offload_optimizer,
     }
+    if not offload_optimizer:
+        # torch's own Adam/AdamW (its fused CUDA kernel ships compiled inside torch), never
+        # DeepSpeed's FusedAdam, which DeepSpeed compiles on first use with nvcc from
+        # TORCH_CUDA_ARCH_LIST: that needs a CUDA toolkit and fails on entries such as '9.0a'.
+        # ZeRO 1-3 partition whatever torch optimizer they are given (torch.optim.Adam/AdamW are
+        # on ZeRO's tested list); checkpoints hold its state_dict like any other.
+        params["torch_adam"] = True
+        params["fused" if device_type == "cuda" else "foreach"] = True
+    # else DeepSpeed's CPU Adam: ZeRO-Offload refuses a torch optimizer, and CPU Adam is a C++ op
+    # that DeepSpeed compiles on first use (see scaleq.distributed.deepspeed_ops)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation,
@@ -117,7 +127,8 @@ class DeepSpeedEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # Reuses an existing process group (Ray Train, torchrun + our own join) or makes one.
-        deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
+        with explain_op_build_failures(self.device.type):  # the CPU accelerator compiles its shm op here
+            deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.join_graph_parallel(graph_parallel)
         self.precision = precision
@@ -136,7 +147,8 @@ class DeepSpeedEngine(Engine):
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
         set_activation_checkpointing(model, self.activation_checkpointing)
         params = [p for p in model.parameters() if p.requires_grad]
-        self._ds, _, _, _ = deepspeed.initialize(model=model.to(self.device), model_parameters=params, config=self.config)
+        with explain_op_build_failures(self.device.type):
+            self._ds, _, _, _ = deepspeed.initialize(model=model.to(self.device), model_parameters=params, config=self.config)
         return self._ds
 
     @property

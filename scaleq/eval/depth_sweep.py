@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import multiprocessing
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +32,7 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import engine_from_config
+from scaleq.eval.child import call_in_spawned_process
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer
 from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
@@ -126,7 +125,7 @@ def _forward_backward(model: torch.nn.Module, batch: Batch) -> None:
     loss.backward()
 
 
-def _cpu_peak_worker(configs: list[Config], widths: DataWidths, batch: Batch, queue: Any) -> None:
+def _cpu_peaks(configs: list[Config], widths: DataWidths, batch: Batch) -> list[int]:
     torch.set_num_threads(1)
     peaks = []
     for config in configs:
@@ -137,7 +136,7 @@ def _cpu_peak_worker(configs: list[Config], widths: DataWidths, batch: Batch, qu
             _forward_backward(model, batch)
         peaks.append(memory.growth)
         del model
-    queue.put(peaks)
+    return peaks
 
 
 def depth_peaks(configs: list[Config], widths: DataWidths, batch: Batch, device: torch.device) -> list[int]:
@@ -153,23 +152,9 @@ def depth_peaks(configs: list[Config], widths: DataWidths, batch: Batch, device:
             del model, on_device
         return peaks
     # one fresh process for all CPU measurements: its resident size starts small and, with large
-    # blocks mapped and unmapped directly, falls back between measurements
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the child starts
-    try:
-        process = context.Process(target=_cpu_peak_worker, args=(configs, widths, batch, queue))
-        process.start()
-        peaks = queue.get()
-        process.join()
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_")
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
-    if process.exitcode != 0:
-        raise RuntimeError(f"memory measurement failed (exit code {process.exitcode})")
+    # blocks mapped and unmapped directly (glibc reads MALLOC_MMAP_THRESHOLD_ as the child starts),
+    # falls back between measurements
+    peaks = call_in_spawned_process(_cpu_peaks, configs, widths, batch, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
     return [int(p) for p in peaks]
 
 

@@ -12,7 +12,7 @@ LINEAR_START = 0.7  # the published Linear_dynamics starts its time parameter at
 def _horizon_velocity(batch: Batch) -> Tensor:
     """v * horizon per node: the displacement constant-velocity motion covers by the target frame.
     Shapes: -> [N, D]"""
-    return batch.vel * batch.horizon[batch.batch].unsqueeze(-1).to(batch.pos.dtype)
+    return batch.vel * batch.horizon.index_select(0, batch.batch).unsqueeze(-1).to(batch.pos.dtype)
 
 
 class LinearDynamics(nn.Module):

@@ -55,10 +55,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.models.egnn import EGNNLayer, check_block_options, edge_layout
+from scaleq.models.egnn import EGNNLayer
+from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
 from scaleq.nn.checkpoint import run_layers
 from scaleq.nn.graph_reduce import graph_mean
-from scaleq.nn.message_passing import EdgeLayout, Halo, Kernel
+from scaleq.nn.message_passing import EdgeLayout, Halo
 from scaleq.nn.ode import FIXED_GRID_METHODS, integrate_interval
 
 Activation = Literal["identity", "tanh", "relu", "silu"]
@@ -100,7 +101,7 @@ class EGNNCoupling(nn.Module):
     """EGNN's layer (Eq. 10 of the DuSEGO paper, velocity variant) as a coupling function."""
 
     def __init__(
-        self, hidden: int, edge_dim: int, *, velocity: bool = True, edge_chunk: int = 0, kernel: Kernel = "torch"
+        self, hidden: int, edge_dim: int, *, velocity: bool = True, edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto"
     ) -> None:
         super().__init__()
         self.layer = EGNNLayer(hidden, edge_dim, velocity=velocity, edge_chunk=edge_chunk, kernel=kernel)
@@ -194,8 +195,8 @@ class DuSEGO(nn.Module):
         substeps: int = 1,
         adjoint_method: str = "rk4",
         gradient_checkpointing: int = 0,
-        edge_chunk: int = 0,
-        kernel: Kernel = "torch",
+        edge_chunk: EdgeChunk = 0,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if backbone not in COUPLINGS:
@@ -239,7 +240,7 @@ class DuSEGO(nn.Module):
         """
         x, h, y, u = state
         h_new, x_new = layer(h, x, graph)  # F(X_{n-1}, H_{n-1})
-        centre = graph_mean(x, graph.batch, graph.num_graphs, graph.halo)[graph.batch]  # [N, D], all ranks' nodes
+        centre = graph_mean(x, graph.batch, graph.num_graphs, graph.halo).index_select(0, graph.batch)  # [N, D], all ranks' nodes
         acc_x = vector_activation(x_new - centre, self.sigma_pos) - self.gamma1 * (x - centre) - self.alpha * y
         acc_h = _ELEMENTWISE[self.sigma](h_new.to(h.dtype)) - self.gamma2 * h - self.alpha * u
         return acc_x, acc_h
@@ -272,7 +273,7 @@ class DuSEGO(nn.Module):
         horizon = getattr(batch, "horizon", None)
         if horizon is None:
             raise ValueError("DuSEGO initial_velocity='horizon' needs batch.horizon [B]; use 'input' or 'zero' otherwise")
-        return (horizon.to(dtype)[node_batch] / (self.num_steps * self.dt)).unsqueeze(-1)  # [N, 1]
+        return (horizon.to(dtype).index_select(0, node_batch) / (self.num_steps * self.dt)).unsqueeze(-1)  # [N, 1]
 
     def _setup(self, batch: Batch) -> tuple[State, list[Callable[..., State]], Tensor | float]:
         pos = batch.pos
@@ -282,7 +283,7 @@ class DuSEGO(nn.Module):
         num_graphs = int(getattr(batch, "num_graphs", 1))  # known on the host: no device sync
         graph = GraphInputs(
             batch.vel, batch.edge_index, batch.edge_attr, node_batch, num_graphs,
-            layout=edge_layout(batch, pos.shape[0]), halo=getattr(batch, "halo", None),
+            layout=EdgeLayout.from_batch(batch, pos.shape[0]), halo=getattr(batch, "halo", None),
         )
         scale = self._velocity_scale(batch, node_batch, pos.dtype)
         h = self.embed(batch.h).to(pos.dtype)  # the states keep coordinate precision

@@ -54,10 +54,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.models.egnn import check_block_options
+from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
 from scaleq.nn.checkpoint import run_layers
-from scaleq.nn.message_passing import EdgeLayout, Kernel, check_edge_mlps, edge_sums
-from scaleq.nn.mlp import cat_features, mlp, small_init_
+from scaleq.nn.message_passing import EdgeLayout, check_edge_mlps, edge_sums, layout_chunk
+from scaleq.nn.mlp import cat_features, mlp, small_init_, split_columns
 from scaleq.nn.recompute import sum_over_edges
 from scaleq.nn.scatter import scatter_mean, scatter_sum
 
@@ -67,6 +67,7 @@ UNPOOL_CHANNELS = 4  # [cluster displacement, x - cluster position, v - cluster 
 OFFSET_CHANNEL = 1  # x - cluster position: with start_at_input the decoder starts by copying it
 ASSIGN_WIDTH = 8  # the published assignment head: Linear(H, 8H)-Tanh-Linear(8H, K)
 EMPTY_CLUSTER_MASS = 1e-5  # the published clamp of the column sums
+EMMP_ROW_TENSORS = 16  # [E, H]-sized tensors one local edge costs the torch path (for kernel "auto")
 
 
 def exact_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -104,7 +105,7 @@ class EGHNEGNNLayer(nn.Module):
         edge_chunk, kernel: options of the message-passing block.
     """
 
-    def __init__(self, hidden: int, edge_dim: int, *, edge_chunk: int = 0, kernel: Kernel = "torch") -> None:
+    def __init__(self, hidden: int, edge_dim: int, *, edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto") -> None:
         super().__init__()
         self.phi_e = mlp(1 + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
         self.phi_x = mlp(hidden, hidden, 1)
@@ -136,8 +137,8 @@ class EGHNEGNN(nn.Module):
     """
 
     def __init__(
-        self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0, *, edge_chunk: int = 0,
-        kernel: Kernel = "torch",
+        self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0, *,
+        edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(hidden, hidden)
@@ -173,17 +174,19 @@ class EMMPLayer(nn.Module):
         channels: m, the number of vectors per node.
         edge_dim: width of the invariant edge attributes.
         update_vectors: False for a last layer, whose vectors nothing reads (Z is returned as is).
-        edge_chunk: edges per chunk (0: all at once).
+        edge_chunk: edges per chunk (0: all at once; "auto").
+        kernel: "auto" chooses plain or chunked by memory as the message-passing block does;
+            "torch" and "triton" (no fused kernel here) follow ``edge_chunk``.
     """
 
     def __init__(self, hidden: int, channels: int, edge_dim: int, *, update_vectors: bool = True,
-                 edge_chunk: int = 0) -> None:
+                 edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto") -> None:
         super().__init__()
         self.channels = channels
         self.phi_m = mlp(channels * channels + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
         self.phi_mix = mlp(hidden, hidden, channels * channels) if update_vectors else None
         self.phi_h = mlp(2 * hidden, hidden, hidden)
-        self.edge_chunk = edge_chunk
+        self.edge_chunk, self.kernel = edge_chunk, kernel
 
     def forward(self, h: Tensor, z: Tensor, layout: EdgeLayout) -> tuple[Tensor, Tensor]:
         """
@@ -193,15 +196,18 @@ class EMMPLayer(nn.Module):
         """
         hidden, invariants = h.shape[-1], self.channels * self.channels
         first = self.phi_m[0]
-        weight = first.weight  # columns: [Z_j^T Z_i (m m), h_i (H), h_j (H), e (Fe)]
-        p_recv = F.linear(h, weight[:, invariants : invariants + hidden], first.bias)  # [N, H]
-        p_src = F.linear(h, weight[:, invariants + hidden : invariants + 2 * hidden])  # [N, H]
-        params = [weight[:, :invariants], weight[:, invariants + 2 * hidden :], self.phi_m[2].weight, self.phi_m[2].bias]
+        # columns: [Z_j^T Z_i (m m), h_i (H), h_j (H), e (Fe)]
+        w_inv, w_recv, w_src, w_attr = split_columns(first, (invariants, hidden, hidden, layout.edge_attr.shape[-1]))
+        p_recv = F.linear(h, w_recv, first.bias)  # [N, H]
+        p_src = F.linear(h, w_src)  # [N, H]
+        params = [w_inv, w_attr, self.phi_m[2].weight, self.phi_m[2].bias]
         if self.phi_mix is not None:
             params += [self.phi_mix[0].weight, self.phi_mix[0].bias, self.phi_mix[2].weight, self.phi_mix[2].bias]
+        # per edge: ~EMMP_ROW_TENSORS [E, H] activations and the [E, D, m] vectors
+        chunk = layout_chunk(layout, self.kernel, self.edge_chunk, EMMP_ROW_TENSORS * hidden * h.element_size())
         sums = sum_over_edges(
             functools.partial(_emmp_edge_terms, channels=self.channels, message_dtype=h.dtype), layout,
-            self.edge_chunk, recv=(p_recv, z), src=(p_src, z), edge=(layout.edge_attr,), params=params,
+            chunk, recv=(p_recv, z), src=(p_src, z), edge=(layout.edge_attr,), params=params,
         )
         if self.phi_mix is not None:
             z = z + sums[1] / layout.degree(z.dtype).unsqueeze(-1)  # mean_j Z_j H_ij
@@ -295,7 +301,7 @@ class Clusters:
     def unpool(self, y: Tensor) -> Tensor:
         """sum_k s_ik y_k (Eq. 12-13). Shapes: y [B, K, *] -> [N, *]."""
         dense = exact_matmul(self.dense_s, y.flatten(2))  # [B, N_max, F]
-        return dense.flatten(0, 1)[self.slot].view(-1, *y.shape[2:])
+        return dense.flatten(0, 1).index_select(0, self.slot).view(-1, *y.shape[2:])
 
     def pooled_adjacency(self, edge_index: Tensor) -> Tensor:
         """S^T A S per graph, A[i, j] = 1 for each edge j -> i, without a dense N x N matrix.
@@ -304,7 +310,7 @@ class Clusters:
             edge_index: [2, E] -> [B, K, K]
         """
         source, target = edge_index
-        a_s = scatter_sum(self.s[source], target, self.s.shape[0])  # (A S)_i = sum_{j -> i} s_j, [N, K]
+        a_s = scatter_sum(self.s.index_select(0, source), target, self.s.shape[0])  # (A S)_i = sum_{j -> i} s_j, [N, K]
         return exact_matmul(self.dense_s.transpose(1, 2), self.to_dense(a_s))
 
 
@@ -364,8 +370,8 @@ class EGHN(nn.Module):
         start_at_input: bool = False,
         cluster_edge_attr: ClusterEdgeAttr = "raw",
         gradient_checkpointing: int = 0,
-        edge_chunk: int = 0,
-        kernel: Kernel = "torch",
+        edge_chunk: EdgeChunk = 0,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if hidden < 1 or clusters < 1:
@@ -385,8 +391,7 @@ class EGHN(nn.Module):
         block = {"edge_chunk": edge_chunk, "kernel": kernel}
         self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing, **block)
         self.pooling = nn.ModuleList(
-            EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1,
-                      edge_chunk=edge_chunk)
+            EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1, **block)
             for i in range(pooling_layers)
         )
         self.assign = nn.Sequential(
@@ -433,7 +438,7 @@ class EGHN(nn.Module):
 
         # E-Pool: EMMP on the local graph, then soft assignments
         graph_centre = scatter_mean(pos, node_batch, num_graphs)  # [B, D]
-        z = torch.stack([pos - graph_centre[node_batch], dx, vel], dim=-1)  # [N, D, 3]
+        z = torch.stack([pos - graph_centre.index_select(0, node_batch), dx, vel], dim=-1)  # [N, D, 3]
         local_layout = EdgeLayout.build(local_index, pos.shape[0], local_attr)  # shared by the EMMP layers
         steps = [functools.partial(_emmp_step, layer, layout=local_layout) for layer in self.pooling]
         h_pool, _ = run_layers(steps, (h, z), every)

@@ -23,8 +23,9 @@ import functools
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
 from scaleq.nn.checkpoint import run_layers
-from scaleq.nn.message_passing import KERNELS, EdgeLayout, Halo, Kernel, check_edge_mlps, edge_sums
+from scaleq.nn.message_passing import EdgeLayout, Halo, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
 
 
@@ -35,12 +36,12 @@ class EGNNLayer(nn.Module):
         hidden: width H of h and of the messages.
         edge_dim: width Fe of the invariant edge attributes.
         velocity: add phi_v(h_i) v_i^0 to the coordinate update.
-        edge_chunk: edges per chunk of the message-passing block (0: all at once).
-        kernel: "torch", "triton" or "auto" (see scaleq.nn.message_passing).
+        edge_chunk: edges per chunk of the message-passing block (0: all at once; "auto").
+        kernel: "auto", "torch" or "triton" (see scaleq.nn.block_options).
     """
 
     def __init__(
-        self, hidden: int, edge_dim: int, *, velocity: bool = True, edge_chunk: int = 0, kernel: Kernel = "torch"
+        self, hidden: int, edge_dim: int, *, velocity: bool = True, edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto"
     ) -> None:
         super().__init__()
         self.phi_e = mlp(2 * hidden + 1 + edge_dim, hidden, hidden, act_last=True)
@@ -93,10 +94,13 @@ class EGNN(nn.Module):
         in_edge_features: width of ``batch.edge_attr``.
         hidden: H. layers: L. velocity: use the velocity term.
         gradient_checkpointing: checkpoint every k layers (0: off).
-        edge_chunk: K > 0 runs the edge work in chunks of K edges with recomputation in backward
-            (memory O(N H + K H) per layer instead of O(E H)); 0: all edges at once.
-        kernel: "torch"; "triton" (fused forward and backward kernels, need the triton package); "auto"
-            (Triton on CUDA when it imports, torch otherwise).
+        edge_chunk: K > 0 runs the edge work in chunks of about K edges with recomputation in
+            backward (memory O(N H + K H) per layer instead of O(E H)); "auto": the same with K
+            from the device's free memory; 0: all edges at once (unless kernel "auto" finds they
+            do not fit).
+        kernel: "auto" (the torch path, plain where the edges fit in free memory, chunked where
+            not: scaleq.nn.block_options); "torch" (exactly as edge_chunk says); "triton" (fused
+            forward and backward kernels, need the triton package).
     """
 
     def __init__(
@@ -108,8 +112,8 @@ class EGNN(nn.Module):
         layers: int = 4,
         velocity: bool = True,
         gradient_checkpointing: int = 0,
-        edge_chunk: int = 0,
-        kernel: Kernel = "torch",
+        edge_chunk: EdgeChunk = 0,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
@@ -131,24 +135,11 @@ class EGNN(nn.Module):
         """
         pos = batch.pos
         h = self.embed(batch.h).to(pos.dtype)  # the residual stream keeps coordinate precision
-        layout = edge_layout(batch, pos.shape[0])  # sorted once, shared by every layer
+        layout = EdgeLayout.from_batch(batch, pos.shape[0])  # sorted once, shared by every layer
         halo = getattr(batch, "halo", None)
         steps = [functools.partial(_layer_step, layer, vel=batch.vel, layout=layout, halo=halo) for layer in self.layers]
         h, pos = run_layers(steps, (h, pos), self.gradient_checkpointing)
         return {"pos": pos}
-
-
-def edge_layout(batch: Batch, num_nodes: int) -> EdgeLayout:
-    """The receiver-sorted edges of ``batch`` (with ``edge_shift`` when the graph is periodic)."""
-    return EdgeLayout.build(batch.edge_index, num_nodes, batch.edge_attr, getattr(batch, "edge_shift", None))
-
-
-def check_block_options(edge_chunk: int, kernel: str) -> None:
-    """Constructor checks of the message-passing block's options, shared by the models."""
-    if isinstance(edge_chunk, bool) or not isinstance(edge_chunk, int) or edge_chunk < 0:
-        raise ValueError(f"edge_chunk must be 0 (off) or a positive number of edges, got {edge_chunk!r}")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
 
 
 def _layer_step(

@@ -23,7 +23,15 @@ neighbour messages are MEANED into h (EGNN sums them). Graphs may have different
 need not be sorted by graph: everything per graph is an index_add over ``batch``.
 
 The real-real edge work (phi_e, phi_x, sums over neighbours) runs in the shared message-passing
-block (scaleq.nn.message_passing; ``edge_chunk`` and ``kernel`` as in EGNN).
+block (scaleq.nn.message_passing; ``edge_chunk`` and ``kernel`` as in EGNN). The real-virtual
+messages are computed the same way, as one "edge" per real node from its graph
+(:meth:`EdgeLayout.per_node`) through :func:`scaleq.nn.recompute.sum_over_edges`, and only
+per-node and per-graph sums leave it: phi_ev's first Linear is split by input, so the graph
+terms W_s s_c + W_g M[c, :] + b are computed once per graph ([B, C, H]) and W_h h_i once per
+node; phi_h's first Linear is split too, so the [N, C H] concatenation of the m_ic never exists
+outside. With ``edge_chunk`` the nodes are walked in chunks and recomputed in backward, so the
+memory kept per node is of EGNN's order, not C x H per layer. Per-graph tensors reach the nodes
+by ``index_select`` (whose backward is an ``index_add_``), not advanced indexing.
 
 The gravity term adds a fixed vector, so a model with ``gravity`` is only equivariant under
 rotations about the gravity axis (and reflections that keep it), as is the data it is used for.
@@ -32,20 +40,25 @@ rotations about the gravity axis (and reflections that keep it), as is the data 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.models.egnn import check_block_options, edge_layout
+from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
 from scaleq.nn.checkpoint import run_layers
-from scaleq.nn.graph_reduce import graph_mean
-from scaleq.nn.message_passing import EdgeLayout, Halo, Kernel, check_edge_mlps, edge_sums
-from scaleq.nn.mlp import cat_features, mlp, small_init_
+from scaleq.nn.graph_reduce import graph_mean, graph_means_of_sums
+from scaleq.nn.message_passing import EdgeLayout, Halo, check_edge_mlps, edge_sums, layout_chunk
+from scaleq.nn.mlp import cat_features, mlp, small_init_, split_columns
+from scaleq.nn.recompute import sum_over_edges
 
 VirtualDistance = Literal["plain", "squared"]
 VirtualAggregation = Literal["concat", "mean"]
+# [C, H]-sized tensors one node's real-virtual messages cost the torch path (for kernel "auto")
+VIRTUAL_ROW_TENSORS = 12
 
 
 def coordinate_head(hidden: int) -> nn.Sequential:
@@ -85,8 +98,8 @@ class FastEGNNLayer(nn.Module):
         gravity: bool = False,
         virtual_distance: VirtualDistance = "plain",
         virtual_aggregation: VirtualAggregation = "concat",
-        edge_chunk: int = 0,
-        kernel: Kernel = "torch",
+        edge_chunk: EdgeChunk = 0,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         self.edge_chunk, self.kernel = edge_chunk, kernel
@@ -103,6 +116,7 @@ class FastEGNNLayer(nn.Module):
         virtual_width = c * hidden if virtual_aggregation == "concat" else hidden
         self.phi_h = mlp(2 * hidden + virtual_width, hidden, hidden)
         self.phi_hv = mlp(2 * hidden, hidden, hidden)
+        self.virtual_width = virtual_width
         check_edge_mlps(self.phi_e, self.phi_x)
 
     def forward(
@@ -115,17 +129,23 @@ class FastEGNNLayer(nn.Module):
         vel: Tensor,
         layout: EdgeLayout,
         batch: Tensor,
+        nodes: EdgeLayout | None = None,
         gravity: Tensor | None = None,
         halo: Halo | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """
+        ``nodes``: :meth:`EdgeLayout.per_node` of ``batch`` (built once per model forward; made
+        here when None).
+
         Shapes:
             h: [N, H], pos: [N, D], z: [B, C, D] virtual coordinates, s: [B, C, H] virtual
             features, vel: [N, D] input velocity, layout: the receiver-sorted real edges
             (scaleq.nn.message_passing.EdgeLayout), batch: [N] graph of each node, gravity: [D]
             -> (h, pos, z, s) with the same shapes
         """
-        num_graphs = z.shape[0]
+        num_graphs, c, hidden = z.shape[0], z.shape[1], h.shape[-1]
+        if nodes is None:
+            nodes = EdgeLayout.per_node(batch, num_graphs)
         # real-real messages: node-level sums from the message-passing block
         real = edge_sums(self.phi_e, self.phi_x, h, pos, layout, halo=halo, edge_chunk=self.edge_chunk, kernel=self.kernel)
         degree = layout.degree(pos.dtype)  # [N, 1]
@@ -136,27 +156,69 @@ class FastEGNNLayer(nn.Module):
         offset = z - centre[:, None, :]  # [B, C, D]
         gram = (offset[:, :, None, :] * offset[:, None, :, :]).sum(-1)  # [B, C, C]; elementwise: stays fp32
 
-        # real-virtual messages, one per (node, virtual node of its graph)
-        virtual_diff = pos[:, None, :] - z[batch]  # [N, C, D] x_i - z_c
-        dist = pair_distance(virtual_diff, self.virtual_distance)  # [N, C, 1]
-        c = z.shape[1]
-        m_v = self.phi_ev(cat_features([h[:, None, :].expand(-1, c, -1), s[batch], dist, gram[batch]]))  # [N, C, H]
+        # real-virtual messages m_ic = phi_ev(h_i, s_c, d(x_i, z_c), M[c, :]), first Linear by input:
+        # the graph terms once per graph, the node term once per node, the distance per pair
+        first = self.phi_ev[0]
+        w_node, w_virtual, w_dist, w_gram = split_columns(first, (hidden, hidden, 1, c))
+        p_node = F.linear(h, w_node)  # [N, H]
+        p_graph = F.linear(s.to(h.dtype), w_virtual, first.bias) + F.linear(gram.to(h.dtype), w_gram)  # [B, C, H]
+        w_in, w_messages = split_columns(self.phi_h[0], (2 * hidden, self.virtual_width))
+        params = [w_dist, self.phi_ev[2].weight, self.phi_ev[2].bias, self.phi_xv[0].weight, self.phi_xv[0].bias,
+                  self.phi_xv[2].weight, self.phi_zv[0].weight, self.phi_zv[0].bias, self.phi_zv[2].weight, w_messages]
+        chunk = virtual_chunk(nodes, self.kernel, self.edge_chunk, c, VIRTUAL_ROW_TENSORS * c * hidden * h.element_size())
+        virtual_coord, virtual_h, m_sum, z_sum = sum_over_edges(
+            functools.partial(_virtual_terms, distance=self.virtual_distance, aggregation=self.virtual_aggregation),
+            nodes, chunk, recv=(p_node, pos), src=(p_graph, z), edge=(), params=params, at_source=2,
+        )
+        z_shift, m_mean = graph_means_of_sums([z_sum, m_sum], batch, num_graphs, halo)  # [B, C, D], [B, C, H]
 
         # coordinates: real-real, real-virtual, velocity, gravity (published order); virtual from old x
         new_pos = pos + real.coord_sum / degree  # mean over incoming real edges
-        new_pos = new_pos + (virtual_diff * self.phi_xv(m_v).to(pos.dtype)).mean(1)
+        new_pos = new_pos + virtual_coord
         if self.phi_v is not None:
             new_pos = new_pos + self.phi_v(h).to(pos.dtype) * vel
         if self.phi_g is not None and gravity is not None:
             new_pos = new_pos + self.phi_g(h).to(pos.dtype) * gravity
-        z = z + graph_mean(-virtual_diff * self.phi_zv(m_v).to(pos.dtype), batch, num_graphs, halo)  # z_c - x_i
+        z = z + z_shift  # mean over the graph's nodes of (z_c - x_i) phi_X(m_ic)
 
-        # features: real from the mean of real messages and the ordered (or averaged) virtual ones
-        virtual_in = m_v.flatten(1) if self.virtual_aggregation == "concat" else m_v.mean(1)  # [N, C*H] or [N, H]
+        # features: real from the mean of real messages and the ordered (or averaged) virtual ones,
+        # phi_h's first Linear split into [h, mean_j m_ij] and the virtual messages' part
         real_in = real.message_sum / degree.to(h.dtype)  # [N, H] mean of the real messages
-        h_new = h + self.phi_h(cat_features([h, real_in, virtual_in])).to(h.dtype)
-        s = s + self.phi_hv(cat_features([s, graph_mean(m_v.to(s.dtype), batch, num_graphs, halo)])).to(s.dtype)
+        h_pre = F.linear(cat_features([h, real_in]), w_in, self.phi_h[0].bias) + virtual_h.to(h.dtype)
+        h_new = h + self.phi_h[2](F.silu(h_pre)).to(h.dtype)
+        s = s + self.phi_hv(cat_features([s, m_mean.to(s.dtype)])).to(s.dtype)
         return h_new, new_pos, z, s
+
+
+def virtual_chunk(nodes: EdgeLayout, kernel: str, edge_chunk: EdgeChunk, virtual_nodes: int, bytes_per_node: int) -> int:
+    """Nodes per chunk of the real-virtual messages: ``edge_chunk`` counts messages (C per node)."""
+    if edge_chunk != "auto" and edge_chunk > 0:
+        return max(1, edge_chunk // virtual_nodes)
+    return layout_chunk(nodes, kernel, edge_chunk, bytes_per_node)
+
+
+def _virtual_terms(
+    recv: Sequence[Tensor], src: Sequence[Tensor], edge: Sequence[Tensor | None], params: Sequence[Tensor], *,
+    distance: VirtualDistance, aggregation: VirtualAggregation,
+) -> tuple[Tensor, ...]:
+    """The real-virtual messages of M nodes and what each contributes to the layer's updates.
+
+    Shapes:
+        recv: (W_h h [M, H], x [M, D]), src: (graph terms [M, C, H], z [M, C, D]) of each node's graph
+        -> (mean_c (x_i - z_c) phi_xv(m_ic) [M, D], phi_h's virtual input part [M, H],
+            m_ic [M, C, H] and (z_c - x_i) phi_X(m_ic) [M, C, D], both in the dtype of z, to sum per graph)
+    """
+    (p_node, pos), (p_graph, z) = recv, src
+    w_dist, w2, b2, wx1, bx1, wx2, wz1, bz1, wz2, w_messages = params
+    diff = pos[:, None, :] - z  # [M, C, D] x_i - z_c, coordinate precision
+    dist = pair_distance(diff, distance)  # [M, C, 1]
+    pre = p_graph + p_node[:, None, :].to(p_graph.dtype) + dist * w_dist.squeeze(-1)  # [M, C, H]
+    m = F.silu(F.linear(F.silu(pre), w2, b2))  # [M, C, H]
+    x_gate = F.linear(F.silu(F.linear(m, wx1, bx1)), wx2)  # [M, C, 1]
+    z_gate = F.linear(F.silu(F.linear(m, wz1, bz1)), wz2)  # [M, C, 1]
+    virtual_in = m.flatten(1) if aggregation == "concat" else m.mean(1)  # [M, C H] or [M, H]
+    return ((diff * x_gate.to(diff.dtype)).mean(1), F.linear(virtual_in, w_messages),
+            m.to(z.dtype), -diff * z_gate.to(diff.dtype))
 
 
 class FastEGNN(nn.Module):
@@ -172,8 +234,11 @@ class FastEGNN(nn.Module):
         virtual_distance: 'plain' |x_i - z_c| (published code) or 'squared' (paper).
         virtual_aggregation: 'concat' over ordered virtual nodes (published) or 'mean' (DistEGNN).
         gradient_checkpointing: checkpoint every k layers (0: off).
-        edge_chunk: K > 0 runs the real edges in chunks of K with recomputation in backward; 0: off.
-        kernel: "torch", "triton" or "auto" for the real edges (see scaleq.nn.message_passing).
+        edge_chunk: K > 0 runs the real edges in chunks of about K, and the real-virtual messages
+            in chunks of about K messages (K / C nodes), with recomputation in backward; "auto":
+            the same with K from the free memory; 0: off.
+        kernel: "auto", "torch" or "triton" for the real edges (see scaleq.nn.block_options); the
+            real-virtual messages take the torch path ("auto": plain or chunked by memory).
 
     Outputs: ``pos`` [N, D] predicted coordinates, ``virtual_pos`` [B * C, D] and ``virtual_h``
     [B * C, H] virtual coordinates and features, graph-major (rows b * C .. b * C + C - 1 belong
@@ -197,8 +262,8 @@ class FastEGNN(nn.Module):
         virtual_distance: VirtualDistance = "plain",
         virtual_aggregation: VirtualAggregation = "concat",
         gradient_checkpointing: int = 0,
-        edge_chunk: int = 0,
-        kernel: Kernel = "torch",
+        edge_chunk: EdgeChunk = 0,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1 or virtual_nodes < 1:
@@ -242,10 +307,11 @@ class FastEGNN(nn.Module):
         z = centre[:, None, :].expand(-1, self.virtual_nodes, -1).contiguous()  # [B, C, D]
         s = self.virtual_features.to(pos.dtype)[None].expand(num_graphs, -1, -1)  # [B, C, H]
         gravity = None if self.gravity is None else self.gravity.to(pos.dtype)
-        layout = edge_layout(batch, pos.shape[0])  # sorted once, shared by every layer
+        layout = EdgeLayout.from_batch(batch, pos.shape[0])  # sorted once, shared by every layer
+        nodes = EdgeLayout.per_node(graph, num_graphs)  # the real-virtual messages' layout, also shared
         steps = [
             functools.partial(
-                _layer_step, layer, vel=batch.vel, layout=layout, batch=graph, gravity=gravity,
+                _layer_step, layer, vel=batch.vel, layout=layout, batch=graph, nodes=nodes, gravity=gravity,
                 halo=getattr(batch, "halo", None),
             )
             for layer in self.layers

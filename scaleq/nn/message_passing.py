@@ -19,13 +19,18 @@ How it is computed (the function is the same, up to rounding):
   columns at run time), so state dicts and checkpoints stay as they were.
 - Edges are sorted by receiver once per model forward (:class:`EdgeLayout`, CSR ``ptr`` plus the
   sorted sources) and the layout is shared by all layers.
-- ``edge_chunk = K > 0``: the edges are walked in chunks of K (a chunk may end inside one
-  receiver's edges: the sums simply continue in the next chunk) keeping only node-level tensors,
-  and the backward recomputes each chunk's edge activations (:mod:`scaleq.nn.recompute`). Peak
-  memory is O(N H + K H) per layer instead of O(E H).
-- ``kernel="triton"`` (or ``"auto"`` on CUDA when Triton imports): fused Triton kernels compute
-  the forward sums and, recomputing, the backward without writing any per-edge tensor
-  (:mod:`scaleq.nn.triton_edges`); ``edge_chunk`` has no effect there.
+- Gathers at receivers and sums over them are sorted-segment operations
+  (:mod:`scaleq.nn.segments`: ``segment_reduce`` on CUDA, ``index_add_`` on the CPU); gathers
+  at sources are ``index_select`` (whose backward is ``index_add_``, not the sort-and-accumulate
+  backward of advanced indexing).
+- ``edge_chunk = K > 0``: the edges are walked in chunks of about K (runs of whole receivers)
+  keeping only node-level tensors, and the backward recomputes each chunk's edge activations
+  (:mod:`scaleq.nn.recompute`). Peak memory is O(N H + K H) per layer instead of O(E H).
+  ``edge_chunk="auto"``: chunks as large as the device's free memory allows.
+- ``kernel="triton"``: fused Triton kernels compute the forward sums and, recomputing, the
+  backward without writing any per-edge tensor (:mod:`scaleq.nn.triton_edges`); ``edge_chunk``
+  has no effect there. ``kernel="auto"`` (the default): the plain torch path while the edge
+  activations fit in free memory, the chunked one when not (:mod:`scaleq.nn.block_options`).
 - ``halo`` (graph parallelism): the source-side node tensors (the current positions and the
   source term W_j h) go through ``halo.extend`` before they are gathered by source index, so
   sources may be halo nodes held by other ranks.
@@ -35,17 +40,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaleq.nn.block_options import KERNELS, EdgeChunk, Kernel, check_block_options, chunk_rows, free_memory
 from scaleq.nn.edge_layout import EdgeLayout
+from scaleq.nn.mlp import split_columns
 from scaleq.nn.recompute import sum_over_edges
 
-Kernel = Literal["auto", "torch", "triton"]
-KERNELS = ("auto", "torch", "triton")
+__all__ = ["KERNELS", "EdgeChunk", "EdgeLayout", "EdgeSums", "Halo", "Kernel", "check_block_options", "edge_sums"]
+
+# [E, H]-sized tensors one edge row costs the torch path: the plain path keeps ~7 for backward
+# (EGNN, measured: 1.7 KB per edge and layer at H = 64, fp32) and its backward makes gradients of
+# about as many; a chunk's recomputation holds both at once
+EDGE_ROW_TENSORS = 12
 
 
 class Halo(Protocol):
@@ -94,7 +105,7 @@ def edge_sums(
     layout: EdgeLayout,
     *,
     halo: Halo | None = None,
-    edge_chunk: int = 0,
+    edge_chunk: EdgeChunk = 0,
     kernel: Kernel = "torch",
     radial_first: bool = False,
 ) -> EdgeSums:
@@ -105,17 +116,18 @@ def edge_sums(
         h, pos: the receivers' (owned nodes') features and positions.
         layout: the receiver-sorted edges (:meth:`EdgeLayout.build`).
         halo: under graph parallelism, extends source-side node tensors by the halo rows.
-        edge_chunk: K > 0 walks the edges in chunks of K with recomputation in backward; 0: all
-            edges at once with plain autograd.
-        kernel: "torch", "triton" (fused forward and backward kernels) or "auto" (Triton on CUDA if it imports).
+        edge_chunk: K > 0 walks the edges in chunks of about K with recomputation in backward;
+            "auto": the same, K from the free memory; 0: all edges at once with plain autograd
+            (unless ``kernel`` is "auto" and they do not fit).
+        kernel: "torch", "triton" (fused forward and backward kernels) or "auto" (torch, plain or
+            chunked by memory: :func:`scaleq.nn.block_options.chunk_rows`).
         radial_first: phi_e's first Linear reads [|d|^2, h_i, h_j, e] (EGHN) instead of
             [h_i, h_j, |d|^2, e] (EGNN, FastEGNN).
 
     Shapes:
         h: [N, H], pos: [N, D] -> EdgeSums(message_sum [N, H], coord_sum [N, D])
     """
-    if edge_chunk < 0:
-        raise ValueError(f"edge_chunk must be 0 (off) or a positive number of edges, got {edge_chunk}")
+    check_block_options(edge_chunk, kernel)
     if h.shape[0] != layout.num_nodes or pos.shape[0] != layout.num_nodes:
         raise ValueError(
             f"the edge layout has {layout.num_nodes} receivers but h has {h.shape[0]} rows and pos {pos.shape[0]}"
@@ -129,10 +141,10 @@ def edge_sums(
             f"{2 * hidden + 1 + layout.edge_attr.shape[-1]} for H={hidden}, Fe={layout.edge_attr.shape[-1]}"
         )
     if radial_first:
-        w_recv, w_src = weight[:, 1 : 1 + hidden], weight[:, 1 + hidden : 1 + 2 * hidden]
-        w_edge = torch.cat([weight[:, :1], weight[:, 1 + 2 * hidden :]], 1)
+        w_radial, w_recv, w_src, w_attr = split_columns(first, (1, hidden, hidden, layout.edge_attr.shape[-1]))
+        w_edge = torch.cat([w_radial, w_attr], 1)
     else:
-        w_recv, w_src, w_edge = weight[:, :hidden], weight[:, hidden : 2 * hidden], weight[:, 2 * hidden :]
+        w_recv, w_src, w_edge = split_columns(first, (hidden, hidden, 1 + layout.edge_attr.shape[-1]))
     # node terms, once per node: (W_i h + b) for receivers, W_j h for sources
     p_recv = F.linear(h, w_recv, first.bias)  # [N, H]
     p_src = F.linear(h, w_src)  # [N, H]
@@ -152,32 +164,44 @@ def edge_sums(
             layout, message_dtype, p_recv, p_src, pos, pos_src, layout.edge_attr, layout.edge_shift, *weights
         )
     else:
+        chunk = layout_chunk(layout, kernel, edge_chunk, EDGE_ROW_TENSORS * hidden * h.element_size())
         message_sum, coord_sum = sum_over_edges(
-            functools.partial(_edge_terms_fn, message_dtype=message_dtype), layout, edge_chunk,
+            functools.partial(_edge_terms_fn, message_dtype=message_dtype), layout, chunk,
             recv=(p_recv, pos), src=(p_src, pos_src), edge=(layout.edge_attr, layout.edge_shift), params=weights,
         )
     return EdgeSums(message_sum, coord_sum)
 
 
+def layout_chunk(layout: EdgeLayout, kernel: str, edge_chunk: EdgeChunk, bytes_per_row: int) -> int:
+    """Rows per chunk of the torch path over ``layout`` (0: all at once): the rule of
+    :func:`scaleq.nn.block_options.chunk_rows`, decided once per layout (every layer sharing it,
+    and a checkpointed layer's recomputation, take the same path)."""
+    if edge_chunk != "auto" and (edge_chunk > 0 or kernel != "auto"):
+        return chunk_rows(kernel, edge_chunk, layout.num_edges, bytes_per_row, None)
+    return layout.cached(
+        ("chunk", kernel, edge_chunk, bytes_per_row),
+        lambda: chunk_rows(kernel, edge_chunk, layout.num_edges, bytes_per_row, free_memory(layout.target.device)),
+    )
+
+
 def resolve_kernel(kernel: Kernel, pos: Tensor) -> bool:
-    """True when the fused Triton kernel should run: always for "triton"; for "auto" on CUDA with
-    fp32 coordinates when Triton imports (fp64 stays on the torch path there)."""
+    """True when the fused Triton kernel should run: only when asked for ("triton"). "auto" takes
+    the torch path: on the first GPU measurements it was 6x faster than the fused kernels
+    (:mod:`scaleq.nn.block_options`)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
-    if kernel == "torch":
+    if kernel != "triton":
         return False
     from scaleq.nn import triton_edges
 
-    if kernel == "triton":
-        if not triton_edges.available():
-            raise RuntimeError("kernel='triton' needs the triton package (pip install triton)")
-        if not triton_edges.usable_on(pos.device):
-            raise RuntimeError(
-                f"kernel='triton' cannot run on {pos.device.type} tensors here: it runs compiled on CUDA, and on "
-                "the CPU only under TRITON_INTERPRET=1 (set before triton is first imported)"
-            )
-        return True
-    return pos.device.type == "cuda" and pos.dtype == torch.float32 and triton_edges.usable_on(pos.device)
+    if not triton_edges.available():
+        raise RuntimeError("kernel='triton' needs the triton package (pip install triton)")
+    if not triton_edges.usable_on(pos.device):
+        raise RuntimeError(
+            f"kernel='triton' cannot run on {pos.device.type} tensors here: it runs compiled on CUDA, and on "
+            "the CPU only under TRITON_INTERPRET=1 (set before triton is first imported)"
+        )
+    return True
 
 
 def edge_terms(
@@ -222,7 +246,10 @@ def _edge_terms_fn(
 
 class FusedEdgeSums(torch.autograd.Function):
     """The block's sums with the fused Triton kernels (:mod:`scaleq.nn.triton_edges`): one kernel
-    over all edges forward, one that recomputes in registers backward. Not differentiable twice."""
+    over all edges forward, one that recomputes in registers backward. Their matrix products run
+    at the precision torch would use here (:func:`~scaleq.nn.triton_edges.matmul_precision`:
+    autocast's dtype, TF32 where torch allows it for CUDA matmuls), chosen in forward and kept
+    for backward. Not differentiable twice."""
 
     @staticmethod
     def forward(
@@ -237,11 +264,14 @@ class FusedEdgeSums(torch.autograd.Function):
         edge_shift: Tensor | None,
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        from scaleq.nn.triton_edges import fused_edge_sums
+        from scaleq.nn.triton_edges import fused_edge_sums, matmul_precision
 
         ctx.layout = layout
+        ctx.precision = matmul_precision(pos.dtype, pos.device)
         ctx.save_for_backward(p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params)
-        return fused_edge_sums(layout, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params, message_dtype)
+        return fused_edge_sums(
+            layout, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params, message_dtype, ctx.precision
+        )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -252,7 +282,7 @@ class FusedEdgeSums(torch.autograd.Function):
         needs = ctx.needs_input_grad[2:]  # p_recv, p_src, pos, pos_src, edge_attr, edge_shift, *params
         grads = fused_edge_grads(
             ctx.layout, grad_message, grad_coord, p_recv, p_src, pos, pos_src, edge_attr, edge_shift, params,
-            need_attr=needs[4], need_shift=needs[5],
+            need_attr=needs[4], need_shift=needs[5], precision=ctx.precision,
         )
         node_grads = [g if need else None for g, need in zip(grads[:4], needs[:4])]
         param_grads = [g if need else None for g, need in zip(grads.weights, needs[6:])]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -35,3 +37,22 @@ def cat_features(parts: list[Tensor]) -> Tensor:
     outputs are bf16 while coordinates and distances stay fp32."""
     dtype = parts[0].dtype
     return torch.cat([p.to(dtype) for p in parts], dim=-1)
+
+
+def split_columns(linear: nn.Linear, widths: Sequence[int]) -> list[Tensor]:
+    """The weight of ``linear`` cut by input columns into blocks of ``widths``, in order.
+
+    W [x_1, ..., x_k] + b = W_1 x_1 + ... + W_k x_k + b: a Linear over concatenated inputs can
+    run block by block, each block where it is cheapest (per node instead of per edge, per
+    graph instead of per node). The module is unchanged (its weight is sliced at run time), so
+    state dicts and checkpoints stay as they were; the slices are views, autograd-tracked.
+
+    Shapes: linear.weight [out, sum(widths)] -> [out, widths[k]] each
+    """
+    if sum(widths) != linear.in_features:
+        raise ValueError(f"cannot split a Linear with {linear.in_features} inputs into blocks of {list(widths)}")
+    blocks, start = [], 0
+    for width in widths:
+        blocks.append(linear.weight[:, start : start + width])
+        start += width
+    return blocks

@@ -16,6 +16,7 @@ from scaleq.nn import triton_edges
 PATHS: dict[str, dict[str, object]] = {
     "chunk1": {"edge_chunk": 1},
     "chunk5": {"edge_chunk": 5},
+    "chunk-auto": {"edge_chunk": "auto"},  # sized from free memory: one chunk of every edge here
     "triton": {"kernel": "triton"},
     "triton-chunk5": {"kernel": "triton", "edge_chunk": 5},
 }

@@ -30,8 +30,8 @@ class TrainState:
     best_epoch: int = -1
     test_mse_at_best: float = float("nan")
     epochs_without_improvement: int = 0
-    # Sums over the batches of ``epoch`` trained so far, all ranks together: [loss, mse, mmd,
-    # connectivity, batches]. Restored on resume, so the epoch's train loss counts every batch.
+    # Sums over the batches of ``epoch`` trained so far, all ranks together: [loss, *LOSS_PARTS
+    # (scaleq.losses), batches]. Restored on resume, so the epoch's train loss counts every batch.
     epoch_sums: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -44,11 +44,10 @@ from scaleq.config import Config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
-from scaleq.losses import squared_error_sum, training_loss
+from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
 from scaleq.train.checkpoint import BEST, LAST, CheckpointError, TrainState, rng_state, set_rng_state
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
-LOSS_PARTS = ("mse", "mmd", "connectivity")  # the parts training_loss may return, logged as train_<part>
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
                   "epoch_seconds"]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -157,7 +156,7 @@ class Trainer:
             for split in ("valid", "test")
         }
         self.state = TrainState()
-        # [loss, mse, mmd, connectivity, batches] of the epoch in progress, on the device
+        # [loss, *LOSS_PARTS, batches] of the epoch in progress, on the device
         self._sums = torch.zeros(len(LOSS_PARTS) + 2, dtype=torch.float64, device=engine.device)
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -227,8 +226,11 @@ class Trainer:
                     train_loss = values["train_loss"]
                     epochs.set_postfix(loss=f"{train_loss:.3g}", best_val=f"{state.best_val_mse:.3g}")
                     if "val_mse" in values:
+                        parts = {k.removeprefix("train_"): v for k, v in values.items() if k.startswith("train_")}
+                        # a total with more than the MSE in it is shown with its parts (it can be negative)
+                        explained = f" ({explain_total(parts, self.config.loss)})" if len(parts) > 2 else ""
                         epochs.write(
-                            f"epoch {epoch + 1:4d}  train loss {train_loss:.5f}  val MSE {values['val_mse']:.5f}"
+                            f"epoch {epoch + 1:4d}  train loss {train_loss:.5f}{explained}  val MSE {values['val_mse']:.5f}"
                             f"  best {state.best_val_mse:.5f} (epoch {state.best_epoch + 1})"
                         )
                 end = EpochEnd(epoch + 1, state.step, self.model, engine, logger.tensorboard if logger is not None else None)
@@ -297,7 +299,7 @@ class Trainer:
         batches = totals[-1]
         mean = (lambda v: v / batches) if batches > 0 else (lambda v: math.nan)
         losses = {"train_loss": mean(totals[0])}
-        weights = {"mse": 1.0, "mmd": self.config.loss.mmd_weight, "connectivity": self.config.loss.connectivity_weight}
+        weights = term_weights(self.config.loss)
         for i, part in enumerate(LOSS_PARTS, start=1):
             if weights[part] > 0:  # a part that is off stays empty in the CSV
                 losses[f"train_{part}"] = mean(totals[i])

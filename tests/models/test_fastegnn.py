@@ -179,3 +179,55 @@ def test_every_block_path_is_equivariant(dtype, path):
 def test_gradient_checkpointing_works_on_top_of_chunking():
     model = make_model(gradient_checkpointing=2, edge_chunk=4).double()
     assert_paths_agree(model, double(make_batch()), {"edge_chunk": 4}, fast_loss, rtol=1e-10, atol=1e-10)
+
+
+# -- memory: what the backward keeps per node --------------------------------------------------------
+
+
+def saved_bytes(model, batch):
+    """Bytes of the distinct storages autograd keeps for the backward of ``model(batch)``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(batch)
+    return sum(storages.values())
+
+
+def test_chunked_real_virtual_messages_keep_no_per_node_memory_of_the_virtual_nodes():
+    """Bytes kept per node, from two graph sizes: with ``edge_chunk`` the same for C = 1 and C = 6
+    virtual nodes (the [N, C, H] messages are recomputed in backward); plain, they grow with C."""
+    hidden, layers = 16, 2
+    batches = [GraphBuilder(kind="radius", radius=0.9)(random_batch(num_graphs=2, nodes=(n, n), seed=3))
+               for n in (40, 160)]
+    added_nodes = batches[1].num_nodes - batches[0].num_nodes
+    per_node = {}
+    for chunk in (0, 64):
+        for c in (1, 6):
+            model = make_model(virtual_nodes=c, hidden=hidden, layers=layers, edge_chunk=chunk)
+            kept = [saved_bytes(model, batch) for batch in batches]
+            per_node[chunk, c] = (kept[1] - kept[0]) / added_nodes
+    assert per_node[64, 6] == per_node[64, 1]
+    assert per_node[0, 6] - per_node[0, 1] >= 5 * hidden * 4 * layers  # plain: at least an [N, C, H] per layer
+
+
+def test_chunked_real_virtual_messages_under_bf16_autocast():
+    """bf16 autocast: the chunked path's recomputation runs under the forward's autocast state;
+    outputs and gradients match the plain path's to bf16 rounding, coordinates stay fp32."""
+    batch = make_batch(kind="radius")
+    results = []
+    for chunk in (0, 5):
+        model = make_model(edge_chunk=chunk)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+            fast_loss(out).backward()
+        assert out["pos"].dtype == torch.float32 and out["virtual_pos"].dtype == torch.float32
+        # the last layer's feature update feeds no output: no gradient there (plain) or zeros (chunked)
+        grads = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in model.parameters()])
+        results.append({"pos": out["pos"].detach(), "virtual_h": out["virtual_h"].detach().float(), "gradients": grads})
+    for key, expected in results[0].items():  # bf16 rounding differs by summation order: compare norms
+        error = (results[1][key] - expected).norm() / expected.norm()
+        assert error < 2e-2, f"{key}: relative error {error:.3g}"

@@ -49,7 +49,7 @@ def run_block(layer, edge_index, edge_attr, h, pos, edge_shift=None, halo=None, 
     pos = pos.clone().requires_grad_()
     layout = EdgeLayout.build(edge_index, pos.shape[0], edge_attr, edge_shift)
     sums = edge_sums(layer.phi_e, layer.phi_x, h, pos, layout, halo=halo, **options)
-    weight_m = torch.linspace(-1, 1, sums.message_sum.numel(), dtype=h.dtype).view_as(sums.message_sum)
+    weight_m = torch.linspace(-1, 1, sums.message_sum.numel(), dtype=h.dtype, device=h.device).view_as(sums.message_sum)
     loss = (sums.message_sum * weight_m).sum() + sums.coord_sum.pow(2).sum()
     params = [layer.phi_e[0].weight, layer.phi_e[0].bias, layer.phi_e[2].weight, layer.phi_e[2].bias,
               layer.phi_x[0].weight, layer.phi_x[0].bias, layer.phi_x[2].weight]
@@ -352,7 +352,7 @@ def test_every_path_on_cuda_equals_the_plain_torch_path(options):
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 @pytest.mark.parametrize("options", [{"kernel": "triton"}, {"edge_chunk": 7}], ids=["triton", "chunk7"])
 def test_every_path_under_bf16_autocast(device, options):
-    """bf16 autocast: the edge MLPs in bf16 (the Triton kernels widen to fp32), coordinates fp32."""
+    """bf16 autocast: the edge MLPs in bf16 (the Triton kernels: bf16 operands, fp32 activations), coordinates fp32."""
     skip_without_triton(options, device)
     layer = make_layer(torch.float32).to(device)
     graph = [t.to(device) for t in random_graph(dtype=torch.float32)]
@@ -360,6 +360,9 @@ def test_every_path_under_bf16_autocast(device, options):
         got = run_block(layer, *graph, **options)
         expected = run_block(layer, *graph)
     assert got[1].dtype == torch.float32  # coordinates stay fp32
+    # the kernels round their weight products' operands to bf16 as torch does; Triton's interpreter
+    # rounds toward zero where compiled code rounds to nearest (tests/nn/test_triton_edges.py)
+    limit = 4e-2 if options.get("kernel") == "triton" and device == "cpu" else 2e-2
     for k, (a, b) in enumerate(zip(got, expected)):  # bf16 rounding differs by summation order: compare norms
         error = (a.float() - b.float()).norm() / b.float().norm()
-        assert error < 2e-2, f"tensor {k}: relative error {error:.3g}"
+        assert error < limit, f"tensor {k}: relative error {error:.3g}"
