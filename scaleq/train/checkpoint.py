@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,33 @@ class TrainState:
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read (truncated, damaged, or not a scaleq checkpoint)."""
+    """A checkpoint cannot be read (truncated, damaged, or not a scaleq checkpoint), or does not
+    fit the model its run's config builds."""
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([^:\s]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+_MISSING = re.compile(r'Missing key\(s\) in state_dict: "([^"]+)"')
+_UNEXPECTED = re.compile(r'Unexpected key\(s\) in state_dict: "([^"]+)"')
+
+
+def state_dict_mismatch(err: BaseException) -> str | None:
+    """The first tensor that keeps a checkpoint from loading into the model (torch's
+    ``load_state_dict`` refusal, under any engine), in words; None when ``err`` is not that."""
+    text = str(err)
+    if "Error(s) in loading state_dict" not in text:
+        if "doesn't match the size of optimizer's group" in text:
+            return "its optimizer state has parameter groups of other sizes than the model's"
+        return None
+    found = [(m.start(), m) for m in (p.search(text) for p in (_SIZE_MISMATCH, _MISSING, _UNEXPECTED)) if m]
+    if not found:
+        return text.strip().splitlines()[-1].strip()
+    match = min(found, key=lambda item: item[0])[1]
+    if match.re is _SIZE_MISMATCH:
+        return f"tensor '{match[1]}' is {match[2]} in the checkpoint, {match[3]} in the model"
+    if match.re is _MISSING:
+        return f"the model has a tensor '{match[1]}' that the checkpoint lacks"
+    return f"the checkpoint has a tensor '{match[1]}' that the model lacks"
 
 
 def rng_state() -> dict[str, Any]:
