@@ -107,19 +107,24 @@ def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | Non
                  address: str | None = None) -> dict[str, Any]:
     """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics. A
     worker's user error or run failure is raised here as the worker raised it."""
+    import ray
+
+    joined = ray.is_initialized()
     connect(address)
     trainer = make_trainer(config, resume=resume, resume_from=resume_from)
     try:
         result = trainer.fit()
+        error = result.error  # older Ray Train returns the failure instead of raising it
     except Exception as err:
-        original = worker_error(err)
-        if original is None:
-            raise
-        raise original from None
-    if result.error is not None:  # older Ray Train returns the failure instead of raising it
-        original = worker_error(result.error)
-        raise original if original is not None else result.error
-    return dict(result.metrics or {})
+        error = err
+    if error is None:
+        return dict(result.metrics or {})
+    original = worker_error(error)
+    if original is None:
+        raise error
+    if not joined:  # a Ray this call started: stopped now, so its forwarded worker logs end before the error line
+        ray.shutdown()
+    raise original from None
 
 
 def worker_error(err: BaseException) -> BaseException | None:
@@ -165,7 +170,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if restart:  # within this launch: continue from what it reported last
             resume_from = None
     engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics, launch)
-    summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from)
+    try:
+        summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from)
+    except Exception as err:
+        if exit_code(err) is None:
+            raise
+        # the driver prints this error's one line: Ray's log of it needs no chain of causes
+        err.__cause__, err.__suppress_context__ = None, True
+        raise err.with_traceback(None) from None
     # Result.metrics are those of the last report with a checkpoint: attach the final one.
     _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)}, launch)
 
