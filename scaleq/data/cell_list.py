@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from scaleq.data.graph_memory import check_edges_fit, edges_fit
+from scaleq.data.graph_memory import check_edges_fit, edges_fit, pair_budget
 
 # Cells are a little wider than r, so that no pair whose float32 squared distance rounds below r^2
 # can sit two cells apart.
@@ -340,6 +340,8 @@ def cell_list_radius_graph(
         edge_index, shift, num_capped = cell_pairs_triton(pos, table, batch, r2, max_num_neighbors, radius)
     else:
         chunk = chunk_pairs or DEFAULT_CHUNK_PAIRS["cuda" if pos.is_cuda else "cpu"]
+        budget = pair_budget(num_nodes, max_num_neighbors)
+        chunk = min(chunk, budget) if budget is not None else chunk  # about N x cap pairs at once, at most
         edge_index, shift, num_capped = _pairs_torch(pos.contiguous(), table, batch, r2, max_num_neighbors, chunk, radius)
     return RadiusEdges(edge_index, shift, num_capped)
 
