@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,35 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: not a scaleq checkpoint (expected a dict with a 'model' state dict)")
     return state["model"]
+
+
+def unreadable_part(path: Path) -> str | None:
+    """Why the checkpoint ``path`` cannot be read, found without loading it (None: it looks whole):
+    the zip directory of the file, and for a DeepSpeed pointer the zip directory of every file in
+    its tag folder, every rank's shards included. One process checks this before a multi-rank
+    resume, so that every rank refuses a damaged shard together instead of the one that owns it
+    failing while the others wait in DeepSpeed's collectives."""
+    try:
+        with zipfile.ZipFile(path):
+            pass
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign files raise many types
+        return f"{type(err).__name__}: {str(err).strip()[:200]}"
+    from scaleq.distributed.deepspeed_checkpoint import is_pointer
+
+    if not is_pointer(state):
+        return None
+    tag_dir = path.parent / str(state["folder"]) / str(state["tag"])
+    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
+    if not files:
+        return f"its DeepSpeed folder {tag_dir} is missing or empty"
+    for file in files:
+        try:
+            with zipfile.ZipFile(file):
+                pass
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"{file.relative_to(path.parent)}: {err}"
+    return None
 
 
 def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> dict[str, torch.Tensor]:
