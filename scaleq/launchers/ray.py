@@ -159,6 +159,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     engine = engine_from_config(config, device=str(ray.train.torch.get_device()))
     resume, resume_from, launch = loop_config["resume"], loop_config.get("resume_from"), loop_config.get("launch")
     checkpoint = ray.train.get_checkpoint()
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        # A fresh launch's directory was made empty by the driver: a checkpoint in it was written
+        # by this launch's earlier group, killed before Ray registered its report (a restart).
+        resume = True
     if checkpoint is not None:  # a restart after a failure, or a rerun of the same RunConfig
         with checkpoint.as_directory() as folder:
             restart = _launch_of(Path(folder)) == launch
