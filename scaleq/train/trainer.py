@@ -44,7 +44,7 @@ from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.eval.rollout_hook import rollout_during_training
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
-from scaleq.train.checkpoint import CheckpointError, TrainState, rng_state, set_rng_state
+from scaleq.train.checkpoint import CheckpointError, TrainState, rng_state, set_rng_state, state_dict_mismatch
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
 LAST, BEST = "last.pt", "best.pt"
@@ -181,6 +181,12 @@ class Trainer:
             state = TrainState(**extra["state"])
             set_rng_state(extra["rng"])
         except Exception as err:  # torch, pickle, zip and DeepSpeed raise many types for damaged files
+            mismatch = state_dict_mismatch(err)
+            if mismatch is not None:  # a readable checkpoint, of another model: say so, not "damaged"
+                raise CheckpointError(
+                    f"{path}: does not fit the model of {self.run_dir / 'config.yaml'} ({mismatch}); resume it with "
+                    "the config it was written with, or start a new run"
+                ) from None
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise CheckpointError(
                 f"{path}: checkpoint is damaged or unreadable ({type(err).__name__}: {reason}); resume from "
