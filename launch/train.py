@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the resolved config (file, extends and overrides, every default) as YAML and exit")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
     return train_command(args)
 
 

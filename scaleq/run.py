@@ -22,7 +22,7 @@ from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything
+from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything, unreadable_part
 from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
@@ -139,14 +139,26 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
 
 def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
     if resume_from is None:
+        _refuse_unreadable(trainer.engine, run_dir / "checkpoints" / LAST)
         if not trainer.resume():
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
         return
     named = {"last": LAST, "best": BEST}
     path = run_dir / "checkpoints" / named[resume_from] if resume_from in named else Path(resume_from)
+    _refuse_unreadable(trainer.engine, path)
     if not trainer.resume(path):
         raise CheckpointError(f"{path}: no such checkpoint to resume from")
     print(f"resumed from {path}", flush=True)
+
+
+def _refuse_unreadable(engine: Engine, path: Path) -> None:
+    """Every rank refuses a checkpoint with an unreadable file (a DeepSpeed shard of one rank
+    included) together, with the same line; rank 0 looks (see :func:`unreadable_part`)."""
+    problem = unreadable_part(path) if engine.is_main and path.is_file() else None
+    problem = engine.broadcast_object(problem)
+    if problem is not None:
+        raise CheckpointError(f"{path}: checkpoint is damaged or unreadable ({problem}); resume from another with "
+                              "--resume-from best (or a path), or start a new run")
 
 
 def _summarise(

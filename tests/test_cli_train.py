@@ -187,3 +187,62 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, pristine: Path, t
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(errors) == 1 and re.search(case.message, errors[0]), result.stderr[-3000:]
     assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
+
+
+# -- a radius far too large for the data, under an address-space limit -------------------------
+
+DENSE_NODES = 3000  # per graph; two graphs a batch: 2 x 3000 x 2999 ~ 18 M edges within r = 50
+
+
+@pytest.fixture(scope="module")
+def dense_store(tmp_path_factory):
+    """Splits of 2, 1 and 1 trajectories of DENSE_NODES particles: a radius of 50 reaches them all."""
+    from scaleq.data.store import StoreAttrs, write_store
+    from scaleq.testing.stores import random_walk_trajectories
+
+    root = tmp_path_factory.mktemp("dense")
+    attrs = StoreAttrs(kind="synthetic", dim=3, dt=0.1, feature_names=["type"])
+    for seed, (split, count) in enumerate((("train", 2), ("valid", 1), ("test", 1))):
+        write_store(root / f"{split}.zarr", attrs, random_walk_trajectories(count, 5, DENSE_NODES, seed=seed))
+    return root
+
+
+def address_space_limit(margin: int) -> Callable[[], None]:
+    """RLIMIT_AS at ``margin`` bytes above what the CLI's imports take (measured in a probe child)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv = ['x']; import runpy; "
+         "runpy.run_path('launch/train.py', run_name='probe'); "
+         "print([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1])"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        check=True)
+    limit = int(probe.stdout.split()[-1]) * 1024 + margin
+
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return preexec
+
+
+@pytest.mark.parametrize("backend", ["torch_cluster", "cell_list"])
+def test_a_radius_far_too_large_fails_before_allocating_and_a_cap_bounds_its_memory(dense_store, tmp_path, backend):
+    # the CLI's address space grows by ~0.6 GiB after its imports (threads, arenas, data, model); a
+    # capped search adds ~0.4 GiB of chunk temporaries
+    limit = address_space_limit(1180 * 2**20)
+    args = ["--config", "configs/default.yaml", f"data.path={dense_store}", f"out_dir={tmp_path / 'runs'}",
+            "data.input_frame=2", "data.delta=2", "data.velocity=backward", "data.batch_size=2",
+            "graph.kind=radius", "graph.radius=50", f"graph.backend={backend}", "model.hidden=8", "model.layers=1",
+            "train.epochs=1", "train.progress=false"]
+    # no effective cap: ~18 M edges, ~1.07 GiB for the graph alone, more than the limit leaves
+    refused = cli([*args, "name=uncapped", "graph.max_num_neighbors=10000000"], limit)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr and len(errors) == 1, refused.stderr[-3000:]
+    assert re.fullmatch(r"error: radius graph: r=50 with max_num_neighbors=10000000 gives 17,994,000 edges for "
+                        r"6,000 nodes \(2,999 per node\), about 1\.07 GiB, but cpu has \d\.\d\d GiB free; lower "
+                        r"graph\.radius .*", errors[0]), errors[0]
+    assert not (tmp_path / "runs" / "uncapped").exists()  # nothing left behind
+    # the cap the issue's user had: 64 nearest per node, in the same limit, trains to the end
+    capped = cli([*args, "name=capped", "graph.max_num_neighbors=64"], limit)
+    assert capped.returncode == 0, capped.stderr[-3000:]
+    assert "have more than max_num_neighbors=64 neighbours within r=50" in capped.stderr
+    assert (tmp_path / "runs" / "capped" / "checkpoints" / "last.pt").is_file()

@@ -28,6 +28,7 @@ distance r within rounding).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,8 @@ import torch
 from torch import Tensor
 
 from scaleq.data.cell_table import CellTable, build_cell_table, check_box_sides
+from scaleq.data.graph_memory import check_edges_fit, edges_fit, pair_budget
+from scaleq.data.nearest import keep_nearest
 from scaleq.triton_status import triton_status
 
 # Candidate pairs held at once by the torch path (each costs ~80 bytes of temporaries).
@@ -88,26 +91,84 @@ def squared_distance(diff: Tensor, box_length: Tensor | None) -> tuple[Tensor, T
 
 
 def _pairs_torch(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, max_num_neighbors: int | None,
-                 chunk_pairs: int) -> tuple[Tensor, Tensor | None, int]:
+                 chunk_pairs: int, radius: float) -> tuple[Tensor, Tensor | None, int]:
     """Every pair closer than r (edge_index [2, E] sorted by target), the periodic shifts [E, D]
     (None without a box) and how many targets have more than ``max_num_neighbors`` neighbours;
     target by target in chunks of at most ``chunk_pairs`` candidates (one target with more is
-    one chunk)."""
+    one chunk). With a cap, each chunk keeps only its targets' nearest ``max_num_neighbors``
+    before the next chunk is searched, so at most N x cap edges are ever held, however dense the
+    data. Before the search, the edges it may produce are checked against the free memory (an
+    upper bound from the cells; counted exactly only when that bound does not fit)."""
+    num_nodes = pos.shape[0]
+    candidates = table.seg_count.sum(1)[table.cell_of_node]  # candidates of each target (itself included)
+    ends = torch.cumsum(candidates, 0).cpu()
+    bound = (candidates - 1).clamp(max=max_num_neighbors) if max_num_neighbors is not None else candidates - 1
+    bound = int(bound.sum())
+    if not edges_fit(bound, pos.device):
+        counted = _count_edges(pos, table, batch, r2, max_num_neighbors, candidates, ends, chunk_pairs)
+        check_edges_fit(counted, num_nodes=num_nodes, radius=radius, max_num_neighbors=max_num_neighbors,
+                        device=pos.device, exact=True)
+    sources, targets, shifts = [], [], []
+    num_capped = torch.zeros((), dtype=torch.long, device=pos.device)
+    for source, target, shift in close_pairs(pos, table, batch, r2, candidates, ends, chunk_pairs):
+        if max_num_neighbors is not None:
+            num_capped += (torch.bincount(target, minlength=num_nodes) > max_num_neighbors).sum()
+            keep = keep_nearest(torch.stack([source, target]), pos, max_num_neighbors, shift).nonzero().squeeze(1)
+            source, target = source.index_select(0, keep), target.index_select(0, keep)
+            shift = shift.index_select(0, keep) if shift is not None else None
+        sources.append(source)
+        targets.append(target)
+        if shift is not None:
+            shifts.append(shift)
+    edge_index = torch.stack([torch.cat(sources), torch.cat(targets)])
+    return edge_index, torch.cat(shifts) if shifts else None, int(num_capped)
+
+
+def _count_edges(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, max_num_neighbors: int | None,
+                 candidates: Tensor, ends: Tensor, chunk_pairs: int) -> int:
+    """The count pass: how many edges the capped graph has, chunk by chunk, none of them kept."""
+    counted = 0
+    for _, target, _ in close_pairs(pos, table, batch, r2, candidates, ends, chunk_pairs):
+        degree = torch.bincount(target, minlength=pos.shape[0])
+        counted += int(degree.clamp(max=max_num_neighbors).sum() if max_num_neighbors is not None else degree.sum())
+    return counted
+
+
+@torch.no_grad()
+def count_radius_edges(pos: Tensor, radius: float, batch: Tensor, num_graphs: int, max_num_neighbors: int | None,
+                       chunk_pairs: int | None = None) -> int:
+    """How many edges the radius graph has (each node's counted up to ``max_num_neighbors``),
+    found with the cell list in chunks of ``chunk_pairs`` candidates, holding no edge.
+    Shapes: pos [N, D], batch [N] -> an int."""
+    _check_inputs(pos, radius, batch, num_graphs, None)
+    if pos.shape[0] == 0:
+        return 0
+    batch = batch.long()
+    r2 = torch.full((), radius * radius, dtype=pos.dtype, device=pos.device)
+    table = build_cell_table(pos, radius, batch, num_graphs)
+    candidates = table.seg_count.sum(1)[table.cell_of_node]
+    chunk = chunk_pairs or DEFAULT_CHUNK_PAIRS["cuda" if pos.is_cuda else "cpu"]
+    return _count_edges(pos.contiguous(), table, batch, r2, max_num_neighbors, candidates,
+                        torch.cumsum(candidates, 0).cpu(), chunk)
+
+
+def close_pairs(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, candidates: Tensor, ends: Tensor,
+                 chunk_pairs: int) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    """The pairs closer than r (source [M], target [M], shift [M, D] or None; no self pairs),
+    sorted by target, chunk by chunk of whole targets (``candidates`` [N]: each target's
+    candidate count, ``ends`` its cumulative sum on the host)."""
     num_nodes, num_offsets = pos.shape[0], table.seg_count.shape[1]
     device = pos.device
     pos_sorted = pos.index_select(0, table.order)  # sources are read by slot: neighbours lie close in memory
-    per_node = table.seg_count.sum(1)[table.cell_of_node]  # candidates of each target (itself included)
-    ends = torch.cumsum(per_node, 0).cpu()
     total = int(ends[-1])
     cuts = torch.searchsorted(ends, torch.arange(1, -(-total // chunk_pairs)) * chunk_pairs, right=True).tolist()
     bounds = sorted(set([0, *cuts, num_nodes]))
-    sources, targets, shifts = [], [], []
     for a, b in zip(bounds[:-1], bounds[1:]):
         cells = table.cell_of_node[a:b]
         seg_len = table.seg_count[cells].reshape(-1)  # [T S], target-major
         seg_beg = table.seg_start[cells].reshape(-1)
         m = int(ends[b - 1]) - (int(ends[a - 1]) if a else 0)
-        counts = per_node[a:b]
+        counts = candidates[a:b]
         # candidate c of segment s reads slot seg_beg[s] + (c - first candidate of s)
         seg_id = torch.repeat_interleave(torch.arange(seg_len.numel(), device=device), seg_len, output_size=m)
         slot = torch.arange(m, device=device) + (seg_beg - (torch.cumsum(seg_len, 0) - seg_len)).index_select(0, seg_id)
@@ -120,15 +181,8 @@ def _pairs_torch(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, max_n
         source = table.order.index_select(0, slot.index_select(0, close))
         target = a + torch.div(seg_id.index_select(0, close), num_offsets, rounding_mode="floor")
         not_self = (source != target).nonzero().squeeze(1)
-        sources.append(source.index_select(0, not_self))
-        targets.append(target.index_select(0, not_self))
-        if shift is not None:
-            shifts.append(shift.index_select(0, close).index_select(0, not_self))
-    edge_index = torch.stack([torch.cat(sources), torch.cat(targets)])
-    shift = torch.cat(shifts) if shifts else None
-    if max_num_neighbors is None:
-        return edge_index, shift, 0
-    return edge_index, shift, int((torch.bincount(edge_index[1], minlength=num_nodes) > max_num_neighbors).sum())
+        shift = shift.index_select(0, close).index_select(0, not_self) if shift is not None else None
+        yield source.index_select(0, not_self), target.index_select(0, not_self), shift
 
 
 @torch.no_grad()  # edges and shifts carry no gradient
@@ -144,8 +198,15 @@ def cell_list_radius_graph(
     in Triton's interpreter, slowly, which is how the tests check it) or 'auto' (Triton on CUDA when
     installed, else torch). ``num_graphs`` defaults to max(batch) + 1 (a host read).
 
+    With a cap, no path holds more than about N x cap candidate pairs at once (targets are
+    searched in blocks, each cut to its nearest before the next), so a radius far too large for
+    the data costs time, not memory. Edges that would not fit in the device's free memory (no cap,
+    or a cap too large for N) raise :class:`~scaleq.data.graph_memory.GraphSizeError` before the
+    output is allocated.
+
     The Triton path reads the device only for sizes it must allocate: the number of occupied cells,
-    then the edge count (with the number of capped nodes in the same read).
+    then the edge count (with the number of capped nodes in the same read), then, when the capped
+    search needs several blocks, one count per block.
 
     Shapes:
         pos: [N, D], batch: [N], box: [B, D, 2] -> RadiusEdges(edge_index [2, E], edge_shift [E, D])
@@ -167,49 +228,10 @@ def cell_list_radius_graph(
     if use_triton:
         from scaleq.data.cell_list_kernels import cell_pairs_triton
 
-        edge_index, shift, num_capped = cell_pairs_triton(pos, table, batch, r2, max_num_neighbors)
+        edge_index, shift, num_capped = cell_pairs_triton(pos, table, batch, r2, max_num_neighbors, radius)
     else:
         chunk = chunk_pairs or DEFAULT_CHUNK_PAIRS["cuda" if pos.is_cuda else "cpu"]
-        edge_index, shift, num_capped = _pairs_torch(pos.contiguous(), table, batch, r2, max_num_neighbors, chunk)
-    if num_capped:
-        assert max_num_neighbors is not None
-        keep = keep_nearest(edge_index, pos, max_num_neighbors, shift)
-        edge_index = edge_index[:, keep]
-        shift = shift[keep] if shift is not None else None
+        budget = pair_budget(num_nodes, max_num_neighbors)
+        chunk = min(chunk, budget) if budget is not None else chunk  # about N x cap pairs at once, at most
+        edge_index, shift, num_capped = _pairs_torch(pos.contiguous(), table, batch, r2, max_num_neighbors, chunk, radius)
     return RadiusEdges(edge_index, shift, num_capped)
-
-
-def keep_nearest(edge_index: Tensor, pos: Tensor, max_num_neighbors: int, edge_shift: Tensor | None = None) -> Tensor:
-    """Which edges to keep so that no target has more than ``max_num_neighbors``: all edges of
-    targets with at most that many, and for the others their nearest sources. Ties are broken by
-    the source's position (lexicographically, axis 0 first), which relabelling the nodes does not
-    change; only sources at the very same position fall back to their index. Kept edges stay in
-    their input order.
-
-    Shapes:
-        edge_index: [2, E], pos: [N, D], edge_shift: [E, D] or None -> [E] bool
-    """
-    source, target = edge_index
-    degree = torch.bincount(target, minlength=pos.shape[0])
-    capped = degree[target] > max_num_neighbors
-    ids = capped.nonzero().squeeze(1)
-    s, t = source[ids], target[ids]
-    diff = pos[t] - pos[s]
-    if edge_shift is not None:
-        diff = diff + edge_shift[ids]
-    d2 = diff[:, 0] * diff[:, 0]
-    for axis in range(1, pos.shape[1]):
-        d2 = d2 + diff[:, axis] * diff[:, axis]
-    # lexicographic sort by (target, d2, source position axis 0, 1, ..., source index): stable
-    # sorts from the least significant key up
-    perm = torch.argsort(s, stable=True)
-    for axis in reversed(range(pos.shape[1])):
-        perm = perm[torch.argsort(pos[s[perm], axis], stable=True)]
-    perm = perm[torch.argsort(d2[perm], stable=True)]
-    perm = perm[torch.argsort(t[perm], stable=True)]
-    t_sorted = t[perm]
-    per_target = torch.bincount(t_sorted, minlength=pos.shape[0])
-    rank = torch.arange(t_sorted.numel(), device=pos.device) - (torch.cumsum(per_target, 0) - per_target)[t_sorted]
-    keep = ~capped
-    keep[ids[perm[rank < max_num_neighbors]]] = True
-    return keep

@@ -19,8 +19,10 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from scaleq.config import GraphConfig
-from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, keep_nearest
+from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, count_radius_edges
 from scaleq.data.cell_table import check_box_sides
+from scaleq.data.graph_memory import check_edges_fit, edges_fit, pair_budget
+from scaleq.data.nearest import keep_nearest
 from scaleq.graph_options import (
     Backend,
     EdgeAttrKind,
@@ -86,31 +88,62 @@ def radius_graph(
 def _torch_cluster_radius_graph(pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int, num_graphs: int) -> RadiusEdges:
     """torch-cluster keeps the first neighbours it meets, not the nearest: ask it for one more than
     the cap; when some node reaches that, ask again for those nodes with larger caps until their
-    neighbourhoods are complete, then keep the nearest. Its output comes sorted by target."""
-    if pos.shape[0] == 0:
+    neighbourhoods are complete, then keep the nearest. Its output comes sorted by target.
+
+    The second search runs on blocks of the capped nodes of about N x (cap + 1) pairs each, every
+    block cut to its nearest before the next, so memory stays about N x cap however dense the data
+    (a radius far too large costs time, not memory). Before the first search, N x (cap + 1) edges
+    are checked against the free memory (counted exactly with the cell list when that bound does
+    not fit)."""
+    num_nodes = pos.shape[0]
+    if num_nodes == 0:
         return RadiusEdges(batch.new_zeros((2, 0)), None, 0)
+    largest_graph = int(torch.bincount(batch, minlength=num_graphs).max())
+    _check_capped_graph_fits(pos, radius, batch, max_num_neighbors, num_graphs)
     edge_index = torch_cluster.radius_graph(
         pos, r=radius, batch=batch, loop=False, max_num_neighbors=max_num_neighbors + 1,
         flow="source_to_target", batch_size=num_graphs,
     )
-    degree = torch.bincount(edge_index[1], minlength=pos.shape[0])
+    degree = torch.bincount(edge_index[1], minlength=num_nodes)
     # the one host read scaleq adds to torch-cluster's own (the cell list adds none to its output size)
     capped = (degree > max_num_neighbors).nonzero().squeeze(1)  # neighbourhoods possibly incomplete
     if capped.numel() == 0:
         return RadiusEdges(edge_index, None, 0)
-    largest_graph = int(torch.bincount(batch, minlength=num_graphs).max())
-    cap = 4 * (max_num_neighbors + 2)
-    while True:
-        found = torch_cluster.radius(pos, pos[capped], radius, batch, batch[capped], max_num_neighbors=cap, batch_size=num_graphs)
-        if cap >= largest_graph or int(torch.bincount(found[0], minlength=capped.numel()).max()) < cap:
-            break
-        cap *= 4
-    target, source = capped[found[0]], found[1]
-    refound = torch.stack([source[source != target], target[source != target]])
-    complete = torch.cat([edge_index[:, (degree <= max_num_neighbors)[edge_index[1]]], refound], dim=1)
-    complete = complete[:, torch.argsort(complete[1], stable=True)]
-    keep = keep_nearest(complete, pos, max_num_neighbors)
-    return RadiusEdges(complete[:, keep], None, int(capped.numel()))
+    budget = pair_budget(num_nodes, max_num_neighbors)
+    assert budget is not None
+    nearest = [edge_index[:, (degree <= max_num_neighbors)[edge_index[1]]]]
+    pending, cap = capped, 4 * (max_num_neighbors + 2)
+    while pending.numel():
+        incomplete = []
+        block = max(1, budget // cap)
+        for start in range(0, pending.numel(), block):
+            nodes = pending[start : start + block]  # sorted, as torch-cluster needs the queries' batch
+            found = torch_cluster.radius(pos, pos[nodes], radius, batch, batch[nodes], max_num_neighbors=cap,
+                                         batch_size=num_graphs)
+            complete = torch.bincount(found[0], minlength=nodes.numel()) < cap
+            if cap >= largest_graph:  # a graph's every node was within reach: nothing is missing
+                complete[:] = True
+            found = found[:, complete[found[0]]]
+            target, source = nodes[found[0]], found[1]
+            refound = torch.stack([source[source != target], target[source != target]])
+            nearest.append(refound[:, keep_nearest(refound, pos, max_num_neighbors)])
+            incomplete.append(nodes[~complete])
+        pending, cap = torch.cat(incomplete), cap * 4
+    edges = torch.cat(nearest, dim=1)
+    return RadiusEdges(edges[:, torch.argsort(edges[1], stable=True)], None, int(capped.numel()))
+
+
+def _check_capped_graph_fits(pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int, num_graphs: int) -> None:
+    """Refuse, before searching, a capped graph that cannot fit: N x min(cap, n_b - 1) edges as
+    the bound, the cell list's count of the edges within r (each node's capped) when that bound
+    does not fit."""
+    sizes = torch.bincount(batch, minlength=num_graphs)
+    bound = int((sizes * (sizes - 1).clamp(min=0, max=max_num_neighbors)).sum())
+    if edges_fit(bound, pos.device):
+        return
+    counted = count_radius_edges(pos, radius, batch, num_graphs, max_num_neighbors)
+    check_edges_fit(counted, num_nodes=pos.shape[0], radius=radius, max_num_neighbors=max_num_neighbors,
+                    device=pos.device, exact=True)
 
 
 def knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:

@@ -9,7 +9,13 @@ the process group, so the engine (torch DDP or DeepSpeed) joins it. Every end-of
 is reported with ``ray.train.report`` and lands in ``RunConfig(storage_path, name)``. A worker
 that dies makes Ray restart the group (``FailureConfig(max_failures)``); the new workers find the
 last reported checkpoint with ``ray.train.get_checkpoint()`` and continue from it. Rerunning with
-``--resume`` uses the same RunConfig name and storage path, which is how Ray Train V2 resumes.
+``--resume`` uses the same RunConfig name and storage path, which is how Ray Train V2 resumes;
+``--resume-from best`` (or a path) starts the new launch from that checkpoint instead of the one
+Ray reported last, and a restart inside that launch from what the launch itself reported.
+
+A worker's ConfigError, StoreError, CheckpointError, OSError, ... (:mod:`scaleq.train.failures`)
+reaches the driver as that same exception (:func:`worker_error`), so ``launch/train.py`` prints the
+same one line and exit code as a run without Ray.
 
 Paths are made absolute on the driver: workers run in Ray's own working directories. The run
 directory must be on a filesystem every node sees (one machine, or a shared mount).
@@ -21,6 +27,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +38,11 @@ from scaleq.distributed import engine_from_config
 from scaleq.io import atomic_copy
 from scaleq.models import check_buildable
 from scaleq.run import resolve_run_dir, run
+from scaleq.train.failures import exit_code
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Names, inside a reported checkpoint, the launch (one driver's fit) that reported it.
+LAUNCH_FILE = "scaleq-launch.txt"
 # Set in the entrypoint of `ray job submit` (the job supervisor passes the job's config in it).
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -65,19 +75,24 @@ def absolute_paths(config: Config) -> Config:
     return dataclasses.replace(config, data=data, engine=engine, out_dir=str(Path(config.out_dir).resolve()))
 
 
-def make_trainer(config: Config, *, resume: bool = False) -> Any:
-    """A TorchTrainer for ``config`` (call ``.fit()``); ScalingConfig etc. from ``config.engine``."""
+def make_trainer(config: Config, *, resume: bool = False, resume_from: str | None = None) -> Any:
+    """A TorchTrainer for ``config`` (call ``.fit()``); ScalingConfig etc. from ``config.engine``.
+    ``resume_from``: 'last', 'best' or a checkpoint path for the first start of the workers."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = absolute_paths(check_buildable(config))  # a wrong model key fails on the driver, not in every worker
     prepare_data(config.data, progress=config.train.progress)  # once, on the driver
+    resume = resume or resume_from is not None
     run_dir = resolve_run_dir(config, resume)
+    if resume_from is not None and resume_from not in ("last", "best"):
+        resume_from = str(Path(resume_from).resolve())  # workers run in directories of their own
     e = config.engine
     resources = {"CPU": e.cpus_per_worker, **({"GPU": e.gpus_per_worker} if e.use_gpu else {})}
     return TorchTrainer(
         train_worker,
-        train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir), "resume": resume},
+        train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir), "resume": resume,
+                           "resume_from": resume_from, "launch": uuid.uuid4().hex},
         scaling_config=ScalingConfig(
             num_workers=e.workers, use_gpu=e.use_gpu, resources_per_worker=resources,
             placement_strategy=e.placement_strategy,
@@ -90,11 +105,47 @@ def make_trainer(config: Config, *, resume: bool = False) -> Any:
     )
 
 
-def run_with_ray(config: Config, *, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics."""
+def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | None = None,
+                 address: str | None = None) -> dict[str, Any]:
+    """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics. A
+    worker's user error or run failure is raised here as the worker raised it."""
+    import ray
+
+    joined = ray.is_initialized()
     connect(address)
-    result = make_trainer(config, resume=resume).fit()
-    return dict(result.metrics or {})
+    trainer = make_trainer(config, resume=resume, resume_from=resume_from)
+    try:
+        result = trainer.fit()
+        error = result.error  # older Ray Train returns the failure instead of raising it
+    except Exception as err:
+        error = err
+    if error is None:
+        return dict(result.metrics or {})
+    original = worker_error(error)
+    if original is None:
+        raise error
+    if not joined:  # a Ray this call started: stopped now, so its forwarded worker logs end before the error line
+        ray.shutdown()
+    raise original from None
+
+
+def worker_error(err: BaseException) -> BaseException | None:
+    """The first error a worker raised that :mod:`scaleq.train.failures` knows (a user error or
+    a run failure), found inside Ray's wrappers (worker failures by rank, causes); None if none."""
+    seen: set[int] = set()
+    todo: list[Any] = [err]
+    while todo:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if exit_code(item) is not None and not type(item).__module__.startswith("ray."):
+            return item
+        failures = getattr(item, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo.extend(failures[rank] for rank in sorted(failures))
+        todo.extend([getattr(item, "cause", None), item.__cause__, item.__context__])
+    return None
 
 
 # -- inside each worker ----------------------------------------------------------------------
@@ -108,23 +159,39 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     config = config_from_dict(loop_config["config"], "<ray train_loop_config>")
     run_dir = Path(loop_config["run_dir"])
     engine = engine_from_config(config, device=str(ray.train.torch.get_device()))
-    resume = loop_config["resume"]
+    resume, resume_from, launch = loop_config["resume"], loop_config.get("resume_from"), loop_config.get("launch")
     checkpoint = ray.train.get_checkpoint()
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        # A fresh launch's directory was made empty by the driver: a checkpoint in it was written
+        # by this launch's earlier group, killed before Ray registered its report (a restart).
+        resume = True
     if checkpoint is not None:  # a restart after a failure, or a rerun of the same RunConfig
-        if engine.is_main:
-            with checkpoint.as_directory() as folder:
+        with checkpoint.as_directory() as folder:
+            restart = _launch_of(Path(folder)) == launch
+            # an earlier launch's checkpoint does not override an explicit --resume-from
+            if engine.is_main and (restart or resume_from is None):
                 _restore(Path(folder), run_dir / "checkpoints")
         engine.barrier()
         resume = True
-    engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics)
-    summary = run(config, resume=resume, engine=engine, run_dir=run_dir)
+        if restart:  # within this launch: continue from what it reported last
+            resume_from = None
+    engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics, launch)
+    try:
+        summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from)
+    except Exception as err:
+        if exit_code(err) is None:
+            raise
+        # the driver prints this error's one line: Ray's log of it needs no chain of causes
+        err.__cause__, err.__suppress_context__ = None, True
+        raise err.with_traceback(None) from None
     # Result.metrics are those of the last report with a checkpoint: attach the final one.
-    _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)})
+    _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)}, launch)
 
 
-def _report(is_main: bool, path: Path, metrics: dict[str, Any]) -> None:
+def _report(is_main: bool, path: Path, metrics: dict[str, Any], launch: str | None = None) -> None:
     """Every worker reports; rank 0 attaches a copy of the checkpoint (``last.pt`` and, for
-    DeepSpeed, ``last.pt.ds/``) so that later writes to the run directory cannot change it."""
+    DeepSpeed, ``last.pt.ds/``) so that later writes to the run directory cannot change it, and
+    the id of the launch that wrote it."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="scaleq-ckpt-") as tmp:
@@ -133,8 +200,15 @@ def _report(is_main: bool, path: Path, metrics: dict[str, Any]) -> None:
             for item in path.parent.glob(path.name + "*"):
                 copy = shutil.copytree if item.is_dir() else shutil.copy2
                 copy(item, Path(tmp) / item.name)
+            (Path(tmp) / LAUNCH_FILE).write_text(launch or "")
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str)}, checkpoint=checkpoint)
+
+
+def _launch_of(folder: Path) -> str | None:
+    """The launch that reported the checkpoint in ``folder`` (None: written before launches had ids)."""
+    marker = folder / LAUNCH_FILE
+    return marker.read_text() if marker.is_file() else None
 
 
 def _restore(source: Path, target: Path) -> None:
@@ -142,6 +216,8 @@ def _restore(source: Path, target: Path) -> None:
     pointer file (``last.pt``) last and atomically, so a crash here leaves no half-made checkpoint."""
     target.mkdir(parents=True, exist_ok=True)
     for item in sorted(source.iterdir(), key=lambda p: p.is_file()):
+        if item.name == LAUNCH_FILE:
+            continue
         if item.is_dir():
             shutil.copytree(item, target / item.name, dirs_exist_ok=True)
         else:

@@ -45,7 +45,15 @@ from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.data.graph import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, TrainState, rng_state, set_rng_state
+from scaleq.train.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    TrainState,
+    rng_state,
+    set_rng_state,
+    state_dict_mismatch,
+)
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
@@ -184,6 +192,12 @@ class Trainer:
             state = TrainState(**extra["state"])
             set_rng_state(extra["rng"])
         except Exception as err:  # torch, pickle, zip and DeepSpeed raise many types for damaged files
+            mismatch = state_dict_mismatch(err)
+            if mismatch is not None:  # a readable checkpoint, of another model: say so, not "damaged"
+                raise CheckpointError(
+                    f"{path}: does not fit the model of {self.run_dir / 'config.yaml'} ({mismatch}); resume it with "
+                    "the config it was written with, or start a new run"
+                ) from None
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise CheckpointError(
                 f"{path}: checkpoint is damaged or unreadable ({type(err).__name__}: {reason}); resume from "

@@ -206,7 +206,7 @@ def compile_cell_list_kernel_for_sm90() -> None:
 
     kernel = _kernel()
     pointers = {name: "*i64" for name in kernel.arg_names if name.endswith("_ptr")}
-    pointers.update({"pos_ptr": "*fp32", "box_ptr": "*fp32", "r2_ptr": "*fp32", "shift_ptr": "*fp32", "num_slots": "i32"})
+    pointers.update({"pos_ptr": "*fp32", "box_ptr": "*fp32", "r2_ptr": "*fp32", "shift_ptr": "*fp32", "slot_begin": "i32", "num_slots": "i32"})
     for dim, periodic, fill in ((3, False, False), (3, True, True), (2, False, True)):
         constants = {"D": dim, "DP": 4 if dim == 3 else 2, "S": 3**dim, "PERIODIC": periodic, "FILL": fill, "BLOCK_SIZE": 128}
         source = ASTSource(kernel, {**pointers, **{c: "constexpr" for c in constants}}, constexprs=constants)

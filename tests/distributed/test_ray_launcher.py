@@ -95,3 +95,56 @@ def test_simulated_two_node_cluster_runs_one_worker_per_node(tmp_path, nbody_sma
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_worker_killed_mid_epoch_ends_as_an_uninterrupted_run(tmp_path, nbody_small, local_ray):
+    """Ray Train with max_failures 1: one worker SIGKILLed right after the first mid-epoch
+    checkpoint; Ray restarts the group by itself and the run ends with bitwise the weights and the
+    metrics of a run nobody killed."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+    import torch
+
+    from scaleq.launchers.ray import run_with_ray
+    from scaleq.train.checkpoint import read_model_state
+    from scaleq.train.metrics import read_metrics
+
+    def config(name):
+        return config_from_dict({**tiny_raw(tmp_path, nbody_small, name=name, epochs=2, checkpoint_every_steps=1),
+                                 "engine": {"max_failures": 1}})
+
+    full = run_with_ray(config("full"))
+    storage = tmp_path / "runs" / "ray" / "cut"
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if storage.exists() and any(p.name.startswith("checkpoint") for p in storage.iterdir()):
+                workers = [p for p in psutil.Process().children(recursive=True)
+                           if "RayTrainWorker" in " ".join(p.cmdline())]
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    cut = run_with_ray(config("cut"))
+    killer.join()
+    assert killed, "no Ray Train worker was found to kill"
+    assert cut["done"] == 1 and cut["epochs_run"] == 2
+    weights = {name: read_model_state(Path(r["run_dir"]) / "checkpoints" / "last.pt") for name, r in
+               (("full", full), ("cut", cut))}
+    for key, value in weights["full"].items():
+        assert torch.equal(weights["cut"][key], value), key
+    columns = ("epoch", "train_loss", "val_mse", "test_mse")
+    rows = {name: [[row[c] for c in columns] for row in read_metrics(Path(r["run_dir"]) / "metrics.csv")]
+            for name, r in (("full", full), ("cut", cut))}
+    assert rows["cut"] == rows["full"]
+    assert cut["test_mse"] == full["test_mse"]
