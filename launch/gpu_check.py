@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.eval.gpu_check import PARTS, run_check, summary
+from scaleq.bench.gpu_check import PARTS, run_check, summary
 
 
 def main(argv: list[str] | None = None) -> int:

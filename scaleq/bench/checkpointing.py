@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.data.graph import GraphBuilder
-from scaleq.eval.child import call_in_spawned_process
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN

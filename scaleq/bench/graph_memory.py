@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.data.graph import radius_graph
-from scaleq.eval.child import call_in_spawned_process
 from scaleq.io import write_rows
 
 CAP = 64

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from scaleq.bench.child import run_child
 from scaleq.bench.memory import peak_memory
-from scaleq.eval.child import run_child
 from scaleq.io import write_rows
 
 PATHS = ("reference", "torch", "chunked", "triton")

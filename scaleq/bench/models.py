@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch, Data
 
+from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.config import LossConfig
 from scaleq.data.graph import GraphBuilder
-from scaleq.eval.child import call_in_spawned_process
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN

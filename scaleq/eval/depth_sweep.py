@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch_geometric.data import Batch, Data
 
+from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.graph import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import engine_from_config
-from scaleq.eval.child import call_in_spawned_process
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer
 from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths

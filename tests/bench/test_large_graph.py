@@ -2,8 +2,8 @@ import sys
 
 import pytest
 
+from scaleq.bench.child import call_in_spawned_process, run_child
 from scaleq.bench.large_graph import Trial, largest_graph, measure, measure_in_fresh_process
-from scaleq.eval.child import call_in_spawned_process, run_child
 
 
 @pytest.mark.parametrize(("model", "path"), [("egnn", "reference"), ("egnn", "torch"), ("egnn", "chunked"),

@@ -10,8 +10,8 @@ from scaleq.config import ConfigError, load_config
 from scaleq.data.md import convert_md
 from scaleq.data.splits import open_datasets
 from scaleq.data.water3d import convert_water3d
+from scaleq.data.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
 from scaleq.run import run
-from scaleq.testing.water3d import random_raw_trajectories, water3d_metadata, write_water3d_source
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHORT = ["train.epochs=1", "train.eval_every=1", "train.progress=false", "data.num_workers=0", "model.hidden=8",

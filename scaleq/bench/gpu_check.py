@@ -9,7 +9,7 @@ only that part; the check goes on):
                        and of 20M (Triton path, layers checkpointed), a fresh process per size
     deepspeed          the README's DeepSpeed command (ZeRO-2, bf16, activation checkpointing) with
                        the deepspeed launcher, on a Water-3D store in the published tfrecord format
-                       that the check writes (scaleq.testing.water3d) and converts (data_prep/water3d.py)
+                       that the check writes (scaleq.data.water3d_writer) and converts (data_prep/water3d.py)
     profile            torch.profiler over one training step per model: the top kernels by device
                        time, host reads of device values, cudaStreamSynchronize calls and
                        device-to-host copies per step
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scaleq.eval.child import run_child
+from scaleq.bench.child import run_child
 from scaleq.io import write_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def _judge_large_graph(stdout: str) -> tuple[str, str]:
 def water3d_store(s: Settings) -> Path:
     """A small store in Water-3D's published format: tfrecords written by an independent encoder,
     converted by data_prep/water3d.py (as a user converts the real download)."""
-    from scaleq.testing.water3d import random_raw_trajectories, water3d_metadata, write_water3d_source
+    from scaleq.data.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
 
     particles, steps = (300, 24) if s.quick else (8000, 24)
     trajectories = random_raw_trajectories(4, steps, particles, seed=0)
@@ -152,7 +152,7 @@ def _judge_deepspeed(stdout: str) -> tuple[str, str]:
 
 
 def _profile(s: Settings) -> list[str]:
-    code = "import sys; from scaleq.eval.gpu_check import profile_main; profile_main(sys.argv[1:])"
+    code = "import sys; from scaleq.bench.gpu_check import profile_main; profile_main(sys.argv[1:])"
     return [sys.executable, "-c", code, s.device, "quick" if s.quick else "full", str(s.out)]
 
 
