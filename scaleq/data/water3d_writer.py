@@ -1,4 +1,5 @@
-"""Small "Learning to Simulate" datasets in exactly the published format, for tests.
+"""Small "Learning to Simulate" datasets in exactly the published format: the tests' sources, and
+the store `make gpu-check` converts with data_prep/water3d.py as a user converts the real download.
 
 The records are encoded by the real ``protobuf`` library from message descriptors equal to
 TensorFlow's ``feature.proto`` / ``example.proto`` (package ``tensorflow``), so the hand-written
