@@ -190,7 +190,6 @@ class EngineConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     offload_optimizer: bool = False  # DeepSpeed: optimizer states on the CPU (ZeRO >= 1)
     gradient_accumulation: int = 1  # micro-batches per optimizer step (an epoch's shorter last window is stepped too)
-    activation_checkpointing: int = 0  # checkpoint every k layers (> 0 overrides model.gradient_checkpointing)
     # ranks that share each graph (spatial partition + halo exchange); ranks = graph_parallel x
     # data-parallel groups, every graph_parallel consecutive ranks one group
     graph_parallel: int = 1
@@ -208,8 +207,6 @@ class EngineConfig:
             raise ConfigError(f"engine.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.gradient_accumulation < 1:
             raise ConfigError(f"engine.gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
-        if self.activation_checkpointing < 0:
-            raise ConfigError(f"engine.activation_checkpointing must be >= 0, got {self.activation_checkpointing}")
         if self.graph_parallel < 1:
             raise ConfigError(f"engine.graph_parallel must be >= 1, got {self.graph_parallel}")
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
@@ -364,12 +361,22 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(text)
 
 
+# Keys that were merged into another: a config naming the old one is told the new one.
+MOVED_KEYS = {  # old key: (new key, why)
+    "engine.activation_checkpointing": ("model.gradient_checkpointing", "one knob for every engine: the model "
+                                        "checkpoints every k of its layers the same way under torch, DDP and DeepSpeed"),
+}
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"key '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
+        if f"{prefix}{key}" in MOVED_KEYS:
+            new, why = MOVED_KEYS[f"{prefix}{key}"]
+            raise ConfigError(f"'{prefix}{key}' is now '{new}' ({why})")
         if key not in names:
             raise ConfigError(f"unknown key '{prefix}{key}' (known: {', '.join(names)})")
     values = {}

@@ -1,6 +1,6 @@
 import pytest
 
-from scaleq.config import DEFAULT_CONFIG, ConfigError, load_config
+from scaleq.config import DEFAULT_CONFIG, ConfigError, config_from_dict, load_config
 from scaleq.models.build import check_buildable, instantiate
 
 
@@ -93,3 +93,8 @@ def test_extends_merges_deeply(tmp_path):
 
 def test_default_config_file_exists():
     assert DEFAULT_CONFIG.is_file()
+
+
+def test_the_old_activation_checkpointing_key_names_its_one_replacement():
+    with pytest.raises(ConfigError, match=r"'engine.activation_checkpointing' is now 'model.gradient_checkpointing'"):
+        config_from_dict({"data": {"path": "x"}, "engine": {"activation_checkpointing": 1}})

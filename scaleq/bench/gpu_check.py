@@ -141,7 +141,7 @@ def _deepspeed(s: Settings) -> list[str]:
              "data.batch_size=2"] if s.quick else ["data.batch_size=4"]
     return [launcher, "--num_gpus", "1", "--master_port", str(free_port()), "launch/train.py",
             "--config", "configs/water3d.yaml", f"data.path={store}", f"out_dir={s.work / 'runs'}",
-            "engine.kind=deepspeed", "engine.zero_stage=2", "train.precision=bf16", "engine.activation_checkpointing=1",
+            "engine.kind=deepspeed", "engine.zero_stage=2", "train.precision=bf16", "model.gradient_checkpointing=1",
             f"train.device={s.device}", "train.epochs=2", "train.eval_every=1", "train.progress=false",
             "data.num_workers=0", *small]
 

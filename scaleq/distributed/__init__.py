@@ -34,7 +34,6 @@ def engine_from_config(config: Config, device: str | None = None) -> Engine:
         "precision": train.precision,
         "grad_clip": train.grad_clip,
         "gradient_accumulation": engine.gradient_accumulation,
-        "activation_checkpointing": engine.activation_checkpointing,
         "graph_parallel": engine.graph_parallel,
     }
     if engine.kind == "deepspeed":

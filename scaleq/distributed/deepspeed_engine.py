@@ -41,7 +41,7 @@ from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT
 from scaleq.distributed.deepspeed_ops import explain_op_build_failures
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
-from scaleq.distributed.torch_engine import pick_device, set_activation_checkpointing
+from scaleq.distributed.torch_engine import pick_device
 from scaleq.io import atomic_torch_save, atomic_write_text
 
 
@@ -110,7 +110,6 @@ class DeepSpeedEngine(Engine):
         precision: str = "fp32",
         grad_clip: float | None = None,
         gradient_accumulation: int = 1,
-        activation_checkpointing: int = 0,
         zero_stage: int = 0,
         offload_optimizer: bool = False,
         optimizer: str = "adam",
@@ -132,7 +131,6 @@ class DeepSpeedEngine(Engine):
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.join_graph_parallel(graph_parallel)
         self.precision = precision
-        self.activation_checkpointing = activation_checkpointing
         self.window = AccumulationWindow(gradient_accumulation)
         self.config = _merge(
             deepspeed_config(
@@ -145,7 +143,6 @@ class DeepSpeedEngine(Engine):
         self._ds: Any = None
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
-        set_activation_checkpointing(model, self.activation_checkpointing)
         params = [p for p in model.parameters() if p.requires_grad]
         with explain_op_build_failures(self.device.type):
             self._ds, _, _, _ = deepspeed.initialize(model=model.to(self.device), model_parameters=params, config=self.config)

@@ -50,17 +50,6 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def set_activation_checkpointing(model: nn.Module, every: int) -> None:
-    """engine.activation_checkpointing > 0 sets the model's own ``gradient_checkpointing``."""
-    if every <= 0:
-        return
-    if not hasattr(model, "gradient_checkpointing"):
-        raise ValueError(
-            f"engine.activation_checkpointing={every}, but {type(model).__name__} has no gradient_checkpointing"
-        )
-    model.gradient_checkpointing = every
-
-
 class TorchEngine(Engine):
     def __init__(
         self,
@@ -69,7 +58,6 @@ class TorchEngine(Engine):
         precision: str = "fp32",
         grad_clip: float | None = None,
         gradient_accumulation: int = 1,
-        activation_checkpointing: int = 0,
         graph_parallel: int = 1,
     ) -> None:
         self.device = pick_device(device, launched_ranks().local_rank)
@@ -81,7 +69,6 @@ class TorchEngine(Engine):
         self.precision = precision
         self.grad_clip = grad_clip
         self.window = AccumulationWindow(gradient_accumulation)
-        self.activation_checkpointing = activation_checkpointing
         self._model: nn.Module | None = None
         self._wrapped: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -91,7 +78,6 @@ class TorchEngine(Engine):
         return self.world_size > 1
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> nn.Module:
-        set_activation_checkpointing(model, self.activation_checkpointing)
         self._model = model.to(self.device)
         self._optimizer = optimizer
         if self.distributed:

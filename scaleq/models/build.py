@@ -109,10 +109,6 @@ def check_model_fits(config: Config) -> None:
             givers = sorted(n for n, c in MODELS.items() if output in auxiliary_outputs(c))
             raise ConfigError(f"loss.{key} = {weight} needs a model that outputs {output!r} ({', '.join(givers)}); "
                               f"model.name {name!r} does not: set loss.{key} to 0")
-    every = config.engine.activation_checkpointing
-    if every > 0 and "gradient_checkpointing" not in constructor_types(cls):
-        raise ConfigError(f"engine.activation_checkpointing = {every} needs a model with layers to checkpoint; "
-                          f"model.name {name!r} has none: set engine.activation_checkpointing to 0")
 
 
 def needs_local_graph(cls: type[nn.Module]) -> bool:

@@ -56,16 +56,6 @@ def test_gradient_accumulation_of_two_halves_equals_one_whole_batch_step():
         torch.testing.assert_close(model.state_dict()[name], value, atol=ATOL, rtol=0)
 
 
-def test_activation_checkpointing_is_set_on_the_model_from_outside():
-    from scaleq.distributed import TorchEngine
-
-    model = tiny_model()
-    TorchEngine(device="cpu", activation_checkpointing=1).wrap(model, None)
-    assert model.gradient_checkpointing == 1
-    with pytest.raises(ValueError, match="gradient_checkpointing"):
-        TorchEngine(device="cpu", activation_checkpointing=1).wrap(torch.nn.Linear(2, 2), None)
-
-
 def test_engine_config_rejects_bad_keys_with_their_names():
     from scaleq.config import ConfigError, config_from_dict
 
