@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from scaleq.procfs import proc_bytes
+
 if TYPE_CHECKING:  # torch is imported when a measurement starts: a parent that only spawns trials stays light
     import torch
 
@@ -106,14 +108,8 @@ def _reset_peak_resident() -> None:
 
 def _peak_resident_bytes() -> int:
     """Peak resident set size since the last :func:`_reset_peak_resident`."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = proc_bytes("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @contextlib.contextmanager

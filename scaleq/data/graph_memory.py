@@ -15,6 +15,8 @@ import resource
 
 import torch
 
+from scaleq.procfs import proc_bytes
+
 # Bytes a radius-graph edge costs by the time the builder has finished with it: edge_index (16),
 # and the attributes, squared distances and sort keys made from it (float32/int64 temporaries,
 # about 48 more). The model's per-edge work comes on top of this, in chunks of its own.
@@ -52,26 +54,13 @@ def free_bytes(device: torch.device) -> int:
 
 
 def _meminfo_available() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    return available if available is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _process_vm_bytes() -> int:
     """The process's virtual size (what RLIMIT_AS counts)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_bytes("/proc/self/status", "VmSize") or 0
 
 
 def edges_fit(num_edges: int, device: torch.device) -> bool:

@@ -9,7 +9,7 @@ from types import TracebackType
 
 from torch.utils.tensorboard import SummaryWriter
 
-from scaleq.io import atomic_write
+from scaleq.io import atomic_write, save_figure
 
 
 class MetricsLogger:
@@ -80,9 +80,4 @@ def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_write(png_path) as f:
-            fig.savefig(f, format="png", dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, png_path)
