@@ -101,3 +101,18 @@ def test_every_documented_training_config_and_override_loads():
             assert config is None or (ROOT / config).is_file(), f"{page.name}: no config {config}"
             overrides = [a for a in args if "=" in a and not a.startswith("-")]
             load_config(ROOT / config if config else None, overrides)
+
+
+@pytest.mark.slow
+def test_every_script_runs_as_a_program():
+    """`python launch/X.py --help` as a user types it: the script calls its main (in-process calls
+    of main above would not notice a missing `if __name__ == "__main__"`)."""
+    scripts = sorted([*ROOT.glob("launch/*.py"), *ROOT.glob("data_prep/*.py")])
+    children = [(s, subprocess.Popen([sys.executable, str(s), "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)) for s in scripts]
+    failed = []
+    for script, child in children:
+        out, err = child.communicate(timeout=300)
+        if child.returncode != 0 or "usage:" not in out:
+            failed.append(f"{script.relative_to(ROOT)}: exit {child.returncode}, {err.strip()[-300:] or out[:100]!r}")
+    assert failed == []
