@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from scaleq.procfs import proc_bytes
+from scaleq.device_memory import proc_bytes
 
 if TYPE_CHECKING:  # torch is imported when a measurement starts: a parent that only spawns trials stays light
     import torch

@@ -15,7 +15,7 @@ import resource
 
 import torch
 
-from scaleq.procfs import proc_bytes
+from scaleq.device_memory import proc_bytes
 
 # Bytes a radius-graph edge costs by the time the builder has finished with it: edge_index (16),
 # and the attributes, squared distances and sort keys made from it (float32/int64 temporaries,
