@@ -10,12 +10,9 @@ and refuses with one line that says what to change.
 
 from __future__ import annotations
 
-import os
-import resource
-
 import torch
 
-from scaleq.device_memory import proc_bytes
+from scaleq.device_memory import free_memory
 
 # Bytes a radius-graph edge costs by the time the builder has finished with it: edge_index (16),
 # and the attributes, squared distances and sort keys made from it (float32/int64 temporaries,
@@ -38,34 +35,9 @@ def pair_budget(num_nodes: int, max_num_neighbors: int | None) -> int | None:
     return max(num_nodes * (max_num_neighbors + 1), MIN_BLOCK_PAIRS)
 
 
-def free_bytes(device: torch.device) -> int:
-    """Memory this process can still allocate on ``device``: CUDA's free memory, or on the CPU
-    the smaller of the system's available memory and what the address-space and data limits
-    (RLIMIT_AS, RLIMIT_DATA) leave above the process's current size."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    available = _meminfo_available()
-    used = _process_vm_bytes()
-    for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
-        soft, _ = resource.getrlimit(limit)
-        if soft != resource.RLIM_INFINITY:
-            available = min(available, max(soft - used, 0))
-    return available
-
-
-def _meminfo_available() -> int:
-    available = proc_bytes("/proc/meminfo", "MemAvailable")
-    return available if available is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _process_vm_bytes() -> int:
-    """The process's virtual size (what RLIMIT_AS counts)."""
-    return proc_bytes("/proc/self/status", "VmSize") or 0
-
-
 def edges_fit(num_edges: int, device: torch.device) -> bool:
     """Whether ``num_edges`` radius-graph edges fit in ``device``'s free memory."""
-    return num_edges * GRAPH_BYTES_PER_EDGE <= free_bytes(device)
+    return num_edges * GRAPH_BYTES_PER_EDGE <= free_memory(device)
 
 
 def check_edges_fit(num_edges: int, *, num_nodes: int, radius: float, max_num_neighbors: int | None,
@@ -73,7 +45,7 @@ def check_edges_fit(num_edges: int, *, num_nodes: int, radius: float, max_num_ne
     """Refuse, before anything is allocated, a radius graph of ``num_edges`` edges (``exact``:
     counted, else an upper bound) that would not fit in ``device``'s free memory."""
     need = num_edges * GRAPH_BYTES_PER_EDGE
-    free = free_bytes(device)
+    free = free_memory(device)
     if need <= free:
         return
     cap = f"max_num_neighbors={max_num_neighbors}" if max_num_neighbors is not None else "no max_num_neighbors"

@@ -18,10 +18,7 @@ sharing a layout, and a checkpointed layer's recomputation, take the same path.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
-
-import torch
 
 Kernel = Literal["auto", "torch", "triton"]
 KERNELS = ("auto", "torch", "triton")
@@ -44,15 +41,6 @@ def check_block_options(edge_chunk: EdgeChunk, kernel: str) -> None:
         raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes a new tensor on ``device`` can take now: on CUDA the driver's free memory plus what
-    torch's allocator holds unused; on the CPU the free physical memory (page cache not counted)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def chunk_rows(kernel: str, edge_chunk: EdgeChunk, rows: int, bytes_per_row: int, free_bytes: int | None) -> int:
     """Rows (edges) per chunk of the torch path; 0: all at once (plain autograd).
 
@@ -61,7 +49,7 @@ def chunk_rows(kernel: str, edge_chunk: EdgeChunk, rows: int, bytes_per_row: int
         rows: rows of the per-edge work (E, or N for per-node work).
         bytes_per_row: what one row's activations take (forward kept for backward, or one chunk's
             recomputation with its gradients).
-        free_bytes: :func:`free_memory` of the device (only read for "auto"; None: unknown).
+        free_bytes: :func:`scaleq.device_memory.free_memory` of the device (only read for "auto"; None: unknown).
     """
     if edge_chunk != "auto" and edge_chunk > 0:
         return edge_chunk

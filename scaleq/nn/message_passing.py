@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaleq.nn.block_options import KERNELS, EdgeChunk, Kernel, check_block_options, chunk_rows, free_memory
+from scaleq.device_memory import free_memory
+from scaleq.nn.block_options import KERNELS, EdgeChunk, Kernel, check_block_options, chunk_rows
 from scaleq.nn.edge_layout import EdgeLayout
 from scaleq.nn.mlp import split_columns
 from scaleq.nn.recompute import sum_over_edges

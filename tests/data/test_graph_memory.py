@@ -91,14 +91,15 @@ def test_triton_fill_in_blocks_equals_the_torch_path_in_the_interpreter():
 UNDER_LIMIT = """
 import resource, sys, torch
 from scaleq.data.graph import radius_graph
-from scaleq.data.graph_memory import GraphSizeError, free_bytes
+from scaleq.data.graph_memory import GraphSizeError
+from scaleq.device_memory import free_memory
 backend, cap = sys.argv[1], int(sys.argv[2])
 pos = torch.randn(2 * 3000, 3, generator=torch.Generator().manual_seed(0))
 batch = torch.repeat_interleave(torch.arange(2), 3000)
 vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1]) * 1024
 limit = vm + 600 * 2**20  # 600 MiB above what the process holds now
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-assert free_bytes(torch.device('cpu')) <= 600 * 2**20
+assert free_memory(torch.device('cpu')) <= 600 * 2**20
 try:
     edges = radius_graph(pos, 50.0, batch, cap, backend=backend, num_graphs=2)
 except GraphSizeError as err:

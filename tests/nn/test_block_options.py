@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from scaleq.config import ConfigError, ModelConfig
+from scaleq.device_memory import free_memory
 from scaleq.models import EGNN, FastEGNN
 from scaleq.models.build import model_options
 from scaleq.nn.block_options import (
@@ -13,7 +14,6 @@ from scaleq.nn.block_options import (
     PLAIN_HEADROOM,
     check_block_options,
     chunk_rows,
-    free_memory,
 )
 from scaleq.nn.edge_layout import EdgeLayout
 from scaleq.nn.message_passing import layout_chunk, resolve_kernel
