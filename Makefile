@@ -35,7 +35,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# On a CUDA machine: every GPU part end to end in about 8 minutes (see README, "Checking a GPU
+# On a CUDA machine: every GPU part end to end in about 8 minutes (see docs/benchmarks.md, "Checking a GPU
 # machine"). Installs nothing: the venv's python if there is one, else $(PYTHON) as it is.
 # GPU_CHECK_ARGS="--budget-s 900" or "--device cpu --quick" pass through.
 GPU_CHECK_ARGS ?=
