@@ -72,12 +72,15 @@ def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
 
     rows = read_metrics(csv_path)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("train_loss", "train loss"), ("val_mse", "validation MSE")):
+    # the MSE part of the training loss, not the total: a total with FastEGNN's MMD term in it can
+    # be negative (losses.py), which a log axis cannot show, and only the MSE compares with validation
+    for key, label in (("train_mse", "train MSE"), ("val_mse", "validation MSE")):
         points = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
         if points:
             ax.plot(*zip(*points), label=label, marker="." if key == "val_mse" else None)
     ax.set_xlabel("epoch")
     ax.set_yscale("log")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.grid(alpha=0.3)
     save_figure(fig, png_path)
