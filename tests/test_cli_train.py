@@ -241,7 +241,7 @@ def test_a_radius_far_too_large_fails_before_allocating_and_a_cap_bounds_its_mem
                         r"6,000 nodes \(2,999 per node\), about 1\.07 GiB, but cpu has \d\.\d\d GiB free; lower "
                         r"graph\.radius .*", errors[0]), errors[0]
     assert not (tmp_path / "runs" / "uncapped").exists()  # nothing left behind
-    # the cap the user had: 64 nearest per node, in the same limit, trains to the end
+    # the cap Water-3D-sized runs use: 64 nearest per node, in the same limit, trains to the end
     capped = cli([*args, "name=capped", "graph.max_num_neighbors=64"], limit)
     assert capped.returncode == 0, capped.stderr[-3000:]
     assert "have more than max_num_neighbors=64 neighbours within r=50" in capped.stderr

@@ -6,7 +6,7 @@ K > 0 (chunks of about K edges, recomputed in backward: :mod:`scaleq.nn.recomput
 (chunked, the chunk sized from the device's free memory).
 
 The rule for "auto" (:func:`chunk_rows`), from the first GPU measurements (H200, 4 layers,
-H = 64, fp32; issue table in the README's Large graphs section): the plain torch path was the
+H = 64, fp32; the table in docs/large-graphs.md): the plain torch path was the
 fastest (1.21x to 1.28x the published-style reference), the fixed-size chunked path 0.3x of it
 and the Triton kernels 0.15x (their backward is being redesigned, not yet measured). So
 ``kernel: auto`` runs the plain path while the edge activations fit in the device's free memory
