@@ -23,7 +23,7 @@ from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything, unreadable_part
-from scaleq.train.run_dir import RunDirectory, RunDirError, claim_run_dir
+from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
 
@@ -104,7 +104,7 @@ def run(
         if resume:
             _resume(trainer, run_dir, resume_from)
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
-            save_config(config, run_dir / "config.yaml")
+            save_config(config, run_dir / CONFIG)
         result = trainer.fit()
         summary = _summarise(config, engine, trainer, result, run_dir, datasets["train"])
     except BaseException:

@@ -20,6 +20,7 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.splits import open_datasets
 from scaleq.models import build_model, check_buildable
 from scaleq.train.checkpoint import BEST, CheckpointError, load_weights
+from scaleq.train.run_dir import CONFIG
 
 
 @dataclass
@@ -35,7 +36,7 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str = BEST,
              device: str | torch.device = "cpu") -> LoadedRun:
     """Config, datasets and trained model of ``run_dir`` (``checkpoints/<checkpoint>``)."""
     run = Path(run_dir)
-    config_path = run / "config.yaml"
+    config_path = run / CONFIG
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: not found ({run} is not a run directory, or the run never started)")
     config = check_buildable(load_config(config_path))

@@ -21,6 +21,7 @@ from pathlib import Path
 from scaleq.io import remove_stale_temporaries
 
 CHECKPOINTS = "checkpoints"
+CONFIG = "config.yaml"  # the run's resolved config: what reruns, resumes and evaluations load
 # Temporaries of earlier scaleq versions, named without the writer's pid: only a run that holds the
 # directory's lock may remove them (no live writer can own them then).
 LEGACY_TEMPORARIES = (".config.yaml.tmp", ".summary.json.tmp")
