@@ -311,6 +311,10 @@ def profile_step(model_name: str, device: str, quick: bool) -> tuple[list[dict[s
 
 def profile_main(argv: list[str]) -> None:
     """Entry of the profile part's child: ``device quick|full out``."""
+    import torch
+
+    from scaleq.bench.gpu import device_slug
+
     device, size, out = argv
     rows = []
     for model_name in ("egnn", "fastegnn"):
@@ -319,14 +323,6 @@ def profile_main(argv: list[str]) -> None:
         top = [r for r in model_rows if r["kind"].startswith("top")][:5]
         print(f"{model_name}: " + "; ".join(f"{r['name'][:40]} {r['device_ms']:.2f} ms x{r['calls']}" for r in top))
         print(f"per step: {model_name} " + " ".join(f"{k}={v}" for k, v in counts.items()))
-    slug = "cpu" if device == "cpu" else _device_slug()
+    slug = device_slug(torch.device(device))
     write_rows(rows, Path(out) / f"profile_{slug}.csv", PROFILE_COLUMNS)
     print(f"wrote {Path(out) / f'profile_{slug}.csv'}")
-
-
-def _device_slug() -> str:
-    import torch
-
-    from scaleq.bench.gpu import device_slug
-
-    return device_slug(torch.device("cuda"))
