@@ -98,8 +98,11 @@ def _torch_cluster_radius_graph(pos: Tensor, radius: float, batch: Tensor, max_n
     num_nodes = pos.shape[0]
     if num_nodes == 0:
         return RadiusEdges(batch.new_zeros((2, 0)), None, 0)
-    largest_graph = int(torch.bincount(batch, minlength=num_graphs).max())
-    _check_capped_graph_fits(pos, radius, batch, max_num_neighbors, num_graphs)
+    sizes = torch.bincount(batch, minlength=num_graphs)
+    # one host read for both: the largest graph (a search that reached it is complete) and the
+    # bound on the capped edges, N x min(cap, n_b - 1), that the fit check starts from
+    largest_graph, bound = torch.stack([sizes.max(), (sizes * (sizes - 1).clamp(min=0, max=max_num_neighbors)).sum()]).tolist()
+    _check_capped_graph_fits(bound, pos, radius, batch, max_num_neighbors, num_graphs)
     edge_index = torch_cluster.radius_graph(
         pos, r=radius, batch=batch, loop=False, max_num_neighbors=max_num_neighbors + 1,
         flow="source_to_target", batch_size=num_graphs,
@@ -133,12 +136,10 @@ def _torch_cluster_radius_graph(pos: Tensor, radius: float, batch: Tensor, max_n
     return RadiusEdges(edges[:, torch.argsort(edges[1], stable=True)], None, int(capped.numel()))
 
 
-def _check_capped_graph_fits(pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int, num_graphs: int) -> None:
-    """Refuse, before searching, a capped graph that cannot fit: N x min(cap, n_b - 1) edges as
-    the bound, the cell list's count of the edges within r (each node's capped) when that bound
-    does not fit."""
-    sizes = torch.bincount(batch, minlength=num_graphs)
-    bound = int((sizes * (sizes - 1).clamp(min=0, max=max_num_neighbors)).sum())
+def _check_capped_graph_fits(bound: int, pos: Tensor, radius: float, batch: Tensor, max_num_neighbors: int,
+                             num_graphs: int) -> None:
+    """Refuse, before searching, a capped graph that cannot fit: ``bound`` edges (N x min(cap,
+    n_b - 1)) when they fit, else the cell list's count of the edges within r (each node's capped)."""
     if edges_fit(bound, pos.device):
         return
     counted = count_radius_edges(pos, radius, batch, num_graphs, max_num_neighbors)
