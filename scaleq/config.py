@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from scaleq.graph_options import (
+from scaleq.graph.options import (
     Backend,
     EdgeAttrKind,
     EdgeDropMode,
@@ -105,7 +105,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class GraphConfig:
-    """How every batch's graph is built (:class:`scaleq.data.graph.GraphBuilder` extends this
+    """How every batch's graph is built (:class:`scaleq.graph.builder.GraphBuilder` extends this
     class with the building itself, so an option is added here and nowhere else)."""
 
     kind: GraphKind = "complete"
@@ -126,7 +126,7 @@ class GraphConfig:
     edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
-        # scaleq.data.graph.GraphBuilder is a GraphConfig too: the options are defined here once
+        # scaleq.graph.builder.GraphBuilder is a GraphConfig too: the options are defined here once
         try:
             check_graph_options(self)
         except ValueError as err:

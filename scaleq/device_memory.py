@@ -1,6 +1,6 @@
 """How much memory a device has free, and the one reader of Linux's /proc memory fields: for the
 block's "auto" path (scaleq.nn.block_options), the radius graph's size check
-(scaleq.data.graph_memory) and the peak-memory helper (scaleq.bench.memory)."""
+(scaleq.graph.memory) and the peak-memory helper (scaleq.bench.memory)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import torch
 
 from scaleq.config import Config, ConfigError, save_config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.io import atomic_write_text

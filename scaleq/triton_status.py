@@ -1,6 +1,6 @@
 """Is Triton here, and how do its kernels run? The one answer every kernel asks: the fused
 message-passing kernels (``scaleq.nn.triton_edges``), the cell list's pair search
-(``scaleq.data.cell_list_kernels``) and the benchmarks' environment line.
+(``scaleq.graph.cell_list_kernels``) and the benchmarks' environment line.
 
 Triton is optional: CUDA builds of torch bring it; on a CPU its kernels run only in Triton's
 interpreter, which ``TRITON_INTERPRET=1`` selects when it is set before triton is first imported

@@ -4,7 +4,7 @@ also runs on the CPU, under CPU autocast, so its logic is exercised everywhere."
 import pytest
 import torch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import MODELS
 from scaleq.testing.equivariance import check_equivariance
 from scaleq.testing.stores import random_batch

@@ -50,7 +50,7 @@ def imported_modules(source: str, module: str) -> set[str]:
 
 
 def module_name(path: Path) -> str:
-    """"scaleq.data.graph" for scaleq/data/graph.py; "scaleq.data.__init__" for a package's own file
+    """"scaleq.graph.builder" for scaleq/graph/builder.py; "scaleq.data.__init__" for a package's own file
     (so that its relative imports resolve against the package itself)."""
     relative = path.relative_to(PACKAGE.parent).with_suffix("")
     module = ".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)
@@ -173,8 +173,8 @@ def test_config_is_a_leaf():
     """Schema and validation only: of scaleq it imports the torch-free rule modules and io, nothing
     of torch, models, neighbour search or other I/O libraries."""
     hits = [hit for hit in forbidden_imports("config", ("scaleq", "torch", "torch_geometric", "torch_cluster", "zarr"))
-            if hit.split(": ")[1] not in ("scaleq.graph_options", "scaleq.sample_options", "scaleq.io")
-            and not hit.split(": ")[1].startswith(("scaleq.graph_options.", "scaleq.sample_options.", "scaleq.io."))]
+            if hit.split(": ")[1] not in ("scaleq.graph.options", "scaleq.sample_options", "scaleq.io")
+            and not hit.split(": ")[1].startswith(("scaleq.graph.options.", "scaleq.sample_options.", "scaleq.io."))]
     assert hits == []
 
 

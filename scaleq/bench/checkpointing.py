@@ -19,7 +19,7 @@ import torch
 from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN

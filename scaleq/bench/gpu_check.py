@@ -255,7 +255,7 @@ def profile_step(model_name: str, device: str, quick: bool) -> tuple[list[dict[s
     from scaleq.bench.gpu import CAP, NEIGHBOURS, StepVariant, _build_model
     from scaleq.bench.models import Workload, random_particles
     from scaleq.config import LossConfig
-    from scaleq.data.graph import GraphBuilder
+    from scaleq.graph.builder import GraphBuilder
     from scaleq.losses import training_loss
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 
 from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
-from scaleq.data.graph import radius_graph
+from scaleq.graph.builder import radius_graph
 from scaleq.io import write_rows
 
 CAP = 64

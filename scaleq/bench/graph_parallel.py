@@ -28,7 +28,7 @@ import torch
 
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import write_rows
 
 FIELDS = [

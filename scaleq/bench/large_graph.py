@@ -62,7 +62,7 @@ def build_step(trial: Trial) -> tuple[Any, int]:
     from scaleq.bench.models import Workload, random_particles
     from scaleq.bench.reference_egnn import ReferenceEGNN
     from scaleq.config import LossConfig
-    from scaleq.data.graph import GraphBuilder
+    from scaleq.graph.builder import GraphBuilder
     from scaleq.losses import training_loss
     from scaleq.models import EGNN, FastEGNN
 

@@ -23,7 +23,7 @@ from torch_geometric.data import Batch, Data
 from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.config import LossConfig
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import training_loss
 from scaleq.models import EGNN, FastEGNN

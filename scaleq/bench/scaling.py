@@ -20,7 +20,7 @@ from torch_geometric.data import Batch
 
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed import TorchEngine
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import position_mse

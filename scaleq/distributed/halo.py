@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch_geometric.data import Batch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.partition import GraphPart, coordinate_bisection, shard_batch
 
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.nn.scatter import rank_within_groups
 
 # Per-node fields a batch may carry; they are cut to the owned rows. Other node-sized fields are

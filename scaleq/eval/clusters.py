@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.eval.loading import load_run
 from scaleq.io import atomic_write
 

@@ -30,7 +30,7 @@ from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import engine_from_config
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer

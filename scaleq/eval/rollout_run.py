@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.eval.loading import load_run
 from scaleq.rollout.animation import animate, default_format, frame_grid
 from scaleq.rollout.metrics import (

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from scaleq.config import Config, ConfigError, ModelConfig, check_type
-from scaleq.graph_options import num_edge_features
+from scaleq.graph.options import num_edge_features
 from scaleq.models.registry import MODELS
 
 # Constructor arguments that come from the data, not from the config.

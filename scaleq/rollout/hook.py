@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.rollout.metrics import SUMMARY_STEPS, horizon_metrics, plot_metrics, write_metrics_csv
 from scaleq.rollout.rollout import linear_baseline, max_steps, reference, rollout
 from scaleq.sample_options import first_input_frame

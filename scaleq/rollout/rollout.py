@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.data.store import StoreError
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.sample_options import first_input_frame

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.spawn import rank_env
 from scaleq.losses import position_mse

@@ -17,7 +17,7 @@ import torch
 from torch_geometric.data import Batch
 
 from scaleq.config import LossConfig
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.spawn import rank_env
 from scaleq.losses import training_loss
 from scaleq.models import MODELS

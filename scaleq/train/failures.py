@@ -9,7 +9,7 @@ failure reads the same however the run was launched.
 from __future__ import annotations
 
 from scaleq.config import ConfigError
-from scaleq.data.graph_memory import GraphSizeError
+from scaleq.graph.memory import GraphSizeError
 from scaleq.data.store import StoreError
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.run_dir import RunDirError

@@ -1,7 +1,7 @@
 import torch
 
 from scaleq.bench.reference_egnn import ReferenceEGNN
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN
 from scaleq.testing.stores import random_batch
 

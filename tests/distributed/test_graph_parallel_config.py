@@ -33,7 +33,7 @@ def test_graph_parallel_must_divide_the_ranks():
 
 
 def test_single_process_engine_keeps_whole_graphs_and_one_shard():
-    from scaleq.data.graph import GraphBuilder
+    from scaleq.graph.builder import GraphBuilder
     from scaleq.distributed import TorchEngine
     from scaleq.testing.stores import random_batch
 

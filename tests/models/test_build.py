@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from scaleq.config import ConfigError, ModelConfig, config_from_dict, load_config
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import MODELS
 from scaleq.models.build import (
     auxiliary_outputs,

@@ -3,7 +3,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from scaleq.config import LossConfig
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import training_loss
 from scaleq.models import EGHN
 from scaleq.models.eghn import Clusters, EGHNEGNNLayer, EMMPLayer, UnPoolLayer, complete_cluster_graph

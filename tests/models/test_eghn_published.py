@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch, Data
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import connectivity_loss
 from scaleq.models import EGHN
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN
 from scaleq.testing.block_paths import (
     PATHS,

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import FastEGNN
 from scaleq.testing.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 from scaleq.testing.equivariance import Transform, check_equivariance, random_orthogonal

@@ -5,7 +5,7 @@ graph's row (it was 90 % of FastEGNN's training step on a GPU)."""
 import pytest
 import torch
 
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGHN, EGNN, DuSEGO, FastEGNN
 from scaleq.testing.autograd_graph import backward_node_names, index_gathers
 from scaleq.testing.stores import random_batch

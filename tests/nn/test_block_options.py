@@ -81,7 +81,7 @@ def test_config_takes_auto_and_integers():
 @pytest.mark.parametrize("model_class", [EGNN, FastEGNN])
 @pytest.mark.parametrize("options", [{"edge_chunk": "auto"}, {"kernel": "auto"}], ids=["chunk-auto", "kernel-auto"])
 def test_auto_paths_equal_the_plain_path(model_class, options):
-    from scaleq.data.graph import GraphBuilder
+    from scaleq.graph.builder import GraphBuilder
 
     batch = GraphBuilder(kind="radius", radius=1.5)(random_batch(num_graphs=2, nodes=(6, 9)))
     batch = batch.apply(lambda x: x.double() if x.is_floating_point() else x)

@@ -92,7 +92,7 @@ def test_receiver_chunks_of_a_graph_without_edges():
 def test_the_block_gives_the_same_results_with_either_reduction(monkeypatch, options):
     """EGNN and FastEGNN (real edges and real-virtual messages) with segment_reduce forced on the
     CPU, against index_add_ (the CPU's choice): outputs and every gradient, fp64."""
-    from scaleq.data.graph import GraphBuilder
+    from scaleq.graph.builder import GraphBuilder
     from scaleq.models import EGNN, FastEGNN
     from scaleq.nn import segments as segments_module
     from scaleq.testing.block_paths import outputs_and_gradients

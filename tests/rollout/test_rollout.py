@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.data.store import StoreAttrs, StoreError, Trajectory, write_store
 from scaleq.models.baselines import ConstantVelocity
 from scaleq.rollout.metrics import (

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-from scaleq.data.graph import GraphBuilder
+from scaleq.graph.builder import GraphBuilder
 from scaleq.data.nbody import NBodyParams, draw_initial_states, simulate
 from scaleq.data.store import StoreAttrs, write_store
 from scaleq.rollout.metrics import horizon_metrics, kabsch_rmsd, nbody_invariants, radius_of_gyration

@@ -3,7 +3,7 @@ dropping (FastEGNN), and optionally a second, local graph (bonds, k-nearest neig
 for hierarchical models (EGHN).
 
 Edges flow j -> i: ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i. Radius
-graphs come from torch-cluster or the O(N) cell list (``scaleq.data.cell_list``), chosen by
+graphs come from torch-cluster or the O(N) cell list (``scaleq.graph.cell_list``), chosen by
 ``graph.backend``; both give the same graph, sorted by target. This is the only module that imports
 torch-cluster (torch-geometric 2.8 no longer routes to it).
 """
@@ -19,11 +19,11 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from scaleq.config import GraphConfig
-from scaleq.data.cell_list import RadiusEdges, cell_list_radius_graph, count_radius_edges
-from scaleq.data.cell_table import check_box_sides
-from scaleq.data.graph_memory import check_edges_fit, edges_fit, pair_budget
-from scaleq.data.nearest import keep_nearest
-from scaleq.graph_options import (
+from scaleq.graph.cell_list import RadiusEdges, cell_list_radius_graph, count_radius_edges
+from scaleq.graph.cell_table import check_box_sides
+from scaleq.graph.memory import check_edges_fit, edges_fit, pair_budget
+from scaleq.graph.nearest import keep_nearest
+from scaleq.graph.options import (
     Backend,
     EdgeAttrKind,
     EdgeDropMode,
@@ -67,7 +67,7 @@ def radius_graph(
     box: Tensor | None = None, num_graphs: int | None = None,
 ) -> RadiusEdges:
     """Edges j -> i between nodes of one graph closer than ``radius`` (no self loops), sorted by
-    target, from torch-cluster or the cell list (:mod:`scaleq.data.cell_list`).
+    target, from torch-cluster or the cell list (:mod:`scaleq.graph.cell_list`).
 
     A node with more than ``max_num_neighbors`` neighbours keeps its nearest ones (ties: the
     source's position, lexicographically), on every backend, so the graph does not depend on node

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from scaleq.bench.gpu import compare_edges
-from scaleq.data.cell_list import cell_list_radius_graph
-from scaleq.data.graph import radius_graph
+from scaleq.graph.cell_list import cell_list_radius_graph
+from scaleq.graph.builder import radius_graph
 from scaleq.triton_status import triton_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def test_bad_input_is_named():
 
 TRITON_CHECK = """
 import torch
-from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.graph.cell_list import cell_list_radius_graph
 from scaleq.triton_status import triton_status
 g = torch.Generator().manual_seed(0)
 cases = []
@@ -202,7 +202,7 @@ def compile_cell_list_kernel_for_sm90() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from scaleq.data.cell_list_kernels import _kernel
+    from scaleq.graph.cell_list_kernels import _kernel
 
     kernel = _kernel()
     pointers = {name: "*i64" for name in kernel.arg_names if name.endswith("_ptr")}
@@ -225,6 +225,6 @@ def test_triton_kernel_compiles_for_an_h100_without_one():
     except ImportError:
         pytest.skip("this Triton has no ASTSource / GPUTarget")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "from tests.data.test_cell_list import compile_cell_list_kernel_for_sm90 as c; c()"
+    code = "from tests.graph.test_cell_list import compile_cell_list_kernel_for_sm90 as c; c()"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,5 +1,5 @@
 """The cell list's table, which both pair searches read (the torch one in
-:mod:`scaleq.data.cell_list`, the Triton kernel in :mod:`scaleq.data.cell_list_kernels`):
+:mod:`scaleq.graph.cell_list`, the Triton kernel in :mod:`scaleq.graph.cell_list_kernels`):
 particles binned into cells of side >= r per graph, sorted by (graph, cell), and for every
 occupied cell where the particles of its 3^D neighbouring cells lie. Occupied cells are found by
 binary search, so clustered points with a huge, mostly empty bounding box cost no memory."""

@@ -2,7 +2,7 @@
 rules on their combinations.
 
 Torch-free, so that :mod:`scaleq.config` checks a ``graph:`` section when the file loads and
-:class:`scaleq.data.graph.GraphBuilder` (a GraphConfig with the building added) checks the
+:class:`scaleq.graph.builder.GraphBuilder` (a GraphConfig with the building added) checks the
 builders made without a config, by the same rules written once; the allowed values live in the
 ``Literal`` types alone.
 """
@@ -20,7 +20,7 @@ EdgeAttrKind = Literal["egnn", "distance"]
 
 class GraphOptions(Protocol):
     """The options of a ``graph:`` section, as :class:`scaleq.config.GraphConfig` defines them (and
-    :class:`scaleq.data.graph.GraphBuilder`, which is one)."""
+    :class:`scaleq.graph.builder.GraphBuilder`, which is one)."""
 
     kind: GraphKind
     radius: float | None
@@ -74,6 +74,6 @@ def check_graph_options(graph: GraphOptions) -> None:
 
 
 def num_edge_features(edge_attr: EdgeAttrKind, num_node_attr: int) -> int:
-    """Width of the edge attributes (see :func:`scaleq.data.graph.edge_features`): the products of
+    """Width of the edge attributes (see :func:`scaleq.graph.builder.edge_features`): the products of
     ``num_node_attr`` static node features and the squared distance ('egnn'), or the distance alone."""
     return 1 if edge_attr == "distance" else num_node_attr + 1

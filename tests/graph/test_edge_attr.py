@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scaleq.data.graph import GraphBuilder, edge_features
+from scaleq.graph.builder import GraphBuilder, edge_features
 from scaleq.testing.stores import random_batch
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaleq.data import graph_memory
-from scaleq.data.cell_list import cell_list_radius_graph, count_radius_edges
-from scaleq.data.graph import radius_graph
-from scaleq.data.nearest import keep_nearest
+from scaleq.graph import memory as graph_memory
+from scaleq.graph.cell_list import cell_list_radius_graph, count_radius_edges
+from scaleq.graph.builder import radius_graph
+from scaleq.graph.nearest import keep_nearest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,8 +61,8 @@ def test_the_count_pass_counts_each_node_up_to_its_cap():
 
 TRITON_BLOCKS = """
 import torch
-from scaleq.data import graph_memory
-from scaleq.data.cell_list import cell_list_radius_graph
+from scaleq.graph import memory as graph_memory
+from scaleq.graph.cell_list import cell_list_radius_graph
 graph_memory.MIN_BLOCK_PAIRS = 1
 g = torch.Generator().manual_seed(0)
 pos = torch.randn(120, 3, generator=g) * 0.1
@@ -90,8 +90,8 @@ def test_triton_fill_in_blocks_equals_the_torch_path_in_the_interpreter():
 # In a child process under an address-space limit: a search that would need more refuses first.
 UNDER_LIMIT = """
 import resource, sys, torch
-from scaleq.data.graph import radius_graph
-from scaleq.data.graph_memory import GraphSizeError
+from scaleq.graph.builder import radius_graph
+from scaleq.graph.memory import GraphSizeError
 from scaleq.device_memory import free_memory
 backend, cap = sys.argv[1], int(sys.argv[2])
 pos = torch.randn(2 * 3000, 3, generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 # ruff: noqa: ANN001  (Triton kernel arguments are pointers and ints that Triton types itself)
 """The cell list's pair search as one Triton kernel, run twice: count each particle's neighbours,
-exclusive scan (torch.cumsum), fill. The torch twin is ``scaleq.data.cell_list._pairs_torch``;
+exclusive scan (torch.cumsum), fill. The torch twin is ``scaleq.graph.cell_list._pairs_torch``;
 both visit candidates in the same order (neighbouring cell, then slot) and sum squared distances
 over axes left to right, so their outputs are identical (in the interpreter bit for bit; compiled,
 FMA contraction is off but the reduction over axes may pair terms differently, which can only
@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from scaleq.data.cell_table import CellTable
-from scaleq.data.graph_memory import check_edges_fit, pair_budget
-from scaleq.data.nearest import keep_nearest
+from scaleq.graph.cell_table import CellTable
+from scaleq.graph.memory import check_edges_fit, pair_budget
+from scaleq.graph.nearest import keep_nearest
 from scaleq.triton_status import triton_status
 
 BLOCK = 128
@@ -104,7 +104,7 @@ def cell_pairs_triton(pos: Tensor, table: CellTable, batch: Tensor, r2: Tensor, 
     many targets have more than ``max_num_neighbors`` neighbours.
 
     The count pass gives E before anything is allocated: edges that would not fit refuse here
-    (:func:`~scaleq.data.graph_memory.check_edges_fit`). With a cap and more pairs than about
+    (:func:`~scaleq.graph.memory.check_edges_fit`). With a cap and more pairs than about
     N x cap, the fill pass runs on blocks of slots of at most that many pairs, each block cut to
     its targets' nearest before the next; otherwise one read (the edge count and the number of
     capped targets together) and one fill.

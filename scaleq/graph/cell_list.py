@@ -20,7 +20,7 @@ two cells, so the search stays exact for any r.
 
 Two implementations of the pair search share the binning: a vectorised torch one (candidate pairs
 processed in chunks of bounded size) and a Triton kernel (count, exclusive scan, fill; in
-``scaleq/data/cell_list_kernels.py``) used on CUDA when Triton is installed. Both visit candidates
+``scaleq/graph/cell_list_kernels.py``) used on CUDA when Triton is installed. Both visit candidates
 in the same order and produce identical output (bit for bit in Triton's interpreter; compiled, the
 kernel's sum over axes may round differently in the last bit, which can only move pairs at
 distance r within rounding).
@@ -35,9 +35,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from scaleq.data.cell_table import CellTable, build_cell_table, check_box_sides
-from scaleq.data.graph_memory import check_edges_fit, edges_fit, pair_budget
-from scaleq.data.nearest import keep_nearest
+from scaleq.graph.cell_table import CellTable, build_cell_table, check_box_sides
+from scaleq.graph.memory import check_edges_fit, edges_fit, pair_budget
+from scaleq.graph.nearest import keep_nearest
 from scaleq.triton_status import triton_status
 
 # Candidate pairs held at once by the torch path (each costs ~80 bytes of temporaries).
@@ -201,7 +201,7 @@ def cell_list_radius_graph(
     With a cap, no path holds more than about N x cap candidate pairs at once (targets are
     searched in blocks, each cut to its nearest before the next), so a radius far too large for
     the data costs time, not memory. Edges that would not fit in the device's free memory (no cap,
-    or a cap too large for N) raise :class:`~scaleq.data.graph_memory.GraphSizeError` before the
+    or a cap too large for N) raise :class:`~scaleq.graph.memory.GraphSizeError` before the
     output is allocated.
 
     The Triton path reads the device only for sizes it must allocate: the number of occupied cells,
@@ -226,7 +226,7 @@ def cell_list_radius_graph(
     table = build_cell_table(pos, radius, batch, num_graphs, box)
     use_triton = pair_search == "triton" or (pair_search == "auto" and pos.is_cuda and triton_status().installed)
     if use_triton:
-        from scaleq.data.cell_list_kernels import cell_pairs_triton
+        from scaleq.graph.cell_list_kernels import cell_pairs_triton
 
         edge_index, shift, num_capped = cell_pairs_triton(pos, table, batch, r2, max_num_neighbors, radius)
     else:

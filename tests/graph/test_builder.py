@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.data.graph import GraphBuilder, complete_graph, drop_edges, edge_features, radius_graph
+from scaleq.graph.builder import GraphBuilder, complete_graph, drop_edges, edge_features, radius_graph
 
 BACKENDS = ["torch_cluster", "cell_list"]
 

@@ -3,7 +3,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from scaleq.config import ConfigError, GraphConfig
-from scaleq.data.graph import GraphBuilder, knn_graph
+from scaleq.graph.builder import GraphBuilder, knn_graph
 
 
 def edge_set(edge_index):
