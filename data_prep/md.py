@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.data.cli import add_store_arguments, run_converter, store_options
-from scaleq.data.md import MAX_BOND_LENGTH, MAX_DISPLACEMENT, convert_md
+from scaleq.sources.cli import add_store_arguments, run_converter, store_options
+from scaleq.sources.md import MAX_BOND_LENGTH, MAX_DISPLACEMENT, convert_md
 
 
 def main(argv: list[str] | None = None) -> int:

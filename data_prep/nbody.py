@@ -3,7 +3,7 @@
     python data_prep/nbody.py --out data/nbody5                           # EGNN's 5-body protocol (seed 43)
     python data_prep/nbody.py --out data/nbody100 --system fastegnn       # FastEGNN's 100-body protocol
 
---system picks the simulator and its published protocol (scaleq/data/nbody.py): 'egnn' (5 bodies,
+--system picks the simulator and its published protocol (scaleq/sources/nbody.py): 'egnn' (5 bodies,
 10000/2000/2000 trajectories drawn, 3000 kept for training) or 'fastegnn' (GMN's system of 100
 isolated balls in 3 Gaussians, 5000/2000/2000). The other options override that protocol.
 """
@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.data.cli import run_converter
-from scaleq.data.nbody import PROTOCOLS, SYSTEMS, SplitSpec, protocol_params, write_nbody_dataset
+from scaleq.sources.cli import run_converter
+from scaleq.sources.nbody import PROTOCOLS, SYSTEMS, SplitSpec, protocol_params, write_nbody_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.data.cli import add_store_arguments, run_converter, store_options
-from scaleq.data.water3d import convert_water3d
+from scaleq.sources.cli import add_store_arguments, run_converter, store_options
+from scaleq.sources.water3d import convert_water3d
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ class GenerateConfig:
     """How to create the dataset when ``data.path`` does not exist (only the N-body simulator)."""
 
     source: Literal["nbody"] = "nbody"
-    # the simulator: EGNN's 5-body one, or FastEGNN's 100-body system of GMN (scaleq/data/nbody.py)
+    # the simulator: EGNN's 5-body one, or FastEGNN's 100-body system of GMN (scaleq/sources/nbody.py)
     system: Literal["egnn", "fastegnn"] = "egnn"
     gaussians: int | None = None  # fastegnn: Gaussians of the initial positions (None: 3, as published)
     particles: int = 5

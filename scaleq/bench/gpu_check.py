@@ -9,7 +9,7 @@ only that part; the check goes on):
                        and of 20M (Triton path, layers checkpointed), a fresh process per size
     deepspeed          the README's DeepSpeed command (ZeRO-2, bf16, activation checkpointing) with
                        the deepspeed launcher, on a Water-3D store in the published tfrecord format
-                       that the check writes (scaleq.data.water3d_writer) and converts (data_prep/water3d.py)
+                       that the check writes (scaleq.sources.water3d_writer) and converts (data_prep/water3d.py)
     profile            torch.profiler over one training step per model: the top kernels by device
                        time, host reads of device values, cudaStreamSynchronize calls and
                        device-to-host copies per step
@@ -116,7 +116,7 @@ def _judge_large_graph(stdout: str) -> tuple[str, str]:
 def water3d_store(s: Settings) -> Path:
     """A small store in Water-3D's published format: tfrecords written by an independent encoder,
     converted by data_prep/water3d.py (as a user converts the real download)."""
-    from scaleq.data.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
+    from scaleq.sources.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
 
     particles, steps = (300, 24) if s.quick else (8000, 24)
     trajectories = random_raw_trajectories(4, steps, particles, seed=0)

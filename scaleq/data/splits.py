@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scaleq.config import Config, DataConfig
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-from scaleq.data.nbody import SplitSpec, protocol_params, write_nbody_dataset
+from scaleq.sources.nbody import SplitSpec, protocol_params, write_nbody_dataset
 from scaleq.data.store import StoreError
 
 SPLITS = ("train", "valid", "test")

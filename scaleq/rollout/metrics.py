@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scaleq.data.nbody import NBodyParams, energy
+from scaleq.sources.nbody import NBodyParams, energy
 from scaleq.io import save_figure, write_rows
 from scaleq.rollout.rollout import Reference, Rollout
 
@@ -65,7 +65,7 @@ def radius_of_gyration(pos: Tensor) -> Tensor:
 
 
 def nbody_invariants(pos: Tensor, rate: Tensor, charges: Tensor, simulator: dict[str, Any]) -> dict[str, Tensor]:
-    """Total energy (the simulator's own :func:`scaleq.data.nbody.energy` and constants), linear
+    """Total energy (the simulator's own :func:`scaleq.sources.nbody.energy` and constants), linear
     and angular momentum (unit masses) of one trajectory at every frame.
 
     Shapes:

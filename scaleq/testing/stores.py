@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.data.nbody import NBodyParams, SplitSpec, write_nbody_dataset
+from scaleq.sources.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 from scaleq.data.store import StoreAttrs, Trajectory, TrajectoryStore, write_store
 
 

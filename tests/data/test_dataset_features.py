@@ -3,7 +3,7 @@ import pytest
 from MDAnalysisTests.datafiles import DCD, PSF
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-from scaleq.data.md import convert_md
+from scaleq.sources.md import convert_md
 from scaleq.data.store import StoreError
 
 

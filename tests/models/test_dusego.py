@@ -8,7 +8,7 @@ from torch_geometric.data import Batch
 from scaleq.config import config_from_dict, load_config
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
-from scaleq.data.nbody import NBodyParams
+from scaleq.sources.nbody import NBodyParams
 from scaleq.models import EGNN, MODELS, DuSEGO
 from scaleq.models.build import instantiate
 from scaleq.models.dusego import GraphInputs, vector_activation

@@ -7,10 +7,10 @@ import pytest
 from MDAnalysisTests.datafiles import DCD, PSF
 
 from scaleq.config import ConfigError, load_config
-from scaleq.data.md import convert_md
+from scaleq.sources.md import convert_md
 from scaleq.data.splits import open_datasets
-from scaleq.data.water3d import convert_water3d
-from scaleq.data.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
+from scaleq.sources.water3d import convert_water3d
+from scaleq.sources.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
 from scaleq.run import run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

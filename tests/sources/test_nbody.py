@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scaleq.data.nbody import (
+from scaleq.sources.nbody import (
     NBodyParams,
     SplitSpec,
     draw_initial_states,
@@ -49,7 +49,7 @@ def test_generation_is_reproducible_and_drawn_skips():
 def test_energy_is_conserved_without_close_encounters():
     # two like charges far apart: smooth repulsion, no force clipping
     params = NBodyParams(num_particles=2)
-    from scaleq.data.nbody import InitialState
+    from scaleq.sources.nbody import InitialState
 
     init = InitialState(
         charges=np.array([[1.0, 1.0]]),

@@ -3,7 +3,7 @@ import io
 import pytest
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from scaleq.data.tfrecord import TFRecordError, frame_record, masked_crc32c, read_records, write_records
+from scaleq.sources.tfrecord import TFRecordError, frame_record, masked_crc32c, read_records, write_records
 
 RECORDS = [b"first", b"", bytes(range(256)) * 40]
 

@@ -3,7 +3,7 @@ the store `make gpu-check` converts with data_prep/water3d.py as a user converts
 
 The records are encoded by the real ``protobuf`` library from message descriptors equal to
 TensorFlow's ``feature.proto`` / ``example.proto`` (package ``tensorflow``), so the hand-written
-parser in :mod:`scaleq.data.water3d` is checked against an independent encoder.
+parser in :mod:`scaleq.sources.water3d` is checked against an independent encoder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from scaleq.data.tfrecord import write_records
+from scaleq.sources.tfrecord import write_records
 
 _F = descriptor_pb2.FieldDescriptorProto
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from scaleq.data.staging import staged_dataset
 from scaleq.data.store import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
-from scaleq.data.tfrecord import TFRecordError, read_records
+from scaleq.sources.tfrecord import TFRecordError, read_records
 
 SPLITS = ("train", "valid", "test")
 CONTEXT_KEYS = ("key", "particle_type")

@@ -7,9 +7,9 @@ import pytest
 import zarr
 
 from scaleq.data.store import StoreError, open_store
-from scaleq.data.tfrecord import TFRecordError, frame_record, write_records
-from scaleq.data.water3d import convert_water3d
-from scaleq.data.water3d_writer import (
+from scaleq.sources.tfrecord import TFRecordError, frame_record, write_records
+from scaleq.sources.water3d import convert_water3d
+from scaleq.sources.water3d_writer import (
     encode_sequence_example,
     random_raw_trajectories,
     water3d_metadata,

@@ -8,7 +8,7 @@ import pytest
 from MDAnalysisTests.datafiles import DCD, GRO, PSF, XTC
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-from scaleq.data.md import convert_md, split_frames
+from scaleq.sources.md import convert_md, split_frames
 from scaleq.data.store import StoreError, open_store
 
 
