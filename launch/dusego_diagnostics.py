@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError, load_config
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 from scaleq.eval.depth_sweep import QUICK_OVERRIDES, diagnostics_report
 from scaleq.models import check_buildable
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 from scaleq.eval.clusters import cluster_plot_from_run
 from scaleq.train.checkpoint import CheckpointError
 

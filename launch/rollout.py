@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 from scaleq.eval.rollout_run import rollout_from_run
 from scaleq.train.checkpoint import CheckpointError
 

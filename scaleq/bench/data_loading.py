@@ -22,7 +22,7 @@ import torch
 
 from scaleq.bench.memory import peak_memory
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset, make_loader
-from scaleq.data.store import StoreAttrs, StoreWriter, Trajectory, TrajectoryStore
+from scaleq.store.format import StoreAttrs, StoreWriter, Trajectory, TrajectoryStore
 from scaleq.io import save_figure, write_rows
 
 

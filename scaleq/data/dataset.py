@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader as GraphLoader
 
-from scaleq.data.store import NUM_FRAMES, StoreError, TrajectoryStore, open_store
+from scaleq.store.format import NUM_FRAMES, StoreError, TrajectoryStore, open_store
 from scaleq.sample_options import VelocitySource, check_sample_options, first_input_frame
 
 

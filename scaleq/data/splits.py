@@ -9,7 +9,7 @@ from pathlib import Path
 from scaleq.config import Config, DataConfig
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.sources.nbody import SplitSpec, protocol_params, write_nbody_dataset
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 
 SPLITS = ("train", "valid", "test")
 

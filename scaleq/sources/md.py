@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from scaleq.data.staging import staged_dataset
-from scaleq.data.store import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
+from scaleq.store.staging import staged_dataset
+from scaleq.store.format import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
 
 SPLITS = ("train", "valid", "test")
 FEATURE_NAMES = ["charge", "element", "type"]

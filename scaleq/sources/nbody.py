@@ -42,8 +42,8 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from scaleq.data.staging import staged_dataset
-from scaleq.data.store import StoreAttrs, StoreWriter, Trajectory, default_provenance
+from scaleq.store.staging import staged_dataset
+from scaleq.store.format import StoreAttrs, StoreWriter, Trajectory, default_provenance
 
 NBodySystem = Literal["egnn", "fastegnn"]
 SYSTEMS: tuple[NBodySystem, ...] = ("egnn", "fastegnn")
@@ -265,7 +265,7 @@ def write_nbody_dataset(
     progress: bool = False,
 ) -> dict[str, Path]:
     """Simulate every split from one seeded RNG and write ``<out_dir>/<split>.zarr`` stores, all or
-    none (see :func:`scaleq.data.staging.staged_dataset`)."""
+    none (see :func:`scaleq.store.staging.staged_dataset`)."""
     rng = np.random.RandomState(seed)
     attrs = StoreAttrs(
         kind="nbody",

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from scaleq.data.staging import staged_dataset
-from scaleq.data.store import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
+from scaleq.store.staging import staged_dataset
+from scaleq.store.format import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
 from scaleq.sources.tfrecord import TFRecordError, read_records
 
 SPLITS = ("train", "valid", "test")

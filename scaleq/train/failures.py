@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scaleq.config import ConfigError
 from scaleq.graph.memory import GraphSizeError
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.run_dir import RunDirError
 

@@ -4,7 +4,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset, build_index
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 from scaleq.testing.stores import tiny_store
 
 

@@ -4,7 +4,7 @@ from MDAnalysisTests.datafiles import DCD, PSF
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.sources.md import convert_md
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 
 
 @pytest.fixture(scope="module")

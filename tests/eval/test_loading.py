@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scaleq.config import config_from_dict, save_config
-from scaleq.data.store import StoreAttrs, Trajectory, write_store
+from scaleq.store.format import StoreAttrs, Trajectory, write_store
 from scaleq.eval.loading import load_run
 from scaleq.models import DataWidths, build_model
 from scaleq.run import run

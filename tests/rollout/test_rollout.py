@@ -7,7 +7,7 @@ from torch import nn
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
-from scaleq.data.store import StoreAttrs, StoreError, Trajectory, write_store
+from scaleq.store.format import StoreAttrs, StoreError, Trajectory, write_store
 from scaleq.models.baselines import ConstantVelocity
 from scaleq.rollout.metrics import (
     horizon_metrics,

@@ -7,7 +7,7 @@ import torch
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
 from scaleq.sources.nbody import NBodyParams, draw_initial_states, simulate
-from scaleq.data.store import StoreAttrs, write_store
+from scaleq.store.format import StoreAttrs, write_store
 from scaleq.rollout.metrics import horizon_metrics, kabsch_rmsd, nbody_invariants, radius_of_gyration
 from scaleq.rollout.rollout import linear_baseline, reference, rollout
 

@@ -10,7 +10,7 @@ from scaleq.sources.nbody import (
     simulate,
     write_nbody_dataset,
 )
-from scaleq.data.store import open_store
+from scaleq.store.format import open_store
 
 
 def test_published_constants():
@@ -73,7 +73,7 @@ def test_dataset_stores(tmp_path):
 
 
 def test_existing_dataset_is_refused_and_left_whole(tmp_path):
-    from scaleq.data.store import StoreError
+    from scaleq.store.format import StoreError
 
     splits = [SplitSpec("train", 2), SplitSpec("test", 1)]
     write_nbody_dataset(tmp_path, NBodyParams(num_steps=300), splits, seed=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from scaleq.data.store import StoreError, open_store
+from scaleq.store.format import StoreError, open_store
 from scaleq.sources.tfrecord import TFRecordError, frame_record, write_records
 from scaleq.sources.water3d import convert_water3d
 from scaleq.sources.water3d_writer import (

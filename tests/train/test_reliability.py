@@ -18,7 +18,7 @@ import yaml
 import zarr
 
 from scaleq.config import config_from_dict
-from scaleq.data.store import StoreError
+from scaleq.store.format import StoreError
 from scaleq.distributed.process_group import free_port
 from scaleq.run import run
 from scaleq.testing.stores import tiny_nbody_dataset

@@ -1,6 +1,6 @@
 import numpy as np
 
-from scaleq.data.store import ChunkCache, StoreAttrs, TrajectoryStore, write_store
+from scaleq.store.format import ChunkCache, StoreAttrs, TrajectoryStore, write_store
 from scaleq.testing.stores import random_walk_trajectories
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from scaleq.data.store import StoreError, _replace_dir, remove_orphans
+from scaleq.store.format import StoreError, _replace_dir, remove_orphans
 
 
 @contextmanager

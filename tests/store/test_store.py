@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import zarr
 
-from scaleq.data.store import (
+from scaleq.store.format import (
     FORMAT_VERSION,
     StoreAttrs,
     StoreError,
