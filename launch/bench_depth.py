@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError, load_config
-from scaleq.store.format import StoreError
 from scaleq.eval.depth_sweep import QUICK_OVERRIDES, run_sweep, with_changes
 from scaleq.models import check_buildable
+from scaleq.store.format import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:

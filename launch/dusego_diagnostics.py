@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError, load_config
-from scaleq.store.format import StoreError
 from scaleq.eval.depth_sweep import QUICK_OVERRIDES, diagnostics_report
 from scaleq.models import check_buildable
+from scaleq.store.format import StoreError
 
 QUICK = [o for o in QUICK_OVERRIDES if not o.startswith("train.epochs=")]  # --epochs sets the schedule
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError
-from scaleq.store.format import StoreError
 from scaleq.eval.clusters import cluster_plot_from_run
+from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError
-from scaleq.store.format import StoreError
 from scaleq.eval.rollout_run import rollout_from_run
+from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 
 

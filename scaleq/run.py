@@ -15,9 +15,9 @@ import torch
 
 from scaleq.config import Config, ConfigError, save_config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.graph.builder import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import Engine, engine_from_config
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics

@@ -36,8 +36,8 @@ from scaleq.bench.memory import PeakMemory, peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.bench.reference_egnn import ReferenceEGNN
 from scaleq.config import LossConfig
-from scaleq.graph.cell_list import cell_list_radius_graph
 from scaleq.graph.builder import GraphBuilder, radius_graph
+from scaleq.graph.cell_list import cell_list_radius_graph
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import training_loss
 from scaleq.models import MODELS

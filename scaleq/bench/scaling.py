@@ -20,8 +20,8 @@ from torch_geometric.data import Batch
 
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed import TorchEngine
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN

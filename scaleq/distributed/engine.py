@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.halo import split_batch
 from scaleq.distributed.process_group import Ranks, graph_parallel_group
+from scaleq.graph.builder import GraphBuilder
 
 
 class Engine(ABC):

@@ -26,8 +26,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch_geometric.data import Batch
 
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.partition import GraphPart, coordinate_bisection, shard_batch
+from scaleq.graph.builder import GraphBuilder
 
 
 class GraphHalo:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.graph.builder import GraphBuilder
 from scaleq.eval.loading import load_run
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import atomic_write
 
 

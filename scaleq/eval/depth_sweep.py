@@ -30,10 +30,10 @@ from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.graph.builder import GraphBuilder
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import engine_from_config
 from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer
+from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.train.checkpoint import seed_everything

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from scaleq.data.dataset import TrajectoryDataset
-from scaleq.graph.builder import GraphBuilder
 from scaleq.eval.loading import load_run
+from scaleq.graph.builder import GraphBuilder
 from scaleq.rollout.animation import animate, default_format, frame_grid
 from scaleq.rollout.metrics import (
     HorizonMetrics,

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scaleq.sources.nbody import NBodyParams, energy
 from scaleq.io import save_figure, write_rows
 from scaleq.rollout.rollout import Reference, Rollout
+from scaleq.sources.nbody import NBodyParams, energy
 
 SUMMARY_STEPS = (1, 5, 10, 20)
 

@@ -36,9 +36,9 @@ from torch_geometric.data import Batch
 
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
-from scaleq.store.format import StoreError
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.sample_options import first_input_frame
+from scaleq.store.format import StoreError
 
 # -- the rollout ------------------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.spawn import rank_env
+from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import position_mse
 from scaleq.testing.distributed import NODES, tiny_model
 from scaleq.testing.stores import random_batch

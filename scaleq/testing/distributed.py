@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.spawn import rank_env
+from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN
 from scaleq.testing.stores import random_batch

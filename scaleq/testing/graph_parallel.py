@@ -17,8 +17,8 @@ import torch
 from torch_geometric.data import Batch
 
 from scaleq.config import LossConfig
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.spawn import rank_env
+from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
 from scaleq.testing.stores import random_batch

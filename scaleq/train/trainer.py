@@ -42,8 +42,8 @@ from tqdm import tqdm
 
 from scaleq.config import Config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.engine import Engine
+from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
 from scaleq.train.checkpoint import (
     BEST,

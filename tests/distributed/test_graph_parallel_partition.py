@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from scaleq.graph.builder import GraphBuilder
 from scaleq.distributed.partition import (
     coordinate_bisection,
     local_batch,
@@ -14,6 +13,7 @@ from scaleq.distributed.partition import (
     shard_batch,
     split_edges,
 )
+from scaleq.graph.builder import GraphBuilder
 from scaleq.testing.stores import random_batch
 
 

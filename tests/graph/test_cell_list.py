@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from scaleq.bench.gpu import compare_edges
-from scaleq.graph.cell_list import cell_list_radius_graph
 from scaleq.graph.builder import radius_graph
+from scaleq.graph.cell_list import cell_list_radius_graph
 from scaleq.triton_status import triton_status
 
 ROOT = Path(__file__).resolve().parents[2]

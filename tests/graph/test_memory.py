@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from scaleq.graph import memory as graph_memory
-from scaleq.graph.cell_list import cell_list_radius_graph, count_radius_edges
 from scaleq.graph.builder import radius_graph
+from scaleq.graph.cell_list import cell_list_radius_graph, count_radius_edges
 from scaleq.graph.nearest import keep_nearest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ from torch_geometric.data import Batch
 from scaleq.config import config_from_dict, load_config
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
-from scaleq.sources.nbody import NBodyParams
 from scaleq.models import EGNN, MODELS, DuSEGO
 from scaleq.models.build import instantiate
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
+from scaleq.sources.nbody import NBodyParams
 from scaleq.testing.block_paths import PATHS, assert_paths_agree, path_available
 from scaleq.testing.equivariance import check_equivariance, random_orthogonal
 from scaleq.testing.stores import random_batch, tiny_nbody_dataset

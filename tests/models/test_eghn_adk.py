@@ -7,9 +7,9 @@ import pytest
 from MDAnalysisTests import datafiles
 
 from scaleq.config import config_from_dict
-from scaleq.sources import md
 from scaleq.eval.clusters import cluster_plot_from_run
 from scaleq.run import run
+from scaleq.sources import md
 from scaleq.train.metrics import read_metrics
 
 

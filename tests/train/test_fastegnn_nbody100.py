@@ -8,8 +8,8 @@ its frame 10 later is a sample: 288 training samples), H=16, 2 layers, 15 epochs
 import pytest
 
 from scaleq.config import config_from_dict
-from scaleq.sources.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 from scaleq.run import run
+from scaleq.sources.nbody import NBodyParams, SplitSpec, write_nbody_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ import pytest
 from MDAnalysisTests.datafiles import DCD, PSF
 
 from scaleq.config import ConfigError, load_config
-from scaleq.sources.md import convert_md
 from scaleq.data.splits import open_datasets
+from scaleq.run import run
+from scaleq.sources.md import convert_md
 from scaleq.sources.water3d import convert_water3d
 from scaleq.sources.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
-from scaleq.run import run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHORT = ["train.epochs=1", "train.eval_every=1", "train.progress=false", "data.num_workers=0", "model.hidden=8",

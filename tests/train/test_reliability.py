@@ -18,9 +18,9 @@ import yaml
 import zarr
 
 from scaleq.config import config_from_dict
-from scaleq.store.format import StoreError
 from scaleq.distributed.process_group import free_port
 from scaleq.run import run
+from scaleq.store.format import StoreError
 from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.metrics import read_metrics
