@@ -197,7 +197,8 @@ DENSE_NODES = 3000  # per graph; two graphs a batch: 2 x 3000 x 2999 ~ 18 M edge
 @pytest.fixture(scope="module")
 def dense_store(tmp_path_factory):
     """Splits of 2, 1 and 1 trajectories of DENSE_NODES particles: a radius of 50 reaches them all."""
-    from scaleq.store.format import StoreAttrs, write_store
+    from scaleq.store.format import StoreAttrs
+    from scaleq.store.writer import write_store
     from scaleq.testing.stores import random_walk_trajectories
 
     root = tmp_path_factory.mktemp("dense")

@@ -22,8 +22,10 @@ import torch
 
 from scaleq.bench.memory import peak_memory
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset, make_loader
-from scaleq.store.format import StoreAttrs, StoreWriter, Trajectory, TrajectoryStore
 from scaleq.io import save_figure, write_rows
+from scaleq.store.format import StoreAttrs, Trajectory
+from scaleq.store.reader import TrajectoryStore
+from scaleq.store.writer import StoreWriter
 
 
 def write_synthetic_store(path: Path, trajectories: int, frames: int, particles: int, seed: int = 0) -> float:

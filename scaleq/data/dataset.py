@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader as GraphLoader
 
-from scaleq.store.format import NUM_FRAMES, StoreError, TrajectoryStore, open_store
 from scaleq.sample_options import VelocitySource, check_sample_options, first_input_frame
+from scaleq.store.format import NUM_FRAMES, StoreError
+from scaleq.store.reader import TrajectoryStore, open_store
 
 
 @dataclass(frozen=True, kw_only=True)

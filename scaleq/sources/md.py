@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from scaleq.store.format import StoreAttrs, StoreError, Trajectory, default_provenance
 from scaleq.store.staging import staged_dataset
-from scaleq.store.format import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
+from scaleq.store.writer import StoreWriter
 
 SPLITS = ("train", "valid", "test")
 FEATURE_NAMES = ["charge", "element", "type"]

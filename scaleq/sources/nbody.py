@@ -42,8 +42,9 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from scaleq.store.format import StoreAttrs, Trajectory, default_provenance
 from scaleq.store.staging import staged_dataset
-from scaleq.store.format import StoreAttrs, StoreWriter, Trajectory, default_provenance
+from scaleq.store.writer import StoreWriter
 
 NBodySystem = Literal["egnn", "fastegnn"]
 SYSTEMS: tuple[NBodySystem, ...] = ("egnn", "fastegnn")

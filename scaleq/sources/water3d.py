@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from scaleq.store.staging import staged_dataset
-from scaleq.store.format import StoreAttrs, StoreError, StoreWriter, Trajectory, default_provenance
 from scaleq.sources.tfrecord import TFRecordError, read_records
+from scaleq.store.format import StoreAttrs, StoreError, Trajectory, default_provenance
+from scaleq.store.staging import staged_dataset
+from scaleq.store.writer import StoreWriter
 
 SPLITS = ("train", "valid", "test")
 CONTEXT_KEYS = ("key", "particle_type")

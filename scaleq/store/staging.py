@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from scaleq.store.format import StoreError, _replace_dir, remove_orphans
+from scaleq.store.format import StoreError
+from scaleq.store.writer import _replace_dir, remove_orphans
 
 
 @contextmanager

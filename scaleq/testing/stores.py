@@ -9,7 +9,9 @@ import torch
 from torch_geometric.data import Batch
 
 from scaleq.sources.nbody import NBodyParams, SplitSpec, write_nbody_dataset
-from scaleq.store.format import StoreAttrs, Trajectory, TrajectoryStore, write_store
+from scaleq.store.format import StoreAttrs, Trajectory
+from scaleq.store.reader import TrajectoryStore
+from scaleq.store.writer import write_store
 
 
 def random_walk_trajectories(

@@ -7,7 +7,8 @@ import torch
 from scaleq.config import config_from_dict
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.data.splits import open_datasets
-from scaleq.store.format import StoreAttrs, StoreError, Trajectory, write_store
+from scaleq.store.format import StoreAttrs, StoreError, Trajectory
+from scaleq.store.writer import write_store
 
 
 def store_with_features(path, features):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from scaleq.config import config_from_dict, save_config
-from scaleq.store.format import StoreAttrs, Trajectory, write_store
 from scaleq.eval.loading import load_run
 from scaleq.models import DataWidths, build_model
 from scaleq.run import run
+from scaleq.store.format import StoreAttrs, Trajectory
+from scaleq.store.writer import write_store
 from scaleq.testing.stores import random_walk_trajectories
 from scaleq.train.checkpoint import CheckpointError, load_weights
 

@@ -290,7 +290,7 @@ def test_model_output_does_not_depend_on_node_order_through_the_builder(backend)
 def test_periodic_graphs_from_a_store_use_its_bounds(tmp_path):
     """Dataset -> batch.box (the store's bounds) -> periodic builder: brute-force minimum image."""
     from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-    from scaleq.store.format import open_store
+    from scaleq.store.reader import open_store
     from scaleq.testing.stores import tiny_store
 
     tiny_store(tmp_path / "s.zarr", num_nodes=[30, 25, 40])

@@ -7,13 +7,14 @@ from torch import nn
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
-from scaleq.store.format import StoreAttrs, StoreError, Trajectory, write_store
 from scaleq.models.baselines import ConstantVelocity
 from scaleq.rollout.metrics import (
     horizon_metrics,
     summary_line,
 )
 from scaleq.rollout.rollout import max_steps, reference, rollout, velocity_estimate
+from scaleq.store.format import StoreAttrs, StoreError, Trajectory
+from scaleq.store.writer import write_store
 from scaleq.testing.stores import tiny_nbody_dataset
 
 

@@ -6,10 +6,11 @@ import torch
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
-from scaleq.sources.nbody import NBodyParams, draw_initial_states, simulate
-from scaleq.store.format import StoreAttrs, write_store
 from scaleq.rollout.metrics import horizon_metrics, kabsch_rmsd, nbody_invariants, radius_of_gyration
 from scaleq.rollout.rollout import linear_baseline, reference, rollout
+from scaleq.sources.nbody import NBodyParams, draw_initial_states, simulate
+from scaleq.store.format import StoreAttrs
+from scaleq.store.writer import write_store
 
 
 def test_simulator_energy_is_conserved_to_its_integrators_accuracy():

@@ -9,7 +9,8 @@ from MDAnalysisTests.datafiles import DCD, GRO, PSF, XTC
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
 from scaleq.sources.md import convert_md, split_frames
-from scaleq.store.format import StoreError, open_store
+from scaleq.store.format import StoreError
+from scaleq.store.reader import open_store
 
 
 def _universe(top, trj):

@@ -10,7 +10,7 @@ from scaleq.sources.nbody import (
     simulate,
     write_nbody_dataset,
 )
-from scaleq.store.format import open_store
+from scaleq.store.reader import open_store
 
 
 def test_published_constants():

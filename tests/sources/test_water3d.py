@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import zarr
 
-from scaleq.store.format import StoreError, open_store
 from scaleq.sources.tfrecord import TFRecordError, frame_record, write_records
 from scaleq.sources.water3d import convert_water3d
 from scaleq.sources.water3d_writer import (
@@ -15,6 +14,8 @@ from scaleq.sources.water3d_writer import (
     water3d_metadata,
     write_water3d_source,
 )
+from scaleq.store.format import StoreError
+from scaleq.store.reader import open_store
 
 STEPS = 6
 

@@ -1,6 +1,8 @@
 import numpy as np
 
-from scaleq.store.format import ChunkCache, StoreAttrs, TrajectoryStore, write_store
+from scaleq.store.format import StoreAttrs
+from scaleq.store.reader import ChunkCache, TrajectoryStore
+from scaleq.store.writer import write_store
 from scaleq.testing.stores import random_walk_trajectories
 
 
