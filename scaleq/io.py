@@ -1,10 +1,12 @@
-"""Atomic file writes: every file scaleq writes either appears whole or not at all.
+"""Atomic writes: every file and directory scaleq writes either appears whole or not at all.
 
 A writer fills ``.<name>.tmp-<pid>`` next to the target, flushes and fsyncs it, renames it over
 the target (``os.replace`` is atomic within a filesystem) and fsyncs the directory, so a crash or
 a full disk leaves the previous file intact and at worst a temporary that
-:func:`remove_stale_temporaries` clears on the next start. This module imports nothing from
-scaleq, so every package (data, train, distributed, rollout, bench, eval) may use it; so do the
+:func:`remove_stale_temporaries` clears on the next start. Directories (a Zarr store, a dataset's
+splits) are written the same way: whole into a sibling named with the writer's pid, swapped into
+place by :func:`replace_dir`; :func:`remove_orphans` clears what a killed writer left. This module
+imports nothing from scaleq, so every package (data, train, distributed, rollout, bench, eval) may use it; so do the
 shared writers built on it: CSV tables (:func:`write_rows`) and PNG figures (:func:`save_figure`).
 """
 
@@ -112,6 +114,24 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
                 tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+def remove_orphans(parent: Path, prefix: str) -> None:
+    """Remove ``<parent>/<prefix><pid>`` directories whose writer process no longer exists: what a
+    writer killed mid-write (SIGKILL, power loss) leaves behind. Live writers' ones stay."""
+    for path in parent.glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :]
+        if pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; an existing one is swapped out, then removed."""
+    old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def process_exists(pid: int) -> bool:

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from scaleq.io import remove_orphans, replace_dir
 from scaleq.store.format import StoreError
-from scaleq.store.writer import _replace_dir, remove_orphans
 
 
 @contextmanager
@@ -38,7 +38,7 @@ def staged_dataset(
     try:
         yield {split: stage / f"{split}.zarr" for split in splits}
         for split, path in final.items():
-            _replace_dir(stage / f"{split}.zarr", path)
+            replace_dir(stage / f"{split}.zarr", path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if created and out.exists() and not any(out.iterdir()):

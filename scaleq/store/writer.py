@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from scaleq.io import process_exists
+from scaleq.io import remove_orphans, replace_dir
 from scaleq.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -317,7 +317,7 @@ class StoreWriter:
         self._group.attrs.update(
             {"format": FORMAT_NAME, "version": FORMAT_VERSION, **attrs, "statistics": statistics}
         )
-        _replace_dir(self.tmp_path, self.path)
+        replace_dir(self.tmp_path, self.path)
 
 
 def _compressors(name: str) -> list[Any] | None:
@@ -337,24 +337,6 @@ def _as_float32(values: np.ndarray, where: str) -> np.ndarray:
         bad = int((~np.isfinite(array)).sum())
         raise StoreError(f"{where}: {bad} values are NaN or infinite")
     return array
-
-
-def remove_orphans(parent: Path, prefix: str) -> None:
-    """Remove ``<parent>/<prefix><pid>`` directories whose writer process no longer exists: what a
-    writer killed mid-write (SIGKILL, power loss) leaves behind. Live writers' ones stay."""
-    for path in parent.glob(f"{prefix}*"):
-        pid = path.name[len(prefix) :]
-        if pid.isdigit() and not process_exists(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an existing one is swapped out, then removed."""
-    old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_store(
