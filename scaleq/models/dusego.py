@@ -57,8 +57,8 @@ from torch_geometric.data import Batch
 
 from scaleq.models.egnn import EGNNLayer
 from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
-from scaleq.nn.checkpoint import run_layers
 from scaleq.nn.graph_reduce import graph_mean
+from scaleq.nn.layer_recompute import run_layers
 from scaleq.nn.message_passing import EdgeLayout, Halo
 from scaleq.nn.ode import FIXED_GRID_METHODS, integrate_interval
 

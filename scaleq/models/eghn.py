@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
-from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.layer_recompute import run_layers
 from scaleq.nn.message_passing import EdgeLayout, check_edge_mlps, edge_sums, layout_chunk
 from scaleq.nn.mlp import cat_features, mlp, small_init_, split_columns
 from scaleq.nn.recompute import sum_over_edges

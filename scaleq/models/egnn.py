@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from scaleq.nn.block_options import EdgeChunk, Kernel, check_block_options
-from scaleq.nn.checkpoint import run_layers
+from scaleq.nn.layer_recompute import run_layers
 from scaleq.nn.message_passing import EdgeLayout, Halo, check_edge_mlps, edge_sums
 from scaleq.nn.mlp import cat_features, mlp, small_init_
 

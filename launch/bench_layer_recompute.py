@@ -1,8 +1,8 @@
 """Peak memory and step time of EGNN with and without gradient checkpointing, as graphs and depth
-grow (scaleq.bench.checkpointing). Writes bench/memory.csv and bench/memory.png.
+grow (scaleq.bench.layer_recompute). Writes bench/memory.csv and bench/memory.png.
 
-    python launch/bench_memory.py                                  # CPU sizes (a few minutes on 2 cores)
-    python launch/bench_memory.py --nodes 20000 100000 --layers 4 16 --device cuda
+    python launch/bench_layer_recompute.py                                  # CPU sizes (a few minutes on 2 cores)
+    python launch/bench_layer_recompute.py --nodes 20000 100000 --layers 4 16 --device cuda
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scaleq.bench.checkpointing import run
+from scaleq.bench.layer_recompute import run
 
 
 def main(argv: list[str] | None = None) -> int:

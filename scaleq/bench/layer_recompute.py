@@ -3,7 +3,7 @@
 Every variant runs in a fresh process (so peak memory is its own): one radius graph of N uniform
 random points with about ``degree`` neighbours per node (:func:`scaleq.bench.models.random_particles`),
 L layers, one warm-up step and ``steps`` timed steps. Memory: what the steps need at their peak
-above what was in use before them (:func:`scaleq.bench.memory.peak_memory`). ``launch/bench_memory.py``
+above what was in use before them (:func:`scaleq.bench.memory.peak_memory`). ``launch/bench_layer_recompute.py``
 runs it, writes bench/memory.csv and bench/memory.png and prints a table with the with/without ratios.
 """
 
