@@ -1,5 +1,5 @@
 """Depth sweep: EGNN against DuSEGO-EGNN at 4/8/12/16 layers (the DuSEGO paper's Table 2), and
-peak training memory against depth with and without gradient checkpointing (scaleq.eval.depth_sweep).
+peak training memory against depth with and without gradient checkpointing (scaleq.experiments.depth_sweep).
 
     python launch/bench_depth.py                                  # full protocol of the config
     python launch/bench_depth.py --quick                          # minutes on a CPU
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError, load_config
-from scaleq.eval.depth_sweep import QUICK_OVERRIDES, run_sweep, with_changes
+from scaleq.experiments.depth_sweep import QUICK_OVERRIDES, run_sweep, with_changes
 from scaleq.models import check_buildable
 from scaleq.store.format import StoreError
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from scaleq.config import ConfigError, load_config
-from scaleq.eval.depth_sweep import QUICK_OVERRIDES, diagnostics_report
+from scaleq.experiments.depth_sweep import QUICK_OVERRIDES, diagnostics_report
 from scaleq.models import check_buildable
 from scaleq.store.format import StoreError
 

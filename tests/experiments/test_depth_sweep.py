@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scaleq.config import config_from_dict
-from scaleq.eval.depth_sweep import (
+from scaleq.experiments.depth_sweep import (
     accuracy_sweep,
     accuracy_table,
     diagnostics_run,

@@ -32,7 +32,7 @@ from scaleq.config import Config, config_from_dict
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.splits import open_datasets, prepare_data
 from scaleq.distributed import engine_from_config
-from scaleq.eval.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer
+from scaleq.experiments.diagnostics import dirichlet_energies, gradient_norms, plot_per_layer
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths

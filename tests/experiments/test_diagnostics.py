@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from scaleq.eval.diagnostics import dirichlet_energies, dirichlet_energy, gradient_norms, layer_states
+from scaleq.experiments.diagnostics import dirichlet_energies, dirichlet_energy, gradient_norms, layer_states
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN, DuSEGO
 from scaleq.testing.equivariance import random_orthogonal

@@ -1,0 +1,1 @@
+"""Studies that train models from scratch: the depth sweep and its per-layer diagnostics."""
