@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--epochs", type=int, default=20, help="training epochs before the second look (0: init only)")
     parser.add_argument("--graphs", type=int, default=100, help="test graphs the diagnostics are computed on")
-    parser.add_argument("--quick", action="store_true", help="the small dataset of bench_depth.py --quick")
+    parser.add_argument("--quick", action="store_true", help="the small dataset of depth_sweep.py --quick")
     parser.add_argument("--out", type=Path, default=Path("bench/diagnostics"))
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.dt=0.25")
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ Builds synthetic stores of 8000 particles x 3 per frame (Water-3D's size; 1000 t
 t + 20: forward velocity, delta 20) in random order through the training DataLoader with 1, 2
 and 4 workers. Memory is the peak proportional set size (PSS: shared pages counted once) of the
 main process plus its workers (:func:`scaleq.bench.memory.peak_memory` with ``children``); two
-store sizes show whether it grows with the store. ``launch/bench_data.py`` runs it.
+store sizes show whether it grows with the store. ``launch/bench_data_loading.py`` runs it.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def diagnostics_run(config: Config, layers: int, alphas: Sequence[float], epochs
     return energies, gradients
 
 
-# -- the whole sweep (launch/bench_depth.py) ------------------------------------------------------
+# -- the whole sweep (launch/depth_sweep.py) ------------------------------------------------------
 
 # a small dataset of its own and a short schedule: a few minutes on 2 CPU cores
 QUICK_OVERRIDES = ["data.path=data/nbody5_quick", "data.generate.train=500", "data.generate.valid=200",

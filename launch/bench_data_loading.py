@@ -1,8 +1,8 @@
 """Data-loading benchmark: samples/s and peak memory reading Water-3D-shaped frames
 (scaleq.bench.data_loading). Writes bench/bench_data.csv and bench/bench_data.png.
 
-    python launch/bench_data.py                                   # ~1-2 minutes on 2 cores
-    python launch/bench_data.py --trajectories 8 64 --frames 101 --samples 800
+    python launch/bench_data_loading.py                                   # ~1-2 minutes on 2 cores
+    python launch/bench_data_loading.py --trajectories 8 64 --frames 101 --samples 800
 """
 
 from __future__ import annotations

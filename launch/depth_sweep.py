@@ -1,10 +1,10 @@
 """Depth sweep: EGNN against DuSEGO-EGNN at 4/8/12/16 layers (the DuSEGO paper's Table 2), and
 peak training memory against depth with and without gradient checkpointing (scaleq.experiments.depth_sweep).
 
-    python launch/bench_depth.py                                  # full protocol of the config
-    python launch/bench_depth.py --quick                          # minutes on a CPU
-    python launch/bench_depth.py --deltas 10 15 20 --depths 4 8 12 16 --epochs 1000
-    python launch/bench_depth.py --config configs/dusego_nbody.yaml model.dt=0.25 model.alpha=0.5
+    python launch/depth_sweep.py                                  # full protocol of the config
+    python launch/depth_sweep.py --quick                          # minutes on a CPU
+    python launch/depth_sweep.py --deltas 10 15 20 --depths 4 8 12 16 --epochs 1000
+    python launch/depth_sweep.py --config configs/dusego_nbody.yaml model.dt=0.25 model.alpha=0.5
 
 Writes <out>/depth_accuracy.csv, <out>/depth_memory.csv, <out>/depth_sweep.png and one run
 directory per trained model under <out>/runs/, and prints both tables.
