@@ -11,9 +11,9 @@ import shutil
 import pytest
 import yaml
 
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
 from scaleq.train.resume_config import RESUMABLE_KEYS
+from tests.support.stores import tiny_nbody_dataset
 from tests.test_cli_train import BASE, cli, snapshot
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zarr
 
-from scaleq.testing.stores import tiny_nbody_dataset
+from tests.support.stores import tiny_nbody_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -199,7 +199,7 @@ def dense_store(tmp_path_factory):
     """Splits of 2, 1 and 1 trajectories of DENSE_NODES particles: a radius of 50 reaches them all."""
     from scaleq.store.format import StoreAttrs
     from scaleq.store.writer import write_store
-    from scaleq.testing.stores import random_walk_trajectories
+    from tests.support.stores import random_walk_trajectories
 
     root = tmp_path_factory.mktemp("dense")
     attrs = StoreAttrs(kind="synthetic", dim=3, dt=0.1, feature_names=["type"])

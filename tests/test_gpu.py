@@ -7,7 +7,7 @@ import torch
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import MODELS
 from scaleq.testing.equivariance import check_equivariance
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 MODEL_NAMES = ["egnn", "fastegnn", "dusego", "eghn"]
 # Under bf16 autocast the invariant MLPs run in bf16; coordinates stay fp32. A rotated or permuted

@@ -15,7 +15,7 @@ from scaleq.losses import (
     term_weights,
     training_loss,
 )
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 SIZES = (4, 11, 7, 25)  # mixed sizes: the first graph has fewer nodes than 3 * C
 C = 3

@@ -3,7 +3,7 @@ import torch
 from scaleq.bench.reference_egnn import ReferenceEGNN
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 
 def test_reference_egnn_in_the_published_style_is_the_same_function_as_egnn():

@@ -5,7 +5,7 @@ from torch_geometric.loader import DataLoader
 
 from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset, build_index
 from scaleq.store.format import StoreError
-from scaleq.testing.stores import tiny_store
+from tests.support.stores import tiny_store
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.testing.stores import tiny_store
+from tests.support.stores import tiny_store
 
 
 class RecordingDataset(TrajectoryDataset):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scaleq.testing.stores import tiny_nbody_dataset
+from tests.support.stores import tiny_nbody_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.process_group import free_port
 from scaleq.distributed.spawn import spawn
 from scaleq.losses import position_mse
-from scaleq.testing.accumulation import engine_epochs, graphs, plain_steps, spawned_epochs, windows
-from scaleq.testing.distributed import tiny_model
+from tests.support.accumulation import engine_epochs, graphs, plain_steps, spawned_epochs, windows
+from tests.support.distributed import tiny_model
 
 # fp32 on the CPU: a window's graphs are summed in another order than the whole batch's.
 ATOL = 1e-6

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
+from tests.support.stores import tiny_nbody_dataset
 from tests.train.test_kill_matrix import end_or_kill, start, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.deepspeed]

@@ -3,7 +3,7 @@ import torch
 
 from scaleq.distributed.process_group import free_port
 from scaleq.distributed.spawn import spawn
-from scaleq.testing.distributed import engine_step, one_step, tiny_model, whole_batch
+from tests.support.distributed import engine_step, one_step, tiny_model, whole_batch
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
@@ -52,7 +52,7 @@ def test_epoch_end_steps_the_short_last_window_and_carries_nothing_over(tmp_path
     """ZeRO-2, 2 ranks, accumulation 2, epochs of 5 and 3 micro-batches: DeepSpeed on its own would carry
     micro-batch 5 into the next epoch's first step; the engine steps it alone at the epoch's end
     (weighted 1, not 1/2), as plain Adam on the windows [0, 1], [2, 3], [4], [5, 6], [7] does."""
-    from scaleq.testing.accumulation import plain_steps, spawned_epochs, windows
+    from tests.support.accumulation import plain_steps, spawned_epochs, windows
 
     out = tmp_path / "zero2.pt"
     options = {

@@ -26,7 +26,7 @@ import torch
 from deepspeed.ops.op_builder.builder import OpBuilder
 from scaleq.distributed.deepspeed_engine import DeepSpeedEngine
 from scaleq.losses import position_mse
-from scaleq.testing.distributed import tiny_model, whole_batch
+from tests.support.distributed import tiny_model, whole_batch
 
 def built():
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.so"))

@@ -10,7 +10,9 @@ import torch
 
 from scaleq.distributed.process_group import free_port
 from scaleq.distributed.spawn import spawn
-from scaleq.testing.graph_parallel import (
+from scaleq.train.metrics import read_metrics
+from tests.distributed.conftest import tiny_raw
+from tests.support.graph_parallel import (
     CASES,
     GRAPH_SIZES,
     assemble,
@@ -18,8 +20,6 @@ from scaleq.testing.graph_parallel import (
     run_case,
     train_rank,
 )
-from scaleq.train.metrics import read_metrics
-from tests.distributed.conftest import tiny_raw
 
 pytestmark = pytest.mark.slow
 TOL = {"atol": 1e-10, "rtol": 1e-10}

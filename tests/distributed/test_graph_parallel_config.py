@@ -35,7 +35,7 @@ def test_graph_parallel_must_divide_the_ranks():
 def test_single_process_engine_keeps_whole_graphs_and_one_shard():
     from scaleq.distributed import TorchEngine
     from scaleq.graph.builder import GraphBuilder
-    from scaleq.testing.stores import random_batch
+    from tests.support.stores import random_batch
 
     engine = TorchEngine(device="cpu")
     assert (engine.graph_parallel, engine.data_rank, engine.data_world_size) == (1, 0, 1)

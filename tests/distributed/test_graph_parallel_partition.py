@@ -14,7 +14,7 @@ from scaleq.distributed.partition import (
     split_edges,
 )
 from scaleq.graph.builder import GraphBuilder
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 
 def _counts(owner: torch.Tensor, batch: torch.Tensor, num_graphs: int, parts: int) -> torch.Tensor:

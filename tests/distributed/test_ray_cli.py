@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
+from tests.support.stores import tiny_nbody_dataset
 from tests.test_cli_train import BASE, cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -3,7 +3,7 @@ import torch
 
 from scaleq.distributed.process_group import free_port
 from scaleq.distributed.spawn import spawn
-from scaleq.testing.distributed import engine_step, one_step, tiny_model, whole_batch
+from tests.support.distributed import engine_step, one_step, tiny_model, whole_batch
 
 # fp32 on the CPU: the split sums gradients in another order than the whole batch does.
 ATOL = 1e-6
@@ -38,7 +38,7 @@ def test_single_process_engine_has_one_rank_and_identity_reductions():
 def test_gradient_accumulation_of_two_halves_equals_one_whole_batch_step():
     from scaleq.distributed import TorchEngine
     from scaleq.losses import position_mse
-    from scaleq.testing.distributed import rank_shard
+    from tests.support.distributed import rank_shard
 
     model = tiny_model()
     engine = TorchEngine(device="cpu", gradient_accumulation=2)

@@ -9,8 +9,8 @@ import torch
 from scaleq.config import config_from_dict
 from scaleq.eval.clusters import plot_clusters
 from scaleq.run import run
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
+from tests.support.stores import tiny_nbody_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

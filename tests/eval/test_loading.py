@@ -13,8 +13,8 @@ from scaleq.models import DataWidths, build_model
 from scaleq.run import run
 from scaleq.store.format import StoreAttrs, Trajectory
 from scaleq.store.writer import write_store
-from scaleq.testing.stores import random_walk_trajectories
 from scaleq.train.checkpoint import CheckpointError, load_weights
+from tests.support.stores import random_walk_trajectories
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def deepspeed_save(rank: int, world_size: int, port: int, stage: int, path: str)
     from scaleq.distributed import make_engine
     from scaleq.distributed.spawn import rank_env
     from scaleq.losses import position_mse
-    from scaleq.testing.distributed import rank_shard, tiny_model
+    from tests.support.distributed import rank_shard, tiny_model
 
     rank_env(rank, world_size, port)
     engine = make_engine("deepspeed", device="cpu", micro_batch_size=8 // world_size, zero_stage=stage, lr=LR,
@@ -123,7 +123,7 @@ def test_deepspeed_and_torch_checkpoints_load_to_the_same_weights(tmp_path, stag
     from scaleq.distributed.process_group import free_port
     from scaleq.distributed.spawn import spawn
     from scaleq.losses import position_mse
-    from scaleq.testing.distributed import tiny_model, whole_batch
+    from tests.support.distributed import tiny_model, whole_batch
 
     build_shm_op()  # compiled (once per machine) here, not inside the ranks' time limit
     spawn(deepspeed_save, 2, free_port(), stage, str(tmp_path / "deepspeed" / "checkpoints" / "best.pt"))

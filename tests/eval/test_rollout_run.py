@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from scaleq.config import ConfigError, config_from_dict
 from scaleq.run import run
-from scaleq.testing.stores import tiny_nbody_dataset
+from tests.support.stores import tiny_nbody_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

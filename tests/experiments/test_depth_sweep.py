@@ -13,7 +13,7 @@ from scaleq.experiments.depth_sweep import (
     model_section,
     plot_sweep,
 )
-from scaleq.testing.stores import tiny_nbody_dataset
+from tests.support.stores import tiny_nbody_dataset
 
 
 @pytest.fixture(scope="module")

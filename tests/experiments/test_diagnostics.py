@@ -7,7 +7,7 @@ from scaleq.experiments.diagnostics import dirichlet_energies, dirichlet_energy,
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN, DuSEGO
 from scaleq.testing.equivariance import random_orthogonal
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 
 def make_batch():

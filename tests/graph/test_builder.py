@@ -291,7 +291,7 @@ def test_periodic_graphs_from_a_store_use_its_bounds(tmp_path):
     """Dataset -> batch.box (the store's bounds) -> periodic builder: brute-force minimum image."""
     from scaleq.data.dataset import SampleSpec, TrajectoryDataset
     from scaleq.store.reader import open_store
-    from scaleq.testing.stores import tiny_store
+    from tests.support.stores import tiny_store
 
     tiny_store(tmp_path / "s.zarr", num_nodes=[30, 25, 40])
     store = open_store(tmp_path / "s.zarr")

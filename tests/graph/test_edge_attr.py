@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scaleq.graph.builder import GraphBuilder, edge_features
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 
 def test_distance_edge_attributes_on_global_and_local_edges():

@@ -4,7 +4,7 @@ from torch_geometric.data import Batch
 
 from scaleq.models import MODELS, ConstantVelocity, LinearDynamics
 from scaleq.testing.equivariance import check_equivariance
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 
 def batch_with_horizon():

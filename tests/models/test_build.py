@@ -19,7 +19,7 @@ from scaleq.models.build import (
     needs_local_graph,
     supports_graph_parallel,
 )
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {

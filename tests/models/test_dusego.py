@@ -13,9 +13,9 @@ from scaleq.models.build import instantiate
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
 from scaleq.sources.nbody import NBodyParams
-from scaleq.testing.block_paths import PATHS, assert_paths_agree, path_available
 from scaleq.testing.equivariance import check_equivariance, random_orthogonal
-from scaleq.testing.stores import random_batch, tiny_nbody_dataset
+from tests.support.block_paths import PATHS, assert_paths_agree, path_available
+from tests.support.stores import random_batch, tiny_nbody_dataset
 
 OUTPUTS = {"pos": "node_position", "h": "node_invariant", "vel": "node_vector"}
 

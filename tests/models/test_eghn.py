@@ -8,8 +8,8 @@ from scaleq.losses import training_loss
 from scaleq.models import EGHN
 from scaleq.models.eghn import Clusters, EGHNEGNNLayer, EMMPLayer, UnPoolLayer, complete_cluster_graph
 from scaleq.nn.edge_layout import EdgeLayout
-from scaleq.testing.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 from scaleq.testing.equivariance import check_equivariance
+from tests.support.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 
 OUTPUTS = {
     "pos": "node_position",

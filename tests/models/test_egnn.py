@@ -3,7 +3,8 @@ import torch
 
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN
-from scaleq.testing.block_paths import (
+from scaleq.testing.equivariance import check_equivariance
+from tests.support.block_paths import (
     PATHS,
     assert_paths_agree,
     chunk_splits_a_receiver,
@@ -11,8 +12,7 @@ from scaleq.testing.block_paths import (
     path_available,
     with_path,
 )
-from scaleq.testing.equivariance import check_equivariance
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 
 def make_batch():

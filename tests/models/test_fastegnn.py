@@ -4,9 +4,9 @@ from torch_geometric.data import Batch
 
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import FastEGNN
-from scaleq.testing.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 from scaleq.testing.equivariance import Transform, check_equivariance, random_orthogonal
-from scaleq.testing.stores import random_batch
+from tests.support.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
+from tests.support.stores import random_batch
 
 OUTPUTS = {"pos": "node_position", "virtual_pos": "position", "virtual_h": "invariant"}
 NODES = (5, 9, 3, 7)  # mixed graph sizes

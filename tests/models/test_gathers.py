@@ -7,8 +7,8 @@ import torch
 
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGHN, EGNN, DuSEGO, FastEGNN
-from scaleq.testing.autograd_graph import backward_node_names, index_gathers
-from scaleq.testing.stores import random_batch
+from tests.support.autograd_graph import backward_node_names, index_gathers
+from tests.support.stores import random_batch
 
 NODES = (6, 9, 4)
 COMMON = {"in_node_features": 2, "in_edge_features": 2, "hidden": 8}

@@ -17,8 +17,8 @@ from scaleq.nn.block_options import (
 )
 from scaleq.nn.edge_layout import EdgeLayout
 from scaleq.nn.message_passing import layout_chunk, resolve_kernel
-from scaleq.testing.block_paths import assert_paths_agree
-from scaleq.testing.stores import random_batch
+from tests.support.block_paths import assert_paths_agree
+from tests.support.stores import random_batch
 
 GB = 2**30
 

@@ -95,8 +95,8 @@ def test_the_block_gives_the_same_results_with_either_reduction(monkeypatch, opt
     from scaleq.graph.builder import GraphBuilder
     from scaleq.models import EGNN, FastEGNN
     from scaleq.nn import segments as segments_module
-    from scaleq.testing.block_paths import outputs_and_gradients
-    from scaleq.testing.stores import random_batch
+    from tests.support.block_paths import outputs_and_gradients
+    from tests.support.stores import random_batch
 
     batch = GraphBuilder(kind="radius", radius=1.5)(random_batch(num_graphs=3, nodes=(5, 9, 7)))
     batch = batch.apply(lambda x: x.double() if x.is_floating_point() else x)

@@ -15,7 +15,7 @@ from scaleq.rollout.metrics import (
 from scaleq.rollout.rollout import max_steps, reference, rollout, velocity_estimate
 from scaleq.store.format import StoreAttrs, StoreError, Trajectory
 from scaleq.store.writer import write_store
-from scaleq.testing.stores import tiny_nbody_dataset
+from tests.support.stores import tiny_nbody_dataset
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def test_kabsch_rmsd_ignores_rotation_and_translation_but_not_reflection():
 
 
 def test_md_store_metrics_have_rmsd_and_radius_of_gyration(tmp_path):
-    from scaleq.testing.stores import random_walk_trajectories
+    from tests.support.stores import random_walk_trajectories
 
     trajectories = random_walk_trajectories(2, 12, [7, 5], bonds=True)
     write_store(tmp_path / "md.zarr", StoreAttrs(kind="md", dim=3, dt=1.0, feature_names=["charge"]), trajectories)

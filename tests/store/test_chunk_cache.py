@@ -3,7 +3,7 @@ import numpy as np
 from scaleq.store.format import StoreAttrs
 from scaleq.store.reader import ChunkCache, TrajectoryStore
 from scaleq.store.writer import write_store
-from scaleq.testing.stores import random_walk_trajectories
+from tests.support.stores import random_walk_trajectories
 
 
 def test_cache_stays_within_its_byte_budget():

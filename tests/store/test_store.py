@@ -5,7 +5,7 @@ import zarr
 from scaleq.store.format import FORMAT_VERSION, StoreAttrs, StoreError, Trajectory
 from scaleq.store.reader import open_store
 from scaleq.store.writer import StoreWriter, write_store
-from scaleq.testing.stores import random_walk_trajectories, tiny_store
+from tests.support.stores import random_walk_trajectories, tiny_store
 
 ATTRS = StoreAttrs(kind="synthetic", dim=3, dt=0.1)
 

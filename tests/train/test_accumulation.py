@@ -8,10 +8,10 @@ import torch
 
 from scaleq.config import config_from_dict
 from scaleq.run import run
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import load_weights
 from scaleq.train.metrics import read_metrics
 from scaleq.train.trainer import Trainer
+from tests.support.stores import tiny_nbody_dataset
 
 TRAIN, BATCH, ACCUMULATION = 20, 4, 2  # 5 micro-batches per epoch: windows of 2, 2 and 1
 

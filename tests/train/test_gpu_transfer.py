@@ -10,8 +10,8 @@ import torch
 from scaleq.config import config_from_dict
 from scaleq.data.dataset import SampleSpec, ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.run import run
-from scaleq.testing.stores import tiny_nbody_dataset, tiny_store
 from scaleq.train.trainer import device_batches
+from tests.support.stores import tiny_nbody_dataset, tiny_store
 
 pytestmark = [
     pytest.mark.gpu,

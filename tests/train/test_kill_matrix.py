@@ -27,9 +27,9 @@ import torch
 import yaml
 
 from scaleq.distributed.process_group import free_port
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import read_model_state
 from scaleq.train.metrics import read_metrics
+from tests.support.stores import tiny_nbody_dataset
 
 pytestmark = pytest.mark.slow
 

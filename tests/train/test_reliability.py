@@ -21,11 +21,11 @@ from scaleq.config import config_from_dict
 from scaleq.distributed.process_group import free_port
 from scaleq.run import run
 from scaleq.store.format import StoreError
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.metrics import read_metrics
 from scaleq.train.run_dir import RunDirError, claim_run_dir
 from scaleq.train.trainer import Trainer
+from tests.support.stores import tiny_nbody_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = 16  # training samples (one per trajectory: input frame 30)

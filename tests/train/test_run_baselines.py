@@ -6,7 +6,7 @@ import pytest
 from scaleq.config import config_from_dict
 from scaleq.data.splits import open_datasets
 from scaleq.run import run
-from scaleq.testing.stores import tiny_nbody_dataset
+from tests.support.stores import tiny_nbody_dataset
 
 
 @pytest.mark.slow

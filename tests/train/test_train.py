@@ -7,8 +7,8 @@ import pytest
 
 from scaleq.config import config_from_dict
 from scaleq.run import run
-from scaleq.testing.stores import tiny_nbody_dataset
 from scaleq.train.metrics import read_metrics
+from tests.support.stores import tiny_nbody_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from scaleq.distributed.spawn import rank_env
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import training_loss
 from scaleq.models import MODELS
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 # Three graphs: 16 and 9 nodes, and one of 2 (with 4 ranks, two own nothing of it).
 GRAPH_SIZES = (16, 9, 2)

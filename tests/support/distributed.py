@@ -18,7 +18,7 @@ from scaleq.distributed.spawn import rank_env
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import position_mse
 from scaleq.models.egnn import EGNN
-from scaleq.testing.stores import random_batch
+from tests.support.stores import random_batch
 
 NUM_GRAPHS, NODES = 8, 5
 

@@ -21,8 +21,8 @@ from scaleq.distributed.engine import Engine
 from scaleq.distributed.spawn import rank_env
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import position_mse
-from scaleq.testing.distributed import NODES, tiny_model
-from scaleq.testing.stores import random_batch
+from tests.support.distributed import NODES, tiny_model
+from tests.support.stores import random_batch
 
 Params = dict[str, torch.Tensor]
 
