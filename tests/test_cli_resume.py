@@ -11,8 +11,8 @@ import shutil
 import pytest
 import yaml
 
+from scaleq.launchers.resume_config import RESUMABLE_KEYS
 from scaleq.train.metrics import read_metrics
-from scaleq.train.resume_config import RESUMABLE_KEYS
 from tests.support.stores import tiny_nbody_dataset
 from tests.test_cli_train import BASE, cli, snapshot
 
@@ -91,7 +91,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_names_the_tensor(world):
 
 def test_the_resumable_keys_exist_in_the_config():
     from scaleq.config import config_from_dict
-    from scaleq.train.resume_config import flatten
+    from scaleq.launchers.resume_config import flatten
 
     keys = set(flatten(config_from_dict({"data": {"path": "x"}}).to_dict()))
     assert RESUMABLE_KEYS <= keys, RESUMABLE_KEYS - keys

@@ -13,7 +13,7 @@ last reported checkpoint with ``ray.train.get_checkpoint()`` and continue from i
 ``--resume-from best`` (or a path) starts the new launch from that checkpoint instead of the one
 Ray reported last, and a restart inside that launch from what the launch itself reported.
 
-A worker's ConfigError, StoreError, CheckpointError, OSError, ... (:mod:`scaleq.train.failures`)
+A worker's ConfigError, StoreError, CheckpointError, OSError, ... (:mod:`scaleq.launchers.failures`)
 reaches the driver as that same exception (:func:`worker_error`), so ``launch/train.py`` prints the
 same one line and exit code as a run without Ray.
 
@@ -36,9 +36,9 @@ from scaleq.config import Config, config_from_dict
 from scaleq.data.splits import prepare_data
 from scaleq.distributed import engine_from_config
 from scaleq.io import atomic_copy
+from scaleq.launchers.failures import exit_code
 from scaleq.models import check_buildable
 from scaleq.run import resolve_run_dir, run
-from scaleq.train.failures import exit_code
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Names, inside a reported checkpoint, the launch (one driver's fit) that reported it.
@@ -130,7 +130,7 @@ def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | Non
 
 
 def worker_error(err: BaseException) -> BaseException | None:
-    """The first error a worker raised that :mod:`scaleq.train.failures` knows (a user error or
+    """The first error a worker raised that :mod:`scaleq.launchers.failures` knows (a user error or
     a run failure), found inside Ray's wrappers (worker failures by rank, causes); None if none."""
     seen: set[int] = set()
     todo: list[Any] = [err]

@@ -1,7 +1,7 @@
 """What ``launch/train.py`` does with its arguments: load the config (a resume: the run's own
 config.yaml with the overrides a resume may take), pick where the loop runs (this process and its
 torchrun/deepspeed siblings, or Ray Train workers), run it, and turn every failure into one line on
-stderr and an exit code (:mod:`scaleq.train.failures`: 2 the input is wrong; 1 the run failed)."""
+stderr and an exit code (:mod:`scaleq.launchers.failures`: 2 the input is wrong; 1 the run failed)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import os
 import sys
 
 from scaleq.config import config_yaml, load_config
+from scaleq.launchers.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
+from scaleq.launchers.resume_config import config_for_resume
 from scaleq.models import check_buildable
 from scaleq.run import run
-from scaleq.train.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
-from scaleq.train.resume_config import config_for_resume
 
 
 def train_command(args: argparse.Namespace) -> int:
