@@ -22,7 +22,8 @@ from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, seed_everything, unreadable_part
+from scaleq.seeding import seed_everything
+from scaleq.train.checkpoint import BEST, LAST, CheckpointError, unreadable_part
 from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 

@@ -36,7 +36,7 @@ from scaleq.experiments.diagnostics import dirichlet_energies, gradient_norms, p
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
-from scaleq.train.checkpoint import seed_everything
+from scaleq.seeding import seed_everything
 from scaleq.train.trainer import Trainer
 
 KINDS = ("egnn", "dusego")

@@ -85,12 +85,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     """The model weights in the checkpoint file ``path`` (on the CPU), whichever engine wrote it:
     the torch engine's ``{"model": state_dict, ...}``, or the DeepSpeed engine's pointer to its
