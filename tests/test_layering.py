@@ -1,10 +1,12 @@
-"""The package's import rules (DESIGN.md, "Dependency rules"), read from the source with ``ast`` so
-that no import cycle between the loop, the engines and the launchers can come back unnoticed.
+"""The package's import rules (docs/architecture.md, "Dependency lines"), read from the source with
+``ast`` so that no import cycle between the loop, the engines and the launchers can come back unnoticed.
 
-The floors, bottom up: config (a leaf) and io; nn; models; data; losses; distributed (engines,
-graph parallelism); train (the loop); rollout and bench (need data and models, never the loop);
-scaleq.run (one run: the loop plus what the config hands it); eval (tools that load whole runs)
-and launchers (how copies of a run start). ``scaleq.testing`` serves the tests alone."""
+The floors, bottom up: config (a leaf) and io; nn and graph; models; store, sources and data;
+losses; distributed (engines, graph parallelism); train (the loop); rollout and bench (need data
+and models, never the loop); scaleq.run (one run: the loop plus what the config hands it);
+experiments (train from scratch), eval (tools that load finished runs) and launchers (the command
+line, how copies of a run start). ``scaleq.testing`` holds the user-facing equivariance check; the
+tests' fixtures live in tests/support/, outside the package."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scaleq"
 
-# who may import the distributed runtimes (DESIGN.md: the engines and the launchers; the tests' helpers)
+# who may import the distributed runtimes (docs/architecture.md: the engines and the launchers)
 RUNTIMES = ("torch.distributed", "torch.nn.parallel", "deepspeed", "ray")
-RUNTIME_FOLDERS = ("distributed", "launchers", "testing")
+RUNTIME_FOLDERS = ("distributed", "launchers")
 
 
 def import_statements(source: str, module: str) -> list[tuple[str, list[str]]]:
@@ -157,7 +159,23 @@ def test_the_cycle_finder_finds_a_lazy_cycle_and_no_false_one():
     ("bench", ("scaleq.train", "scaleq.eval", "scaleq.rollout", "scaleq.run", "scaleq.launchers")),
     ("distributed", ("scaleq.run", "scaleq.eval", "scaleq.rollout", "scaleq.bench")),
     ("data", ("scaleq.models", "scaleq.losses", "scaleq.train", "scaleq.distributed", "scaleq.run",
-              "scaleq.eval", "scaleq.rollout", "scaleq.bench", "scaleq.launchers")),
+              "scaleq.eval", "scaleq.rollout", "scaleq.bench", "scaleq.launchers", "scaleq.experiments")),
+    # graph construction sits below the engine, the benchmarks and rollouts that build graphs: it
+    # knows no store, source, sample, model, loss, engine or loop
+    ("graph", ("scaleq.store", "scaleq.sources", "scaleq.data", "scaleq.models", "scaleq.losses",
+               "scaleq.distributed", "scaleq.train", "scaleq.run", "scaleq.eval", "scaleq.experiments",
+               "scaleq.rollout", "scaleq.bench", "scaleq.launchers", *RUNTIMES)),
+    # the store is the format alone: it never imports the sources that write into it, nor what reads samples
+    ("store", ("scaleq.sources", "scaleq.data", "scaleq.graph", "scaleq.models", "scaleq.losses", "scaleq.nn",
+               "scaleq.distributed", "scaleq.train", "scaleq.run", "scaleq.eval", "scaleq.experiments",
+               "scaleq.rollout", "scaleq.bench", "scaleq.launchers", "torch", *RUNTIMES)),
+    # the sources write stores; they read no samples and build no graphs
+    ("sources", ("scaleq.data", "scaleq.graph", "scaleq.models", "scaleq.losses", "scaleq.distributed",
+                 "scaleq.train", "scaleq.run", "scaleq.eval", "scaleq.experiments", "scaleq.rollout",
+                 "scaleq.bench", "scaleq.launchers", *RUNTIMES)),
+    # tools that load finished runs train nothing from scratch
+    ("eval", ("scaleq.experiments", "scaleq.launchers")),
+    ("train", ("scaleq.experiments",)),
     # models are single-device code: no runtimes, no stores, no loop
     ("models", ("scaleq.data", "scaleq.losses", "scaleq.distributed", "scaleq.train", "scaleq.run", "scaleq.eval",
                 "scaleq.rollout", "scaleq.bench", "scaleq.launchers", "zarr", *RUNTIMES)),
@@ -196,3 +214,10 @@ def test_only_the_engines_and_launchers_import_the_distributed_runtimes():
 def test_no_import_cycle_between_files():
     files = {module_name(path): path.read_text() for path in package_files()}
     assert find_cycle(import_graph(files)) is None
+
+
+def test_the_installed_package_holds_no_test_fixtures():
+    """Only the user-facing equivariance check ships in scaleq.testing; the fixtures the tests share
+    (tiny stores, multi-rank helpers) live in tests/support/."""
+    assert sorted(p.name for p in (PACKAGE / "testing").glob("*.py")) == ["__init__.py", "equivariance.py"]
+    assert (PACKAGE.parent / "tests" / "support").is_dir()

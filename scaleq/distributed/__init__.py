@@ -1,6 +1,6 @@
 """Engines (plain torch, DDP, DeepSpeed), graph parallelism and rank start-up. With
 ``scaleq.launchers`` above it, the only product code that imports torch.distributed, deepspeed or
-ray (``scaleq.testing``'s multi-rank helpers do too, for the tests)."""
+ray (the tests' multi-rank helpers in tests/support/ do too)."""
 
 from __future__ import annotations
 

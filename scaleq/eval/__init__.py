@@ -1,2 +1,2 @@
-"""Tools that load whole runs (a run directory's config and checkpoint): loading, rollouts of a
-trained run, cluster plots, the depth sweep and the per-layer diagnostics."""
+"""Tools that load a finished run (its config and checkpoint): loading, rollouts of a trained run,
+cluster plots. Studies that train models from scratch live in :mod:`scaleq.experiments`."""

@@ -1,1 +1,2 @@
-"""Helpers the tests share (and users may call on their own models)."""
+"""The equivariance check (:func:`scaleq.testing.equivariance.check_equivariance`), for the
+tests and for your own models. The fixtures the tests share live in tests/support/."""
