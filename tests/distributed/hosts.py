@@ -122,9 +122,10 @@ class Host:
         _ip("link", "set", self.veth, "up")
 
     def lose(self) -> None:
-        """The host is gone: every process SIGKILLed, the link down."""
-        self.signal_all(signal.SIGKILL)
+        """The host is gone: the link down, then every process SIGKILLed (so no peer hears a
+        connection close: as for a machine that lost power)."""
         self.disconnect()
+        self.signal_all(signal.SIGKILL)
 
     def stop(self, grace: float = 5.0) -> None:
         """End what runs here: SIGTERM to our process groups, then SIGKILL to all that remain."""

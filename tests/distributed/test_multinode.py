@@ -107,3 +107,35 @@ def test_torchrun_two_hosts_c10d_ends_as_one_host(tmp_path, nbody_small, namespa
                             text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-4000:]
     assert_same_run(tmp_path / "runs" / "two_hosts", tmp_path / "runs" / "one_host")
+
+
+def test_a_lost_host_stops_the_other_ranks_within_the_peer_timeout(tmp_path, nbody_small, namespace_hosts):
+    """node2 loses power mid-run (link down, every process SIGKILLed: nobody hears a connection
+    close). node1's ranks, blocked in a collective, stop within engine.peer_timeout_s (+ a 2 s
+    heartbeat) with one line naming node2, instead of gloo's 30 minutes."""
+    net = namespace_hosts(2)
+    node1, node2 = net.hosts
+    raw = tiny_raw(tmp_path, nbody_small, name="lost", epochs=200, patience=1000)
+    raw["data"]["batch_size"] = 4
+    raw["engine"] = {"peer_timeout_s": 10}
+    command = as_tested(documented(".venv/bin/torchrun --nnodes 2"), write_config(tmp_path, raw), 2)
+    logs = [open(tmp_path / f"{h.hostname}.log", "w") for h in net.hosts]  # noqa: SIM115
+    procs = [h.popen(["bash", "-c", command], cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+             for h, log in zip(net.hosts, logs)]
+    last = tmp_path / "runs" / "lost" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 180
+    while not last.exists():
+        assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "node1.log").read_text()[-3000:]
+        time.sleep(0.2)
+    node2.lose()
+    lost_at = time.monotonic()
+    procs[0].wait(timeout=120)
+    stopped_after = time.monotonic() - lost_at
+    for log in logs:
+        log.close()
+    out = (tmp_path / "node1.log").read_text()
+    assert procs[0].returncode != 0
+    reports = [line for line in out.splitlines() if line.startswith("error: ") and "node2" in line]
+    assert reports, out[-4000:]
+    print(f"node1 stopped {stopped_after:.1f} s after node2 was lost: {reports[0]}")
+    assert stopped_after < 10 + 2 + 30  # the watch's verdict, then torchrun's own shutdown of its workers
