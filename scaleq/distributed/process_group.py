@@ -94,7 +94,9 @@ def join(device: torch.device, socket_ifname: str | None = None,
 def leave() -> None:
     """End this rank's part in the process group :func:`join` made. Called in a ``finally``: an
     error on its way out is reported to the other ranks (which then stop), else the rank is done."""
-    finish_watch(sys.exc_info()[1])
+    err = sys.exc_info()[1]
+    # an exception every rank raises together (a preemption) is no failure of this rank
+    finish_watch(None if getattr(err, "stops_all_ranks", False) else err)
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -12,7 +12,9 @@ import sys
 from scaleq.config import config_yaml, load_config
 from scaleq.models import check_buildable
 from scaleq.run import run
+from scaleq.train import preemption
 from scaleq.train.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
+from scaleq.train.preemption import EXIT_PREEMPTED, Preempted
 from scaleq.train.resume_config import config_for_resume
 
 
@@ -35,7 +37,11 @@ def train_command(args: argparse.Namespace) -> int:
             print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0
-        summary = run(config, resume=resume, resume_from=args.resume_from)
+        with preemption.handlers():  # SIGTERM/SIGUSR1: finish the step, checkpoint, exit 75
+            summary = run(config, resume=resume, resume_from=args.resume_from)
+    except Preempted as err:
+        print(err, file=sys.stderr)
+        return EXIT_PREEMPTED
     except USER_ERRORS + RUN_FAILURES as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return exit_code(err) or 1
