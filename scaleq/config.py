@@ -201,6 +201,11 @@ class EngineConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 0  # worker-group restarts from the last checkpoint (-1: unlimited)
     ray_storage: str | None = None  # RunConfig.storage_path (default: <out_dir>/ray)
+    # Several machines: the interface the ranks talk over (default: the one that routes to MASTER_ADDR;
+    # GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME override both), and how long a rank that stopped answering
+    # is waited for before every rank stops (a rank that fails with an error stops the others in ~2 s)
+    socket_ifname: str | None = None
+    peer_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 3:
@@ -211,6 +216,8 @@ class EngineConfig:
             raise ConfigError(f"engine.graph_parallel must be >= 1, got {self.graph_parallel}")
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
             raise ConfigError("engine.workers must be >= 1 and engine.cpus_per_worker/gpus_per_worker > 0")
+        if self.peer_timeout_s < 5:
+            raise ConfigError(f"engine.peer_timeout_s must be >= 5 (heartbeats are 2 s apart), got {self.peer_timeout_s}")
         if self.max_failures < -1:
             raise ConfigError(f"engine.max_failures must be >= -1, got {self.max_failures}")
         if self.kind == "torch" and (self.zero_stage or self.offload_optimizer):

@@ -35,6 +35,8 @@ def engine_from_config(config: Config, device: str | None = None) -> Engine:
         "grad_clip": train.grad_clip,
         "gradient_accumulation": engine.gradient_accumulation,
         "graph_parallel": engine.graph_parallel,
+        "socket_ifname": engine.socket_ifname,
+        "peer_timeout_s": engine.peer_timeout_s,
     }
     if engine.kind == "deepspeed":
         options.update(

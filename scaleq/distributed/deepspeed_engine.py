@@ -40,7 +40,8 @@ from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT
 from scaleq.distributed.deepspeed_ops import explain_op_build_failures
 from scaleq.distributed.engine import Engine
-from scaleq.distributed.process_group import backend_for, launched_ranks, single_process_env
+from scaleq.distributed.peer_watch import PEER_TIMEOUT_S
+from scaleq.distributed.process_group import backend_for, join, launched_ranks, leave, single_process_env
 from scaleq.distributed.torch_engine import pick_device
 from scaleq.io import atomic_torch_save, atomic_write_text
 
@@ -117,6 +118,8 @@ class DeepSpeedEngine(Engine):
         weight_decay: float = 0.0,
         config_overrides: dict[str, Any] | None = None,
         graph_parallel: int = 1,
+        socket_ifname: str | None = None,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
     ) -> None:
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self._owns_group = not dist.is_initialized()
@@ -125,6 +128,8 @@ class DeepSpeedEngine(Engine):
         self.device = pick_device(device, launched_ranks().local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        # several launched ranks: our own group (the interface, the peer watch), which DeepSpeed reuses
+        join(self.device, socket_ifname, peer_timeout_s)
         # Reuses an existing process group (Ray Train, torchrun + our own join) or makes one.
         with explain_op_build_failures(self.device.type):  # the CPU accelerator compiles its shm op here
             deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
@@ -238,7 +243,7 @@ class DeepSpeedEngine(Engine):
     def close(self) -> None:
         if self._ds is not None:
             self._ds.destroy()
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_group:
+            leave()  # an error on its way out (close runs in a finally) stops the other ranks too
             self._owns_group = False
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from scaleq.distributed.interfaces import IFNAME_VARS, choose_interface, interface_addresses
+from scaleq.distributed.peer_watch import PEER_TIMEOUT_S, finish_watch, start_watch
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,21 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def join(device: torch.device) -> tuple[Ranks, bool]:
+def spans_nodes(ranks: Ranks) -> bool:
+    """Whether the ranks live on several machines, as far as the launcher says (torchrun and the
+    deepspeed launcher set LOCAL_WORLD_SIZE, this node's rank count); unknown means one machine."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return local is not None and int(local) < ranks.world_size
+
+
+def join(device: torch.device, socket_ifname: str | None = None,
+         peer_timeout_s: float = PEER_TIMEOUT_S) -> tuple[Ranks, bool]:
     """Initialise the default process group when launched with several ranks.
 
-    Returns the ranks and whether this call created the group (then the caller destroys it).
+    The ranks talk over the interface that routes to MASTER_ADDR (:mod:`.interfaces`; the config
+    key ``socket_ifname`` or GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME override it), and a rank that
+    fails stops the others (:mod:`.peer_watch`). Returns the ranks and whether this call created
+    the group (then the caller ends it with :func:`leave`).
     """
     ranks = launched_ranks()
     if not ranks.distributed or dist.is_initialized():
@@ -54,8 +70,35 @@ def join(device: torch.device) -> tuple[Ranks, bool]:
             f"WORLD_SIZE={ranks.world_size} but {', '.join(missing)} is not set: start several ranks with "
             "torchrun, the deepspeed launcher or Ray (launch/train.py --launcher ray)"
         )
-    dist.init_process_group(backend=backend_for(device), rank=ranks.rank, world_size=ranks.world_size)
+    backend = backend_for(device)
+    master = os.environ["MASTER_ADDR"]
+    interface, why = choose_interface(backend, master, spans_nodes=spans_nodes(ranks), configured=socket_ifname,
+                                      environ=dict(os.environ))
+    os.environ[IFNAME_VARS[backend]] = interface  # read by gloo / NCCL when the group is made
+    if ranks.local_rank == 0:
+        print(f"{backend} on {socket.gethostname()}: interface {interface} ({why})", flush=True)
+    timeout = timedelta(minutes=30)  # torch's default; a lost peer is caught by the watch long before
+    store, _, _ = next(dist.rendezvous("env://", ranks.rank, ranks.world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    address = (interface_addresses().get(interface) or ["?"])[0]
+    watch = start_watch(ranks.rank, ranks.world_size, address, peer_timeout_s)
+    try:
+        dist.init_process_group(backend=backend, store=dist.PrefixStore("default_pg", store), rank=ranks.rank,
+                                world_size=ranks.world_size, timeout=timeout)
+    except BaseException as err:
+        watch.report_failure(err)
+        raise
     return ranks, True
+
+
+def leave() -> None:
+    """End this rank's part in the process group :func:`join` made. Called in a ``finally``: an
+    error on its way out is reported to the other ranks (which then stop), else the rank is done."""
+    err = sys.exc_info()[1]
+    # an exception every rank raises together (a preemption) is no failure of this rank
+    finish_watch(None if getattr(err, "stops_all_ranks", False) else err)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def free_port() -> int:

@@ -36,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.engine import Engine
-from scaleq.distributed.process_group import join, launched_ranks
+from scaleq.distributed.peer_watch import PEER_TIMEOUT_S
+from scaleq.distributed.process_group import join, launched_ranks, leave
 from scaleq.io import atomic_torch_save
 
 
@@ -59,11 +60,13 @@ class TorchEngine(Engine):
         grad_clip: float | None = None,
         gradient_accumulation: int = 1,
         graph_parallel: int = 1,
+        socket_ifname: str | None = None,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
     ) -> None:
         self.device = pick_device(device, launched_ranks().local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        ranks, self._owns_group = join(self.device)
+        ranks, self._owns_group = join(self.device, socket_ifname, peer_timeout_s)
         self.rank, self.world_size = ranks.rank, ranks.world_size
         self.join_graph_parallel(graph_parallel)
         self.precision = precision
@@ -154,6 +157,6 @@ class TorchEngine(Engine):
         # destructor joins worker threads while holding the GIL, and a rank can hang at exit.
         self._wrapped = None
         gc.collect()
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_group:
+            leave()  # an error on its way out (close runs in a finally) stops the other ranks too
             self._owns_group = False

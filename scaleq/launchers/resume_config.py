@@ -35,6 +35,8 @@ RESUMABLE_KEYS = frozenset({
     "engine.max_failures",  # Ray: restarts, cores per worker, placement
     "engine.cpus_per_worker",
     "engine.placement_strategy",
+    "engine.socket_ifname",  # how the ranks reach each other on the machines of this launch
+    "engine.peer_timeout_s",
 })
 # Keys that say where the run is (they found it), compared as resolved paths where they are paths.
 LOCATION_KEYS = frozenset({"name", "out_dir"})

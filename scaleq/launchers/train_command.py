@@ -14,6 +14,8 @@ from scaleq.launchers.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_
 from scaleq.launchers.resume_config import config_for_resume
 from scaleq.models import check_buildable
 from scaleq.run import run
+from scaleq.train import preemption
+from scaleq.train.preemption import EXIT_PREEMPTED, Preempted
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -35,7 +37,11 @@ def train_command(args: argparse.Namespace) -> int:
             print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0
-        summary = run(config, resume=resume, resume_from=args.resume_from)
+        with preemption.handlers():  # SIGTERM/SIGUSR1: finish the step, checkpoint, exit 75
+            summary = run(config, resume=resume, resume_from=args.resume_from)
+    except Preempted as err:
+        print(err, file=sys.stderr)
+        return EXIT_PREEMPTED
     except USER_ERRORS + RUN_FAILURES as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return exit_code(err) or 1

@@ -45,6 +45,7 @@ from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.distributed.engine import Engine
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
+from scaleq.train import preemption
 from scaleq.train.checkpoint import (
     BEST,
     LAST,
@@ -55,6 +56,7 @@ from scaleq.train.checkpoint import (
     state_dict_mismatch,
 )
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
+from scaleq.train.preemption import Preempted
 
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
                   "epoch_seconds"]
@@ -236,6 +238,8 @@ class Trainer:
                     logger.log(state.step, values)
                 self.save(LAST)
                 engine.checkpoint_saved(self.checkpoint_dir / LAST, values)
+                if preemption.requested(engine):  # told during validation: the epoch's checkpoint is the one
+                    self._preempted(f"after epoch {epoch + 1}")
                 if main:
                     train_loss = values["train_loss"]
                     epochs.set_postfix(loss=f"{train_loss:.3g}", best_val=f"{state.best_val_mse:.3g}")
@@ -308,6 +312,10 @@ class Trainer:
                 checked = state.step
             if checkpoint_now:
                 self.save(LAST)
+            if preemption.requested(engine):  # a scheduler's SIGTERM/SIGUSR1 on any rank
+                self._stop_if_not_finite(epoch, checked)
+                self.save(LAST)
+                self._preempted(f"at epoch {epoch + 1}, step {state.step}")
         self._stop_if_not_finite(epoch, checked)
         totals = engine.all_reduce_sum(self._sums).tolist()
         batches = totals[-1]
@@ -318,6 +326,10 @@ class Trainer:
             if weights[part] > 0:  # a part that is off stays empty in the CSV
                 losses[f"train_{part}"] = mean(totals[i])
         return losses
+
+    def _preempted(self, where: str) -> None:
+        raise Preempted(f"preempted ({preemption.signal_names()}) {where}: {self.checkpoint_dir / LAST} written; "
+                        "continue with --resume")
 
     def _stop_if_not_finite(self, epoch: int, checked: int) -> None:
         """Raise when a training loss since step ``checked`` was NaN or inf, on any rank. Called

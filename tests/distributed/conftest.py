@@ -48,3 +48,26 @@ def ray_tmpdir(monkeypatch, ray_token):
         monkeypatch.setenv("RAY_TMPDIR", folder)
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         yield Path(folder)
+
+
+@pytest.fixture
+def namespace_hosts():
+    """A factory of namespace hosts (tests/distributed/hosts.py), torn down after the test however
+    it ends; skips with one line where namespaces cannot be made."""
+    from tests.distributed.hosts import HostNet, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    made: list[HostNet] = []
+
+    def make(n: int, rate_mbit: float | None = None) -> HostNet:
+        net = HostNet(n, rate_mbit)
+        made.append(net)
+        return net.__enter__()
+
+    try:
+        yield make
+    finally:
+        for net in made:
+            net.close()
