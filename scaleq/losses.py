@@ -17,6 +17,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from scaleq.config import LossConfig
+from scaleq.nn.periodic import minimum_image, periodic_box
 from scaleq.nn.scatter import rank_within_groups, scatter_sum
 
 
@@ -74,13 +75,15 @@ def sample_per_graph(batch: Tensor, num_graphs: int, count: int, generator: torc
     return rank_within_groups(key, batch, num_graphs) < count
 
 
-def kernel(a: Tensor, b: Tensor, sigma: float, kind: Literal["plain", "squared"]) -> Tensor:
+def kernel(a: Tensor, b: Tensor, sigma: float, kind: Literal["plain", "squared"], length: Tensor | None = None) -> Tensor:
     """exp(-d / (2 sigma^2)) with d = |a - b| ('plain', FastEGNN's code) or |a - b|^2 ('squared',
     a Gaussian kernel). The plain distance has a zero-safe gradient (k(z_c, z_c) sits at d = 0).
+    ``length``: periodic box sides, making a - b a minimum image.
 
-    Shapes: a [M, K, D], b [M, K, D] (broadcastable) -> [M, K]
+    Shapes: a [M, K, D], b [M, K, D], length [M, K, D] (broadcastable) -> [M, K]
     """
-    d2 = (a - b).pow(2).sum(-1)
+    diff = a - b if length is None else minimum_image(a - b, length)
+    d2 = diff.pow(2).sum(-1)
     if kind == "plain":
         positive = d2 > 0
         d2 = torch.where(positive, d2.where(positive, torch.ones_like(d2)).sqrt(), torch.zeros_like(d2))
@@ -90,7 +93,7 @@ def kernel(a: Tensor, b: Tensor, sigma: float, kind: Literal["plain", "squared"]
 def mmd_virtual(
     pos: Tensor, virtual_pos: Tensor, batch: Tensor, num_graphs: int, *, sigma: float,
     kind: Literal["plain", "squared"] = "plain", samples_per_virtual: int = 3, generator: torch.Generator | None = None,
-    halo: Any = None,
+    halo: Any = None, box: Tensor | None = None,
 ) -> Tensor:
     """FastEGNN's MMD term, per graph then averaged over graphs, as its published code computes it:
 
@@ -110,14 +113,17 @@ def mmd_virtual(
     one per node of the whole batch) and the result is this rank's SHARE: its sampled nodes'
     cross terms plus 1/R of the virtual term, so that the shares sum to the MMD over the group.
 
+    With ``box`` (periodic boxes) every difference is a minimum image.
+
     Shapes:
-        pos: [N, D], virtual_pos: [B * C, D] (graph-major), batch: [N] -> []
+        pos: [N, D], virtual_pos: [B * C, D] (graph-major), batch: [N], box: [B, D, 2] -> []
     """
     dtype = torch.promote_types(pos.dtype, torch.float32)
     pos, virtual_pos = pos.to(dtype), virtual_pos.to(dtype)
     z = virtual_pos.view(num_graphs, -1, virtual_pos.shape[-1])  # [B, C, D]
     c = z.shape[1]
-    virtual_term = kernel(z[:, :, None], z[:, None], sigma, kind).mean((1, 2))  # [B]
+    length = None if box is None else (box[..., 1] - box[..., 0]).to(dtype)  # [B, D]
+    virtual_term = kernel(z[:, :, None], z[:, None], sigma, kind, None if length is None else length[:, None, None]).mean((1, 2))  # [B]
     if halo is None:
         chosen = sample_per_graph(batch, num_graphs, samples_per_virtual * c, generator)
         sampled = torch.bincount(batch[chosen], minlength=num_graphs)
@@ -127,7 +133,7 @@ def mmd_virtual(
         chosen = chosen_anywhere[halo.global_id]
         virtual_term = virtual_term / halo.num_ranks
     graph = batch[chosen]
-    cross = kernel(pos[chosen][:, None], z[graph], sigma, kind).sum(1)  # [M] sum over c
+    cross = kernel(pos[chosen][:, None], z[graph], sigma, kind, None if length is None else length[graph][:, None]).sum(1)  # [M]
     cross_term = scatter_sum(cross, graph, num_graphs) / (sampled.clamp_min(1).to(dtype) * c)  # [B]
     return (virtual_term - 2 * cross_term).mean()
 
@@ -178,6 +184,7 @@ def training_loss(output: dict[str, Tensor], batch: Batch, config: LossConfig) -
         mmd = mmd_virtual(
             output["pos"], output["virtual_pos"], batch.batch, int(batch.num_graphs), sigma=config.mmd_sigma,
             kind=config.mmd_kernel, samples_per_virtual=config.mmd_samples_per_virtual, halo=halo,
+            box=periodic_box(batch),
         )
         loss = loss + config.mmd_weight * mmd
         parts["mmd"] = mmd.detach()

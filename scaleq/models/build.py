@@ -87,15 +87,21 @@ def check_buildable(config: Config) -> Config:
     :func:`instantiate` checks the options for the tools that build a model directly.
     """
     options = model_options(config.model)
-    check_model_fits(config)
+    check_model_fits(config, options)
     return dataclasses.replace(config, model=ModelConfig(name=config.model.name, options=options))
 
 
-def check_model_fits(config: Config) -> None:
+def check_model_fits(config: Config, options: dict[str, Any] | None = None) -> None:
     """The keys of other sections that ask the model for what it does not have: a local graph it
     needs (``needs_local_graph``), the outputs a loss term reads (``auxiliary_outputs``), layers
-    to checkpoint, graph parallelism it cannot split (``supports_graph_parallel``). Otherwise each fails only at the first training step, after the data is made."""
+    to checkpoint, graph parallelism it cannot split (``supports_graph_parallel``), a periodic box
+    it cannot honour (``periodic_problem``). Otherwise each fails only at the first training step,
+    after the data is made. ``options``: the model's typed options (default: checked here)."""
     name, cls = config.model.name, model_class(config.model)
+    if config.graph.periodic:
+        problem = periodic_problem(cls, model_options(config.model) if options is None else options)
+        if problem is not None:
+            raise ConfigError(f"graph.periodic is not supported for model {name!r}: {problem}")
     ranks = config.engine.graph_parallel
     if ranks > 1 and not supports_graph_parallel(cls):
         raise ConfigError(f"engine.graph_parallel = {ranks} is not supported for model {name!r}: its pooling is "
@@ -114,6 +120,14 @@ def check_model_fits(config: Config) -> None:
 def needs_local_graph(cls: type[nn.Module]) -> bool:
     """Whether the model reads ``batch.local_index`` (a class attribute; default False)."""
     return bool(getattr(cls, "needs_local_graph", False))
+
+
+def periodic_problem(cls: type[nn.Module], options: dict[str, Any]) -> str | None:
+    """Why the model, with these options, cannot honour a periodic box, or None (a static method
+    ``periodic_problem(options)`` of the class; default: it can, as every model whose positions
+    meet only through the graph's minimum-image differences)."""
+    check = getattr(cls, "periodic_problem", None)
+    return None if check is None else check(options)
 
 
 def supports_graph_parallel(cls: type[nn.Module]) -> bool:

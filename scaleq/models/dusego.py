@@ -33,6 +33,10 @@ Choices the paper leaves open (each a constructor argument):
   x + v * horizon whatever L and dt are; "input" takes Y_0 = v; "zero" takes Y_0 = 0.
 - The backbone's own velocity term (EGNN's phi_v(h) v^0) always sees the INPUT velocity, as in
   EGNN; the ODE velocity Y is a separate state.
+- Periodic boxes. The backbone's differences are minimum images (EGNN reads ``edge_shift``); the
+  centre c cancels from Eq. 8 only with a linear sigma_pos and gamma1 = 1, and a periodic box has
+  no centre to pull towards otherwise, so other settings are refused there
+  (:meth:`DuSEGO.periodic_problem`).
 
 Special case worth knowing: dt = alpha = gamma1 = gamma2 = 1 with identity sigma and sigma_pos
 gives X_n = F_x(X_{n-1}, H_{n-1}) and H_n = F_h(X_{n-1}, H_{n-1}): plain EGNN, exactly (tested).
@@ -47,6 +51,7 @@ method (memory independent of the number of substeps; gradient of the continuous
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
@@ -61,6 +66,7 @@ from scaleq.nn.graph_reduce import graph_mean
 from scaleq.nn.layer_recompute import run_layers
 from scaleq.nn.message_passing import EdgeLayout, Halo
 from scaleq.nn.ode import FIXED_GRID_METHODS, integrate_interval
+from scaleq.nn.periodic import periodic_box
 
 Activation = Literal["identity", "tanh", "relu", "silu"]
 State = tuple[Tensor, Tensor, Tensor, Tensor]  # (X [N, D], H [N, H], Y [N, D], U [N, H])
@@ -172,6 +178,26 @@ class DuSEGO(nn.Module):
 
     # what scaleq.models.build checks a config against before a run starts
     auxiliary_outputs: ClassVar[tuple[str, ...]] = ("h", "vel")
+    # sigma_pos values that leave vectors as they are (relu(r) = r for lengths r >= 0)
+    LINEAR_SIGMA_POS: ClassVar[tuple[str, ...]] = ("identity", "relu")
+
+    @classmethod
+    def periodic_problem(cls, options: dict[str, object]) -> str | None:
+        """Why DuSEGO with these options refuses periodic boxes, or None.
+
+        Eq. 8's restoring term -gamma1 (X - c) pulls every particle towards its graph's centre of
+        mass c: a harmonic trap. A periodic box has no centre (a homogeneous fluid is the same
+        seen from every point) and no continuous periodic trap (the minimum image of x - c flips
+        direction half a box away from c). With sigma_pos linear (identity, relu) and gamma1 = 1
+        the centre cancels: X'' = (F_x - c) - (X - c) - alpha Y = F_x - X - alpha Y, the
+        backbone's own (minimum-image) update, so those settings honour the box exactly."""
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        sigma_pos, gamma1 = options.get("sigma_pos", defaults["sigma_pos"]), options.get("gamma1", defaults["gamma1"])
+        if sigma_pos in cls.LINEAR_SIGMA_POS and gamma1 == 1:
+            return None
+        return (f"with sigma_pos={sigma_pos!r} and gamma1={gamma1} its restoring term gamma1 (x - centre of mass) "
+                "does not cancel, and a periodic box has no centre to pull towards; set model.sigma_pos to "
+                "'identity' and model.gamma1 to 1, or graph.periodic to false")
 
     def __init__(
         self,
@@ -277,6 +303,10 @@ class DuSEGO(nn.Module):
 
     def _setup(self, batch: Batch) -> tuple[State, list[Callable[..., State]], Tensor | float]:
         pos = batch.pos
+        if periodic_box(batch) is not None:
+            problem = self.periodic_problem({"sigma_pos": self.sigma_pos, "gamma1": self.gamma1})
+            if problem is not None:
+                raise ValueError(f"DuSEGO on a periodic box: {problem}")
         node_batch = getattr(batch, "batch", None)
         if node_batch is None:  # a single graph
             node_batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)

@@ -357,6 +357,17 @@ class EGHN(nn.Module):
     supports_graph_parallel: ClassVar[bool] = False  # the pooling and the local graph are global per graph
     auxiliary_outputs: ClassVar[tuple[str, ...]] = ("assignments", "cluster_pos", "pooled_adjacency")
 
+    @staticmethod
+    def periodic_problem(options: dict[str, object]) -> str | None:
+        """Why EGHN refuses periodic boxes (scaleq.models.build.check_model_fits): E-Pool's soft
+        assignments give every cluster a share of every node, so its pooled position is a
+        weighted mean over the whole box, and E-UnPool adds weighted sums of cluster positions.
+        On a torus a mean of positions has no form that is linear, continuous and periodic (the
+        circular mean of points spread over the box is set by noise), and the pooling's
+        translation equivariance rests on exactly that linear mean (Eq. 9)."""
+        return ("its pooling averages positions over soft clusters that span the whole box, and a mean of "
+                "positions has no periodic form; set graph.periodic to false, or use egnn, fastegnn or dusego")
+
     def __init__(
         self,
         *,
@@ -420,6 +431,8 @@ class EGHN(nn.Module):
             -> {"pos": [N, D], "assignments": [N, K], "cluster_pos": [B, K, D] (pooled input
                 positions), "pooled_adjacency": [B, K, K] (S^T A_local S)}
         """
+        if getattr(batch, "edge_shift", None) is not None:
+            raise ValueError(f"EGHN on a periodic graph (batch.edge_shift): {self.periodic_problem({})}")
         local_index = getattr(batch, "local_index", None)
         local_attr = getattr(batch, "local_attr", None)
         if local_index is None or local_attr is None:

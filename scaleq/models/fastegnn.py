@@ -35,6 +35,17 @@ by ``index_select`` (whose backward is an ``index_add_``), not advanced indexing
 
 The gravity term adds a fixed vector, so a model with ``gravity`` is only equivariant under
 rotations about the gravity axis (and reflections that keep it), as is the data it is used for.
+
+Periodic boxes (a periodic graph: ``batch.edge_shift`` and ``batch.box``): the positions are
+points of a torus, which has no centre of mass. The real edges carry their shifts as in EGNN; the
+virtual nodes start at the circular mean per axis of the input frame (scaleq.nn.periodic), which
+re-imaging leaves where it is and a periodic translation moves with the particles; xbar is the
+circular mean of the current positions; x_i - z_c and z_c - xbar are minimum images. The cube's
+rotations and reflections about the box centre act on each axis as a permutation of the axes and a
+reflection theta -> -theta of its angles, which carries the circular mean along (a mean of angles
+reflected is the reflected mean), so they are symmetries of the model too. Virtual coordinates are
+returned unwrapped (compare them modulo the box). The MMD loss term takes minimum-image
+differences (scaleq.losses.mmd_virtual).
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from scaleq.nn.graph_reduce import graph_mean, graph_means_of_sums
 from scaleq.nn.layer_recompute import run_layers
 from scaleq.nn.message_passing import EdgeLayout, Halo, check_edge_mlps, edge_sums, layout_chunk
 from scaleq.nn.mlp import cat_features, mlp, small_init_, split_columns
+from scaleq.nn.periodic import circular_mean, minimum_image, periodic_box
 from scaleq.nn.recompute import sum_over_edges
 
 VirtualDistance = Literal["plain", "squared"]
@@ -132,16 +144,18 @@ class FastEGNNLayer(nn.Module):
         nodes: EdgeLayout | None = None,
         gravity: Tensor | None = None,
         halo: Halo | None = None,
+        box: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """
         ``nodes``: :meth:`EdgeLayout.per_node` of ``batch`` (built once per model forward; made
-        here when None).
+        here when None). ``box``: each graph's periodic box (then the centre is the circular mean
+        and every real-virtual and virtual-centre difference a minimum image), or None.
 
         Shapes:
             h: [N, H], pos: [N, D], z: [B, C, D] virtual coordinates, s: [B, C, H] virtual
             features, vel: [N, D] input velocity, layout: the receiver-sorted real edges
-            (scaleq.nn.message_passing.EdgeLayout), batch: [N] graph of each node, gravity: [D]
-            -> (h, pos, z, s) with the same shapes
+            (scaleq.nn.message_passing.EdgeLayout), batch: [N] graph of each node, gravity: [D],
+            box: [B, D, 2] -> (h, pos, z, s) with the same shapes
         """
         num_graphs, c, hidden = z.shape[0], z.shape[1], h.shape[-1]
         if nodes is None:
@@ -152,8 +166,14 @@ class FastEGNNLayer(nn.Module):
 
         # virtual-global Gram message, from the current centre of mass of each graph
         # per-graph means over every rank's nodes under graph parallelism (halo.sum_over_ranks)
-        centre = graph_mean(pos, batch, num_graphs, halo)  # [B, D]
-        offset = z - centre[:, None, :]  # [B, C, D]
+        if box is None:
+            centre = graph_mean(pos, batch, num_graphs, halo)  # [B, D]
+            offset = z - centre[:, None, :]  # [B, C, D]
+            periodic: tuple[Tensor, ...] = ()
+        else:  # the torus has no centre of mass: the circular mean, and offsets by minimum image
+            length = (box[..., 1] - box[..., 0]).to(pos.dtype)[:, None, :]  # [B, 1, D]
+            offset = minimum_image(z - circular_mean(pos, batch, num_graphs, box, halo)[:, None, :], length)
+            periodic = (length,)
         gram = (offset[:, :, None, :] * offset[:, None, :, :]).sum(-1)  # [B, C, C]; elementwise: stays fp32
 
         # real-virtual messages m_ic = phi_ev(h_i, s_c, d(x_i, z_c), M[c, :]), first Linear by input:
@@ -168,7 +188,7 @@ class FastEGNNLayer(nn.Module):
         chunk = virtual_chunk(nodes, self.kernel, self.edge_chunk, c, VIRTUAL_ROW_TENSORS * c * hidden * h.element_size())
         virtual_coord, virtual_h, m_sum, z_sum = sum_over_edges(
             functools.partial(_virtual_terms, distance=self.virtual_distance, aggregation=self.virtual_aggregation),
-            nodes, chunk, recv=(p_node, pos), src=(p_graph, z), edge=(), params=params, at_source=2,
+            nodes, chunk, recv=(p_node, pos), src=(p_graph, z, *periodic), edge=(), params=params, at_source=2,
         )
         z_shift, m_mean = graph_means_of_sums([z_sum, m_sum], batch, num_graphs, halo)  # [B, C, D], [B, C, H]
 
@@ -203,14 +223,19 @@ def _virtual_terms(
 ) -> tuple[Tensor, ...]:
     """The real-virtual messages of M nodes and what each contributes to the layer's updates.
 
+    A third ``src`` tensor, the box sides of each node's graph, makes x_i - z_c a minimum image.
+
     Shapes:
-        recv: (W_h h [M, H], x [M, D]), src: (graph terms [M, C, H], z [M, C, D]) of each node's graph
+        recv: (W_h h [M, H], x [M, D]), src: (graph terms [M, C, H], z [M, C, D][, box sides [M, 1, D]])
+        of each node's graph
         -> (mean_c (x_i - z_c) phi_xv(m_ic) [M, D], phi_h's virtual input part [M, H],
             m_ic [M, C, H] and (z_c - x_i) phi_X(m_ic) [M, C, D], both in the dtype of z, to sum per graph)
     """
-    (p_node, pos), (p_graph, z) = recv, src
+    (p_node, pos), (p_graph, z, *periodic) = recv, src
     w_dist, w2, b2, wx1, bx1, wx2, wz1, bz1, wz2, w_messages = params
     diff = pos[:, None, :] - z  # [M, C, D] x_i - z_c, coordinate precision
+    if periodic:
+        diff = minimum_image(diff, periodic[0])
     dist = pair_distance(diff, distance)  # [M, C, 1]
     pre = p_graph + p_node[:, None, :].to(p_graph.dtype) + dist * w_dist.squeeze(-1)  # [M, C, H]
     m = F.silu(F.linear(F.silu(pre), w2, b2))  # [M, C, H]
@@ -297,13 +322,17 @@ class FastEGNN(nn.Module):
         """
         Shapes:
             batch.h: [N, F], batch.pos: [N, D], batch.vel: [N, D], batch.edge_index: [2, E],
-            batch.edge_attr: [E, Fe], batch.batch: [N], batch.edge_shift: [E, D] (periodic only)
-            -> {"pos": [N, D], "virtual_pos": [B * C, D], "virtual_h": [B * C, H]}
+            batch.edge_attr: [E, Fe], batch.batch: [N], batch.edge_shift: [E, D] and batch.box
+            [B, D, 2] (periodic only) -> {"pos": [N, D], "virtual_pos": [B * C, D], "virtual_h": [B * C, H]}
         """
         pos, graph = batch.pos, batch.batch
         num_graphs = int(batch.num_graphs)
         h = self.embed(batch.h).to(pos.dtype)  # the residual streams keep coordinate precision
-        centre = graph_mean(pos, graph, num_graphs, getattr(batch, "halo", None))  # [B, D] input centre of mass
+        box = periodic_box(batch)
+        if box is None:
+            centre = graph_mean(pos, graph, num_graphs, getattr(batch, "halo", None))  # [B, D] input centre of mass
+        else:  # periodic: where the particles' circular mean puts it, moving with them on the torus
+            centre = circular_mean(pos, graph, num_graphs, box, getattr(batch, "halo", None))
         z = centre[:, None, :].expand(-1, self.virtual_nodes, -1).contiguous()  # [B, C, D]
         s = self.virtual_features.to(pos.dtype)[None].expand(num_graphs, -1, -1)  # [B, C, H]
         gravity = None if self.gravity is None else self.gravity.to(pos.dtype)
@@ -312,7 +341,7 @@ class FastEGNN(nn.Module):
         steps = [
             functools.partial(
                 _layer_step, layer, vel=batch.vel, layout=layout, batch=graph, nodes=nodes, gravity=gravity,
-                halo=getattr(batch, "halo", None),
+                halo=getattr(batch, "halo", None), box=box,
             )
             for layer in self.layers
         ]

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
+from scaleq.graph.builder import GraphBuilder
 from scaleq.models import MODELS, ConstantVelocity, LinearDynamics
-from scaleq.testing.equivariance import check_equivariance
+from scaleq.testing.equivariance import check_equivariance, check_periodic_equivariance, periodic_batch
 from tests.support.stores import random_batch
 
 
@@ -56,3 +57,14 @@ def test_a_split_without_motion_cannot_be_fitted():
     batch.vel = torch.zeros_like(batch.vel)
     with pytest.raises(ValueError, match="every velocity in the split is zero"):
         LinearDynamics.from_normal_equation(LinearDynamics.normal_equation(batch))
+
+
+@pytest.mark.parametrize("name", ["linear", "constant_velocity"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_baselines_honour_a_periodic_box(name, dtype):
+    """x + v t: every periodic symmetry holds; so does a generic rotation (they read no graph), so
+    the control is off here."""
+    graph = GraphBuilder(kind="radius", radius=1.5, periodic=True)
+    report = check_periodic_equivariance(MODELS[name](), periodic_batch(), {"pos": "node_position"}, graph=graph,
+                                         dtype=dtype, control_min=0.0)
+    assert report.control < 1e-5

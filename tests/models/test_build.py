@@ -29,6 +29,7 @@ SMALL = {
     "eghn": {"hidden": 8, "clusters": 2, "interaction_layers": 1, "pooling_layers": 1, "decoder_layers": 1},
 }
 
+PERIODIC = {"kind": "radius", "radius": 1.0, "periodic": True}
 # (name, sections over a config that runs, the message the error must match)
 MISFITS = [
     ("eghn without a local graph", {"model": {"name": "eghn"}},
@@ -39,6 +40,10 @@ MISFITS = [
      r"loss\.connectivity_weight = 2\.0 needs a model that outputs 'pooled_adjacency' \(eghn\); model\.name 'fastegnn'"),
     ("checkpointing a baseline", {"model": {"name": "linear", "gradient_checkpointing": 1}},
      r"gradient_checkpointing"),
+    ("eghn on a periodic box", {"model": {"name": "eghn"}, "graph": {**PERIODIC, "local": "bonds"}},
+     r"graph\.periodic is not supported for model 'eghn': its pooling averages positions over soft clusters"),
+    ("dusego's restoring term on a periodic box", {"model": {"name": "dusego", "sigma_pos": "tanh"}, "graph": PERIODIC},
+     r"graph\.periodic is not supported for model 'dusego': with sigma_pos='tanh' and gamma1=1\.0 its restoring term"),
 ]
 
 
@@ -128,6 +133,33 @@ def test_cli_refuses_a_model_key_the_constructor_does_not_take(tmp_path):
 @pytest.mark.parametrize("sections, message", [m[1:] for m in MISFITS], ids=[m[0] for m in MISFITS])
 def test_cli_refuses_a_model_that_does_not_fit(tmp_path, sections, message):
     assert_refused(cli("--config", str(write_config(tmp_path, **sections))), message, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, message", [
+    ({"name": "eghn"}, r"graph\.periodic is not supported for model 'eghn': its pooling averages positions"),
+    ({"name": "dusego", "gamma1": 0.5}, r"graph\.periodic is not supported for model 'dusego': .*gamma1=0\.5"),
+], ids=["eghn", "dusego-gamma1"])
+def test_cli_refuses_graph_periodic_true_for_a_model_that_cannot_honour_a_box(tmp_path, model, message):
+    path = write_config(tmp_path, model=model, graph={"kind": "radius", "radius": 1.0, "local": "bonds"})
+    assert_refused(cli("--config", str(path), "graph.periodic=true"), message, tmp_path)
+
+
+def test_periodic_boxes_are_honoured_or_refused_by_each_model(tmp_path):
+    """Which models honour a periodic box: every one but EGHN; DuSEGO where its centre term cancels."""
+    refused = []
+    for name in sorted(MODELS):
+        graph = {**PERIODIC, "local": "bonds"} if needs_local_graph(MODELS[name]) else PERIODIC
+        try:
+            check_buildable(config_from_dict(raw_config(tmp_path, model={"name": name}, graph=graph)))
+        except ConfigError:
+            refused.append(name)
+    assert refused == ["eghn"]
+    for options in ({"sigma_pos": "relu"}, {"sigma_pos": "identity", "gamma1": 1.0}):
+        check_buildable(config_from_dict(raw_config(tmp_path, model={"name": "dusego", **options}, graph=PERIODIC)))
+    for options in ({"sigma_pos": "silu"}, {"gamma1": 2.0}):
+        with pytest.raises(ConfigError, match="model 'dusego'"):
+            check_buildable(config_from_dict(raw_config(tmp_path, model={"name": "dusego", **options}, graph=PERIODIC)))
 
 
 def test_graph_parallel_support_is_a_class_attribute_the_build_check_reads(tmp_path):

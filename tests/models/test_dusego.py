@@ -13,7 +13,12 @@ from scaleq.models.build import instantiate
 from scaleq.models.dusego import GraphInputs, vector_activation
 from scaleq.nn.scatter import scatter_mean
 from scaleq.sources.nbody import NBodyParams
-from scaleq.testing.equivariance import check_equivariance, random_orthogonal
+from scaleq.testing.equivariance import (
+    check_equivariance,
+    check_periodic_equivariance,
+    periodic_batch,
+    random_orthogonal,
+)
 from tests.support.block_paths import PATHS, assert_paths_agree, path_available
 from tests.support.stores import random_batch, tiny_nbody_dataset
 
@@ -68,6 +73,28 @@ def test_dusego_is_equivariant(dtype, steps):
 def test_dusego_variants_are_equivariant(options):
     for dtype in (torch.float64, torch.float32):
         check_equivariance(make_model(**options), make_batch(), OUTPUTS, dtype=dtype)
+
+
+PERIODIC = GraphBuilder(kind="radius", radius=1.5, periodic=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("options", [
+    {},
+    {"sigma_pos": "relu", "sigma": "silu", "gamma2": 2.0, "alpha": 0.5},
+    {"solver": "odeint", "method": "rk4", "substeps": 2, "shared_weights": True},
+], ids=["default", "relu-silu", "odeint"])
+def test_dusego_honours_a_periodic_box_where_its_centre_term_cancels(dtype, options):
+    """sigma_pos linear and gamma1 = 1: the acceleration is the backbone's minimum-image update."""
+    report = check_periodic_equivariance(make_model(**options), periodic_batch(), OUTPUTS, graph=PERIODIC, dtype=dtype)
+    assert report.control > 1e-2
+
+
+@pytest.mark.parametrize("options", [{"sigma_pos": "tanh"}, {"gamma1": 0.5}])
+def test_dusego_refuses_a_periodic_box_where_its_centre_term_does_not_cancel(options):
+    """The issue's failure (sigma_pos tanh: 0.8 to 1.7 box units off) is refused, not computed."""
+    with pytest.raises(ValueError, match="DuSEGO on a periodic box: with sigma_pos="):
+        make_model(dtype=torch.float64, **options)(PERIODIC(periodic_batch()))
 
 
 def test_damping_on_raw_coordinates_would_break_translation_equivariance():

@@ -212,6 +212,18 @@ def test_pooling_keeps_full_precision_under_autocast():
     assert unpooled.shape == (10, 2)
 
 
+def test_a_periodic_graph_is_refused():
+    """EGHN's pooling has no periodic form (scaleq.models.eghn.EGHN.periodic_problem): a periodic
+    batch is refused with that reason, not silently pooled across the box."""
+    from scaleq.testing.equivariance import periodic_batch
+
+    batch = periodic_batch(torch.float32)
+    batch.bond_index = torch.stack([torch.arange(0, 40), torch.arange(1, 41)])
+    batch = GraphBuilder(kind="radius", radius=1.5, periodic=True, local="bonds")(batch)
+    with pytest.raises(ValueError, match="EGHN on a periodic graph .* its pooling averages positions"):
+        make_model()(batch)
+
+
 def test_missing_local_graph_is_a_clear_error():
     batch = GraphBuilder(kind="complete")(Batch.from_data_list(graphs()))
     with pytest.raises(ValueError, match="graph.local"):

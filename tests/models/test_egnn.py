@@ -3,7 +3,7 @@ import torch
 
 from scaleq.graph.builder import GraphBuilder
 from scaleq.models import EGNN
-from scaleq.testing.equivariance import check_equivariance
+from scaleq.testing.equivariance import check_equivariance, check_periodic_equivariance, periodic_batch
 from tests.support.block_paths import (
     PATHS,
     assert_paths_agree,
@@ -33,6 +33,44 @@ def make_model(**kwargs):
 def test_egnn_is_equivariant(dtype, velocity):
     report = check_equivariance(make_model(velocity=velocity), make_batch(), {"pos": "node_position"}, dtype=dtype)
     assert report.errors["pos"] < (1e-9 if dtype == torch.float64 else 1e-4)
+
+
+PERIODIC = GraphBuilder(kind="radius", radius=1.5, periodic=True)
+
+
+def test_the_periodic_batch_has_most_edges_crossing_the_boundary():
+    batch = PERIODIC(periodic_batch())
+    assert batch.edge_index.shape[1] > 200
+    assert (batch.edge_shift != 0).any(-1).double().mean() > 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("velocity", [True, False])
+def test_egnn_honours_a_periodic_box(dtype, velocity):
+    """Re-imaging, translation with wrap, the cube's symmetries about the box centre (fp64 1e-10,
+    fp32 1e-5, positions modulo the box), and a generic rotation that is no symmetry."""
+    report = check_periodic_equivariance(make_model(velocity=velocity), periodic_batch(), {"pos": "node_position"},
+                                         graph=PERIODIC, dtype=dtype)
+    assert report.control > 1e-2
+
+
+def test_the_periodic_check_catches_a_model_that_ignores_the_box():
+    model = make_model().double()
+
+    def blind(batch):  # the raw differences x_i - x_j, as a model that drops edge_shift sees them
+        batch.edge_shift = torch.zeros_like(batch.edge_shift)
+        return model(batch)
+
+    with pytest.raises(AssertionError, match="not periodic-equivariant: output 'pos' under re-imaging"):
+        check_periodic_equivariance(blind, periodic_batch(), {"pos": "node_position"}, graph=PERIODIC)
+
+
+def test_the_periodic_check_fails_when_a_generic_rotation_is_also_a_symmetry():
+    """The control: a model whose output does not depend on the box passes every periodic symmetry,
+    and the check says it could not have failed."""
+    with pytest.raises(AssertionError, match="a generic rotation, which is no symmetry of a periodic box"):
+        check_periodic_equivariance(lambda b: {"pos": b.pos + 0.1 * b.vel}, periodic_batch(), {"pos": "node_position"},
+                                    graph=PERIODIC)
 
 
 def test_check_catches_a_model_that_is_not_equivariant():

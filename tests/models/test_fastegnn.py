@@ -3,8 +3,16 @@ import torch
 from torch_geometric.data import Batch
 
 from scaleq.graph.builder import GraphBuilder
+from scaleq.losses import mmd_virtual
 from scaleq.models import FastEGNN
-from scaleq.testing.equivariance import Transform, check_equivariance, random_orthogonal
+from scaleq.nn.periodic import circular_mean
+from scaleq.testing.equivariance import (
+    Transform,
+    check_equivariance,
+    check_periodic_equivariance,
+    periodic_batch,
+    random_orthogonal,
+)
 from tests.support.block_paths import PATHS, assert_paths_agree, chunk_splits_a_receiver, path_available
 from tests.support.stores import random_batch
 
@@ -55,6 +63,57 @@ def test_equivariant_with_dropped_and_no_real_edges(dtype, edge_drop):
     if edge_drop == 1.0:
         assert batch.edge_index.shape[1] == 0
     check_equivariance(make_model(), batch, OUTPUTS, dtype=dtype)
+
+
+PERIODIC = GraphBuilder(kind="radius", radius=1.5, periodic=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"virtual_distance": "squared", "virtual_aggregation": "mean"}, {"edge_chunk": 7}],
+    ids=["published", "alternatives", "chunked"],
+)
+def test_fastegnn_honours_a_periodic_box(dtype, options):
+    """Virtual nodes start at the circular mean and meet the real ones by minimum image: re-imaging,
+    translation with wrap and the cube's symmetries about the box centre give the same state
+    (virtual positions compared modulo the box too)."""
+    report = check_periodic_equivariance(make_model(**options), periodic_batch(), OUTPUTS, graph=PERIODIC, dtype=dtype)
+    assert report.control > 1e-2
+
+
+def test_periodic_virtual_nodes_start_at_the_circular_mean():
+    model = make_model(layers=1).double()
+    for layer in model.layers:
+        layer.phi_zv[-1].weight.data.zero_()
+    batch = PERIODIC(periodic_batch())
+    z = model(batch)["virtual_pos"].view(2, 3, 3)
+    centre = circular_mean(batch.pos, batch.batch, 2, batch.box)
+    torch.testing.assert_close(z, centre[:, None].expand(2, 3, 3))
+    # a cluster across the corner: the circular mean is at the corner, the plain mean mid-box
+    near = batch.pos[batch.batch == 0][:12]
+    lower = torch.full((1, 3), -1.0, dtype=torch.float64)
+    corner = circular_mean(near, torch.zeros(12, dtype=torch.long), 1, batch.box[:1])
+    gap = (corner - lower) - 4.0 * torch.round((corner - lower) / 4.0)
+    assert gap.abs().max() < 0.4 and (near.mean(0) - lower).abs().min() > 0.5
+
+
+def test_periodic_mmd_uses_minimum_images():
+    """Re-imaging predicted and virtual positions by box vectors leaves the MMD term as it is;
+    without the box it changes."""
+    batch = PERIODIC(periodic_batch())
+    generator = torch.Generator().manual_seed(1)
+    z = batch.pos[torch.tensor([0, 5, 9, 30, 31, 35])]  # 3 virtual nodes per graph, among the particles
+    length = (batch.box[..., 1] - batch.box[..., 0]).index_select(0, batch.batch)
+    moved = batch.pos + torch.randint(-2, 3, batch.pos.shape, generator=generator) * length
+    z_length = length[torch.tensor([0, 5, 9, 30, 31, 35])]  # graph 0's side 4.0, graph 1's 3.5
+    z_moved = z + torch.randint(-2, 3, z.shape, generator=generator) * z_length
+
+    def mmd(pos, virtual, box):
+        return mmd_virtual(pos, virtual, batch.batch, 2, sigma=1.0, generator=torch.Generator().manual_seed(0), box=box)
+
+    torch.testing.assert_close(mmd(moved, z_moved, batch.box), mmd(batch.pos, z, batch.box), rtol=1e-12, atol=1e-12)
+    assert (mmd(moved, z_moved, None) - mmd(batch.pos, z, None)).abs() > 1e-2
 
 
 def test_outputs_have_documented_shapes_and_virtual_nodes_move_apart():

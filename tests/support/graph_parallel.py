@@ -139,3 +139,69 @@ def train_rank(rank: int, world_size: int, port: int, raw: dict[str, Any]) -> No
 
     rank_env(rank, world_size, port)
     run(config_from_dict(raw, "<test config>"))
+
+
+# -- periodic boxes: the periodic symmetries of scaleq.testing.equivariance under graph parallelism --
+
+PERIODIC_GRAPH = {"kind": "radius", "radius": 1.5, "periodic": True}
+# name -> (model, options, outputs as the periodic check reads them)
+PERIODIC_CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "egnn_periodic": ("egnn", {}, {"pos": "node_position"}),
+    "fastegnn_periodic": ("fastegnn", {"virtual_nodes": 3},
+                          {"pos": "node_position", "virtual_pos": "position", "virtual_h": "invariant"}),
+    "dusego_periodic": ("dusego", {"sigma": "tanh", "gamma2": 0.5},
+                        {"pos": "node_position", "h": "node_invariant", "vel": "node_vector"}),
+}
+COORDINATE_HEADS = ("phi_x", "phi_xv", "phi_zv")  # last Linear starts at gain 0.001 in these models
+
+
+def periodic_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Case ``name``'s model in ``dtype``, its coordinate heads scaled up so the check sees real updates."""
+    model_name, options, _ = PERIODIC_CASES[name]
+    torch.manual_seed(0)
+    model = MODELS[model_name](in_node_features=2, in_edge_features=2, hidden=8, layers=2, **options)
+    for module_name, module in model.named_modules():
+        if module_name.rsplit(".", 1)[-1] in COORDINATE_HEADS:
+            torch.nn.init.normal_(module[-1].weight, std=0.3)
+    return model.to(dtype).eval()
+
+
+def periodic_outputs(name: str, engine: Any = None, dtype: torch.dtype = torch.float64) -> list[dict[str, Any]]:
+    """Case ``name``'s outputs for the periodic batch and then for each of its periodic transforms
+    (scaleq.testing.equivariance.periodic_transforms), on one process when ``engine`` is None, else
+    this rank's share (ids, per-node and per-graph outputs, halo rows) of each."""
+    from scaleq.testing.equivariance import periodic_batch, periodic_transforms
+
+    model = periodic_model(name, dtype)
+    graph = GraphBuilder(**PERIODIC_GRAPH)
+    batch = periodic_batch(dtype)
+    states = [batch, *(g.apply_to_batch(batch) for g in periodic_transforms(batch))]
+    results = []
+    with torch.no_grad():
+        for state in states:
+            prepared = engine.prepare_batch(state.clone(), graph) if engine is not None else graph(state.clone())
+            output = model(prepared)
+            halo = getattr(prepared, "halo", None)
+            results.append({
+                "ids": halo.global_id if halo is not None else torch.arange(prepared.pos.shape[0]),
+                "nodes": {k: v for k, v in output.items() if k in PER_NODE},
+                "graphs": {k: v for k, v in output.items() if k not in PER_NODE},
+                "halo_rows": 0 if halo is None else halo.num_halo,
+            })
+    return results
+
+
+def graph_parallel_periodic(rank: int, world_size: int, port: int, names: list[str], out: str) -> None:
+    """Rank ``rank`` of a ``world_size``-rank graph-parallel group: :func:`periodic_outputs` of every
+    case in ``names``, in fp64 and fp32; writes ``<out>/<case>-<dtype>-<rank>.pt``."""
+    from scaleq.distributed import make_engine
+
+    rank_env(rank, world_size, port)
+    engine = make_engine("torch", device="cpu", graph_parallel=world_size)
+    try:
+        for name in names:
+            for dtype in ("float64", "float32"):
+                result = periodic_outputs(name, engine, getattr(torch, dtype))
+                torch.save(result, Path(out) / f"{name}-{dtype}-{rank}.pt")
+    finally:
+        engine.close()
