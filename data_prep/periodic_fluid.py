@@ -4,7 +4,7 @@
     python data_prep/periodic_fluid.py --out data/fluid64 --particles 64 --box 5
 
 The box is written to each store's ``bounds`` (positions stay continuous), so a run with
-``graph.periodic: true`` builds minimum-image radius graphs in it (scaleq/data/periodic_fluid.py).
+``graph.periodic: true`` builds minimum-image radius graphs in it (scaleq/sources/periodic_fluid.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.data.periodic_fluid import FluidParams, write_fluid_dataset
 from scaleq.sources.cli import run_converter
+from scaleq.sources.periodic_fluid import FluidParams, write_fluid_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The periodic fluid dataset (scaleq/data/periodic_fluid.py): its forces see the box, its stores
+"""The periodic fluid dataset (scaleq/sources/periodic_fluid.py): its forces see the box, its stores
 carry the box in ``bounds``, and every model that honours periodic boxes trains on it."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scaleq.data.dataset import SampleSpec, TrajectoryDataset
-from scaleq.data.periodic_fluid import FluidParams, pair_forces, simulate_fluid, write_fluid_dataset
+from scaleq.sources.periodic_fluid import FluidParams, pair_forces, simulate_fluid, write_fluid_dataset
 from scaleq.store.reader import open_store
 
 SMALL = FluidParams(num_particles=16, box=3.0, frames=8, sample_every=5)

@@ -96,7 +96,7 @@ def write_fluid_dataset(
     attrs = StoreAttrs(
         kind="periodic_fluid", dim=params.dim, dt=params.dt * params.sample_every, frame_stride=params.sample_every,
         default_radius=1.5 * params.sigma, bounds=[[0.0, params.box]] * params.dim, feature_names=["type"],
-        provenance=default_provenance("scaleq.data.periodic_fluid soft-sphere simulator", seed),
+        provenance=default_provenance("scaleq.sources.periodic_fluid soft-sphere simulator", seed),
         extra={"simulator": dataclasses.asdict(params),
                "periodic": "cubic box 'bounds', forces by minimum image; positions stored unwrapped (continuous)"},
     )
