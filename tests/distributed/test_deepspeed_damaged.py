@@ -1,6 +1,7 @@
 """A damaged DeepSpeed checkpoint (one rank's ZeRO shard cut short), resumed through the CLI on 2
 ranks: every rank refuses together with the same `error:` line naming it and exit 2, none waits in
-a collective; `--resume-from best` is the way out and trains to the end."""
+a collective; `--resume-from best` is the way out and trains to the end. A shard carrying a pickle
+payload (with a matching digest) is refused before DeepSpeed's full-pickle loader opens it."""
 
 from __future__ import annotations
 
