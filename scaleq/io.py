@@ -17,7 +17,7 @@ import csv
 import errno
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,9 +30,11 @@ def temporary_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, before_replace: Callable[[], None] | None = None,
+                 **open_args: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; on success fsync it and rename it over
     ``path``. An exception inside the block removes the temporary and leaves ``path`` untouched.
+    ``before_replace`` runs between the fsync and the rename (scaleq.digests records a digest there).
 
     Libraries that wrap write errors (torch.save turns ENOSPC/EFBIG into a RuntimeError, "unexpected
     pos") are unwrapped here: a failed write surfaces as the OSError that caused it, naming ``path``.
@@ -45,6 +47,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_args: An
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, target)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):

@@ -23,7 +23,7 @@ from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.seeding import seed_everything
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, unreadable_part
+from scaleq.train.checkpoint import BEST, LAST, CheckpointError, checkpoint_problem
 from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
@@ -154,12 +154,11 @@ def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
 
 def _refuse_unreadable(engine: Engine, path: Path) -> None:
     """Every rank refuses a checkpoint with an unreadable file (a DeepSpeed shard of one rank
-    included) together, with the same line; rank 0 looks (see :func:`unreadable_part`)."""
-    problem = unreadable_part(path) if engine.is_main and path.is_file() else None
+    included) together, with the same line; rank 0 looks (see :func:`checkpoint_problem`)."""
+    problem = checkpoint_problem(path) if engine.is_main and path.is_file() else None
     problem = engine.broadcast_object(problem)
     if problem is not None:
-        raise CheckpointError(f"{path}: checkpoint is damaged or unreadable ({problem}); resume from another with "
-                              "--resume-from best (or a path), or start a new run")
+        raise CheckpointError(problem)
 
 
 def _summarise(

@@ -28,11 +28,13 @@ from scaleq.store.reader import TrajectoryStore
 from scaleq.store.writer import StoreWriter
 
 
-def write_synthetic_store(path: Path, trajectories: int, frames: int, particles: int, seed: int = 0) -> float:
-    """Water-3D-shaped random walks (positions in the unit box, particle types 0..2); returns MB on disk."""
+def write_synthetic_store(path: Path, trajectories: int, frames: int, particles: int, seed: int = 0,
+                          checksums: bool = True) -> float:
+    """Water-3D-shaped random walks (positions in the unit box, particle types 0..2); returns MB on
+    disk. ``checksums=False`` writes format version 1 (no CRC-32C per chunk), to measure their cost."""
     rng = np.random.default_rng(seed)
     attrs = StoreAttrs(kind="synthetic", dim=3, dt=0.005, default_radius=0.035, feature_names=["particle_type"])
-    with StoreWriter(path, attrs, overwrite=True) as writer:
+    with StoreWriter(path, attrs, overwrite=True, checksums=checksums) as writer:
         for _ in range(trajectories):
             steps = rng.normal(scale=1e-3, size=(frames, particles, 3)).astype(np.float32)
             pos = rng.random((1, particles, 3), dtype=np.float32) + np.cumsum(steps, axis=0)

@@ -5,6 +5,10 @@ DeepSpeedEngine.save writes ``<name>.ds/<tag>/`` (every rank's files) and a smal
 ``mp_rank_00_model_states.pt``; stages 1-3 split the fp32 master weights across the ranks'
 ``*_optim_states.pt`` files (under ZeRO-3 the model-states file holds only placeholders), which
 DeepSpeed's own ``zero_to_fp32`` consolidates.
+
+DeepSpeed's loaders unpickle with full pickle, so every file of a tag folder is first checked by
+scaleq's safe loader (:func:`check_tag_files`: its digest, and a ``weights_only`` unpickling that
+allows the few DeepSpeed types its files hold) before DeepSpeed opens any of them.
 """
 
 from __future__ import annotations
@@ -15,11 +19,48 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from scaleq.digests import SUFFIX, record_digest
+from scaleq.safe_load import check_file, safe_load
 
 POINTER_FORMAT = "scaleq-deepspeed-checkpoint"
 MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    """The types DeepSpeed pickles into its checkpoint files besides tensors and plain containers
+    (ZeRO's stage enum, the loss scaler's settings, fragment addresses of the fp32 partitions):
+    plain records, allowed explicitly to the safe loader."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def tag_files(tag_dir: Path) -> list[Path]:
+    """The checkpoint files of a tag folder (every rank's), sorted."""
+    return sorted(p for p in tag_dir.iterdir() if p.is_file() and not p.name.endswith(SUFFIX)) if tag_dir.is_dir() else []
+
+
+def record_tag_digests(tag_dir: Path, rank: int, world_size: int) -> None:
+    """Every rank hashes its share of the tag folder's files (round robin over the sorted list,
+    once every rank has written its own) and records each file's digest beside it."""
+    for i, path in enumerate(tag_files(tag_dir)):
+        if i % world_size == rank:
+            record_digest(path)
+
+
+def check_tag_files(tag_dir: Path) -> None:
+    """Check every file of a tag folder before DeepSpeed opens one: its digest (DigestError) and
+    that it unpickles as data (UnsafeFileError); damaged files raise what torch raises."""
+    files = tag_files(tag_dir)
+    if not files:
+        raise FileNotFoundError(f"{tag_dir}: the DeepSpeed checkpoint folder is missing or empty")
+    allowed = deepspeed_safe_globals()
+    for path in files:
+        check_file(path, allowed)
 
 
 def is_pointer(state: Any) -> bool:
@@ -34,6 +75,7 @@ def deepspeed_model_state(pointer_path: Path, pointer: dict[str, Any]) -> dict[s
     tag_dir = folder / str(pointer["tag"])
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"{pointer_path}: points to {tag_dir}, which does not exist")
+    check_tag_files(tag_dir)
     if any(tag_dir.glob("zero_pp_rank_*_optim_states.pt")):  # written under ZeRO stages 1-3 only
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -44,5 +86,5 @@ def deepspeed_model_state(pointer_path: Path, pointer: dict[str, Any]) -> dict[s
     files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"{tag_dir}: no {MODEL_STATES} (not a complete DeepSpeed checkpoint)")
-    return dict(torch.load(files[0], map_location="cpu", weights_only=False)["module"])
+    return dict(safe_load(files[0], allowed=deepspeed_safe_globals())["module"])
 

@@ -36,14 +36,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from scaleq.digests import atomic_torch_save_with_digest
 from scaleq.distributed.accumulation import AccumulationWindow
-from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT
+from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT, check_tag_files, record_tag_digests
 from scaleq.distributed.deepspeed_ops import explain_op_build_failures
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.peer_watch import PEER_TIMEOUT_S
 from scaleq.distributed.process_group import backend_for, join, launched_ranks, leave, single_process_env
 from scaleq.distributed.torch_engine import pick_device
-from scaleq.io import atomic_torch_save, atomic_write_text
+from scaleq.io import atomic_write_text
+from scaleq.safe_load import load_checkpoint_file, safe_load
 
 
 def deepspeed_config(
@@ -197,18 +199,21 @@ class DeepSpeedEngine(Engine):
         tag = self.broadcast_object(tag)
         self._ds.save_checkpoint(str(folder), tag=tag, client_state={"extra": extra}, save_latest=False)
         self.barrier()
+        record_tag_digests(folder / tag, self.rank, self.world_size)  # each rank hashes its share
+        self.barrier()
         if self.is_main:
             atomic_write_text(folder / "latest", tag)
-            atomic_torch_save({"format": POINTER_FORMAT, "folder": folder.name, "tag": tag}, path)
+            atomic_torch_save_with_digest({"format": POINTER_FORMAT, "folder": folder.name, "tag": tag}, path)
             if previous is not None and previous["tag"] != tag:
                 shutil.rmtree(folder / previous["tag"], ignore_errors=True)
         self.barrier()
 
     def load(self, path: Path) -> dict[str, Any]:
-        pointer = self._pointer(path)
-        if pointer is None:
+        pointer = load_checkpoint_file(path) if path.exists() else None
+        if not (isinstance(pointer, dict) and pointer.get("format") == POINTER_FORMAT):
             raise ValueError(f"{path}: not a DeepSpeed checkpoint pointer (written by engine.kind: torch?)")
         folder = path.parent / pointer["folder"]
+        check_tag_files(folder / pointer["tag"])  # DeepSpeed unpickles with full pickle: data only past here
         loaded, client = self._ds.load_checkpoint(str(folder), tag=pointer["tag"])
         if loaded is None:
             raise FileNotFoundError(f"{folder / pointer['tag']}: DeepSpeed could not load this checkpoint")
@@ -218,7 +223,7 @@ class DeepSpeedEngine(Engine):
     def _pointer(path: Path) -> dict[str, Any] | None:
         if not path.exists():
             return None
-        pointer = torch.load(path, map_location="cpu", weights_only=False)
+        pointer = safe_load(path)
         return pointer if isinstance(pointer, dict) and pointer.get("format") == POINTER_FORMAT else None
 
     # -- collectives -------------------------------------------------------------------------

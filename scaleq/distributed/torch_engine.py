@@ -34,11 +34,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from scaleq.digests import atomic_torch_save_with_digest
 from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.peer_watch import PEER_TIMEOUT_S
 from scaleq.distributed.process_group import join, launched_ranks, leave
-from scaleq.io import atomic_torch_save
+from scaleq.safe_load import load_checkpoint_file
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -124,11 +125,11 @@ class TorchEngine(Engine):
             state = {"model": self.module.state_dict(), "extra": extra}
             if self._optimizer is not None:
                 state["optimizer"] = self._optimizer.state_dict()
-            atomic_torch_save(state, path)
+            atomic_torch_save_with_digest(state, path)
         self.barrier()
 
     def load(self, path: Path) -> dict[str, Any]:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint_file(path, map_location=self.device)  # digest first; data only, never code
         self.module.load_state_dict(state["model"])
         if self._optimizer is not None and "optimizer" in state:
             self._optimizer.load_state_dict(state["optimizer"])

@@ -9,12 +9,16 @@ failure reads the same however the run was launched.
 from __future__ import annotations
 
 from scaleq.config import ConfigError
+from scaleq.digests import DigestError
 from scaleq.graph.memory import GraphSizeError
+from scaleq.safe_load import UnsafeFileError
 from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.run_dir import RunDirError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, StoreError, CheckpointError, RunDirError, GraphSizeError)
+# DigestError and UnsafeFileError: a checkpoint that is damaged, or that would run code (scaleq.safe_load)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, StoreError, CheckpointError, RunDirError, GraphSizeError,
+                                                DigestError, UnsafeFileError)
 RUN_FAILURES: tuple[type[BaseException], ...] = (OSError, FloatingPointError)
 
 

@@ -34,8 +34,9 @@ from typing import Any
 
 from scaleq.config import Config, config_from_dict
 from scaleq.data.splits import prepare_data
+from scaleq.digests import SUFFIX as DIGEST_SUFFIX
+from scaleq.digests import copy_with_digest
 from scaleq.distributed import engine_from_config
-from scaleq.io import atomic_copy
 from scaleq.launchers.failures import exit_code
 from scaleq.models import check_buildable
 from scaleq.run import resolve_run_dir, run
@@ -213,15 +214,16 @@ def _launch_of(folder: Path) -> str | None:
 
 def _restore(source: Path, target: Path) -> None:
     """Copy a reported checkpoint into the run directory: folders (DeepSpeed shards) first, the
-    pointer file (``last.pt``) last and atomically, so a crash here leaves no half-made checkpoint."""
+    pointer file (``last.pt``) last and atomically with its digest, so a crash here leaves no
+    half-made checkpoint. The resume that follows checks digests and safe loading (scaleq.run)."""
     target.mkdir(parents=True, exist_ok=True)
     for item in sorted(source.iterdir(), key=lambda p: p.is_file()):
-        if item.name == LAUNCH_FILE:
+        if item.name == LAUNCH_FILE or item.name.endswith(DIGEST_SUFFIX):  # a digest travels with its file
             continue
         if item.is_dir():
             shutil.copytree(item, target / item.name, dirs_exist_ok=True)
         else:
-            atomic_copy(item, target / item.name)
+            copy_with_digest(item, target / item.name)
 
 
 # -- any function in Ray Train workers (the scaling benchmark) -------------------------------------

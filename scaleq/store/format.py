@@ -22,6 +22,12 @@ metadata) and ``statistics`` (computed while writing, so training never scans th
 Chunks hold whole frames when every trajectory has the same N (one frame per chunk once a frame
 is 64 KiB or more); shards group many chunks into one file. Writes go to a temporary sibling
 directory that is renamed into place only when the store is complete.
+
+Version 2 (this one) ends every array's codec chain with Zarr v3's ``crc32c`` codec, after the
+compressor: each stored chunk carries the CRC-32C of its compressed bytes, checked by every read
+(and the shard indexes carry theirs, as Zarr writes them), so damaged bytes become an error
+naming the store, array and chunk, never data. Version 1 stores (no chunk checksums) still open,
+with a warning and the command that adds them (``python -m scaleq.verify --add-checksums``).
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "scaleq-trajectories"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# versions this scaleq opens; 1 is version 2 without the chunk checksums
+READABLE_VERSIONS = (1, 2)
 
 # Columns of the ``trajectories`` table.
 ROW_OFFSET, NUM_FRAMES, NUM_NODES, NODE_OFFSET, EDGE_OFFSET, NUM_EDGES = range(6)
@@ -42,6 +50,10 @@ ROW_OFFSET, NUM_FRAMES, NUM_NODES, NODE_OFFSET, EDGE_OFFSET, NUM_EDGES = range(6
 
 class StoreError(ValueError):
     """A store (or data meant for one) is missing, malformed or inconsistent."""
+
+
+class StoreWarning(UserWarning):
+    """A store opens, but something about it deserves the user's attention (no chunk checksums)."""
 
 
 @dataclass(frozen=True, kw_only=True)

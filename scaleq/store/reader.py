@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,11 @@ from scaleq.store.format import (
     NUM_EDGES,
     NUM_FRAMES,
     NUM_NODES,
+    READABLE_VERSIONS,
+    ROW_OFFSET,
     StoreAttrs,
     StoreError,
+    StoreWarning,
     Trajectory,
 )
 
@@ -75,7 +79,12 @@ class TrajectoryStore:
             meta = dict(group.attrs)
         except Exception as err:
             raise StoreError(f"{self.path}: the store's attributes cannot be read ({_describe(err)})") from err
-        _check_format(self.path, meta)
+        self.version: int = _check_format(self.path, meta)
+        self.checksums = self.version >= 2  # chunks carry CRC-32C, checked on every read
+        if not self.checksums:
+            warnings.warn(f"{self.path}: store format version 1 carries no chunk checksums, so damaged data cannot be "
+                          f"detected; add them with: python -m scaleq.verify --add-checksums {self.path}",
+                          StoreWarning, stacklevel=2)
         fields = {f.name for f in dataclasses.fields(StoreAttrs)}
         missing = sorted(fields - meta.keys() - {"bounds", "default_radius"})
         if missing:
@@ -86,6 +95,7 @@ class TrajectoryStore:
             raise StoreError(f"{self.path}: malformed store attributes: {err}") from err
         self.statistics: dict[str, Any] = meta.get("statistics") or {}
         self._arrays: dict[str, zarr.Array] | None = None
+        self.table = np.zeros((0, 6), np.int64)  # the table names the trajectories of a damaged chunk, once read
         arrays = self._open_arrays(group)
         self.table: np.ndarray = self._read(arrays["trajectories"], "trajectories", slice(None))
         self.has_velocities = "velocities" in arrays
@@ -187,16 +197,53 @@ class TrajectoryStore:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _read(self, data: zarr.Array, name: str, rows: slice) -> np.ndarray:
-        """Rows of one array; a damaged chunk or shard (zstd errors, truncated files) becomes a
-        StoreError that names the store, the array and the rows."""
+        """Rows of one array; a damaged chunk or shard (a CRC-32C that does not match, zstd errors,
+        truncated files) becomes a StoreError that names the store, the array, the chunk and what
+        it holds (which frames of which trajectories)."""
         try:
             return data[rows]
         except Exception as err:  # codecs and stores raise many types for damaged bytes
-            where = "" if rows.start is None else f", rows {rows.start}..{min(rows.stop, data.shape[0]) - 1}"
             raise StoreError(
-                f"{self.path}: array '{name}'{where} cannot be read ({_describe(err)}); the store is damaged: "
-                "re-create it with data_prep/*.py"
+                f"{self.path}: array '{name}', {self.describe_rows(name, rows, data)} cannot be read "
+                f"({_describe(err)}); the store is damaged: re-create it with data_prep/*.py"
             ) from err
+
+    def describe_rows(self, name: str, rows: slice, data: zarr.Array | None = None) -> str:
+        """``chunk c (rows a..b: frames t0..t1 of trajectory s, ...)``: what rows of ``name`` hold."""
+        length = (data if data is not None else self.arrays[name]).shape[0]
+        chunk_rows = (data if data is not None else self.arrays[name]).chunks[0]
+        start, stop = rows.start or 0, min(length if rows.stop is None else rows.stop, length)
+        first, last = start // chunk_rows, max(stop - 1, start) // chunk_rows
+        chunks = f"chunk {first}" if first == last else f"chunks {first}..{last}"
+        held = self._contents(name, start, stop)
+        return f"{chunks} (rows {start}..{stop - 1}{': ' + held if held else ''})"
+
+    def _contents(self, name: str, start: int, stop: int) -> str:
+        """Which trajectories' frames (or nodes, or edges) rows [start, stop) of ``name`` hold."""
+        table = self.table
+        if not len(table) or name == "trajectories" or stop <= start:
+            return ""
+        per_frame = name in ("positions", "velocities")
+        column = {"node_features": NODE_OFFSET, "edge_index": EDGE_OFFSET, "edge_attr": EDGE_OFFSET}.get(name, ROW_OFFSET)
+        offsets = table[:, column]
+        parts = []
+        s = max(int(np.searchsorted(offsets, start, side="right")) - 1, 0)
+        while s < len(table) and offsets[s] < stop:
+            if per_frame:
+                nodes = int(table[s, NUM_NODES])
+                end = offsets[s] + int(table[s, NUM_FRAMES]) * nodes
+                lo, hi = max(start, offsets[s]), min(stop, end)
+                if hi > lo:
+                    t0, t1 = (lo - offsets[s]) // nodes, (hi - 1 - offsets[s]) // nodes
+                    parts.append(f"frame {t0}" if t0 == t1 else f"frames {t0}..{t1}")
+                    parts[-1] += f" of trajectory {s}"
+            else:
+                parts.append(f"trajectory {s}")
+            s += 1
+        what = {"node_features": "node features of ", "edge_index": "edges of ", "edge_attr": "edges of "}.get(name, "")
+        if len(parts) > 3:
+            parts = [*parts[:2], f"... ({len(parts) - 2} more)"]
+        return what + ", ".join(parts)
 
     def node_features(self, s: int) -> np.ndarray:
         """Static node features of trajectory s. Shape: [N, F]."""
@@ -227,6 +274,8 @@ class TrajectoryStore:
 
 def _describe(err: BaseException) -> str:
     """``Type: first line of the message``, short enough for a one-line error."""
+    if "Stored and computed checksum do not match" in str(err):  # zarr's crc32c codec
+        return "its CRC-32C checksum does not match: the stored bytes changed since they were written"
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
@@ -251,15 +300,18 @@ def _open_group(path: Path) -> zarr.Group:
     return group
 
 
-def _check_format(path: Path, meta: dict[str, Any]) -> None:
+def _check_format(path: Path, meta: dict[str, Any]) -> int:
+    """The store's format version, when this scaleq reads it."""
     if meta.get("format") != FORMAT_NAME:
         raise StoreError(f"{path}: attribute 'format' is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     version = meta.get("version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreError(
-            f"{path}: store format version {version!r} is not supported (this scaleq reads version "
-            f"{FORMAT_VERSION}); re-create the store with this version's data_prep scripts"
+            f"{path}: store format version {version!r} is not supported (this scaleq reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}, writes {FORMAT_VERSION}); re-create the store with this "
+            "version's data_prep scripts"
         )
+    return int(version)
 
 
 def open_store(path: str | os.PathLike[str]) -> TrajectoryStore:

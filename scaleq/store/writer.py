@@ -61,6 +61,50 @@ class _RunningMoments:
         return {"mean": mean.tolist(), "std": np.sqrt(var).tolist()}
 
 
+class StoreStatistics:
+    """The statistics a store records, accumulated one trajectory at a time: by the writer, and
+    again by ``python -m scaleq.verify`` from the stored data, to compare."""
+
+    def __init__(self, dim: int) -> None:
+        self.displacement = _RunningMoments(dim)
+        self.acceleration = _RunningMoments(dim)
+        self.velocity = _RunningMoments(dim)
+        self.pos_min = np.full(dim, np.inf)
+        self.pos_max = np.full(dim, -np.inf)
+        self.feature_max_abs: np.ndarray | None = None
+
+    def add(self, pos: np.ndarray, vel: np.ndarray | None, feats: np.ndarray) -> None:
+        """One trajectory. Shapes: pos [T, N, D]; vel [T, N, D] or None; feats [N, F]."""
+        if vel is not None:
+            self.velocity.add(vel)
+        columns = _columns(pos)
+        self.pos_min = np.minimum(self.pos_min, columns.min(1))
+        self.pos_max = np.maximum(self.pos_max, columns.max(1))
+        del columns
+        if pos.shape[0] >= 2:
+            disp = np.diff(pos, axis=0)
+            self.displacement.add(disp)
+            if pos.shape[0] >= 3:
+                self.acceleration.add(np.diff(disp, axis=0))
+        max_abs = np.abs(feats).max(axis=0) if feats.shape[0] else np.zeros(feats.shape[1])
+        self.feature_max_abs = max_abs if self.feature_max_abs is None else np.maximum(self.feature_max_abs, max_abs)
+
+    def result(self, table: np.ndarray) -> dict[str, Any]:
+        """The ``statistics`` attribute, given the store's ``trajectories`` table."""
+        nodes = table[:, NUM_NODES]
+        return {
+            "num_trajectories": int(table.shape[0]),
+            "num_frames_total": int(table[:, NUM_FRAMES].sum()),
+            "num_nodes": {"min": int(nodes.min()), "max": int(nodes.max()), "mean": float(nodes.mean())},
+            "position": {"min": self.pos_min.tolist(), "max": self.pos_max.tolist()},
+            # Per-frame differences, as "Learning to Simulate" stores vel/acc statistics.
+            "displacement": self.displacement.result(),
+            "acceleration": self.acceleration.result(),
+            "velocity": self.velocity.result(),
+            "node_features_max_abs": (self.feature_max_abs if self.feature_max_abs is not None else np.zeros(0)).tolist(),
+        }
+
+
 class _AppendBuffer:
     """Collects rows for one array and writes them to Zarr in whole shards."""
 
@@ -110,8 +154,12 @@ class StoreWriter:
         rows_per_chunk: int | None = None,
         chunks_per_shard: int = _DEFAULT_CHUNKS_PER_SHARD,
         compression: str = "zstd",
+        checksums: bool = True,
     ) -> None:
         self.path = Path(path)
+        # False writes format version 1, as scaleq did before chunks carried checksums (tests of
+        # old stores, and the benchmark of what checksums cost)
+        self.checksums = checksums
         self.attrs = attrs
         self.overwrite = overwrite
         self.rows_per_chunk = rows_per_chunk
@@ -127,12 +175,7 @@ class StoreWriter:
         self._has_edges: bool | None = None
         self._num_features: int | None = None
         self._num_edge_features: int | None = None
-        self._displacement = _RunningMoments(attrs.dim)
-        self._acceleration = _RunningMoments(attrs.dim)
-        self._velocity = _RunningMoments(attrs.dim)
-        self._pos_min = np.full(attrs.dim, np.inf)
-        self._pos_max = np.full(attrs.dim, -np.inf)
-        self._feature_max_abs: np.ndarray | None = None
+        self._statistics = StoreStatistics(attrs.dim)
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
@@ -179,10 +222,9 @@ class StoreWriter:
         self._buffers["positions"].add(pos.reshape(-1, pos.shape[2]))
         if vel is not None:
             self._buffers["velocities"].add(vel.reshape(-1, vel.shape[2]))
-            self._velocity.add(vel)
         self._buffers["node_features"].add(feats)
         self._table.append([row_offset, num_frames, num_nodes, node_offset, edge_offset, num_edges])
-        self._update_statistics(pos, feats)
+        self._statistics.add(pos, vel, feats)
 
     def _validated(
         self, traj: Trajectory, s: int
@@ -273,23 +315,10 @@ class StoreWriter:
             dtype=dtype,
             chunks=chunk,
             shards=shard,
-            compressors=_compressors(self.compression),
+            compressors=compressors(self.compression, self.checksums),
             fill_value=0,
         )
         self._buffers[name] = _AppendBuffer(array, shard[0])
-
-    def _update_statistics(self, pos: np.ndarray, feats: np.ndarray) -> None:
-        columns = _columns(pos)
-        self._pos_min = np.minimum(self._pos_min, columns.min(1))
-        self._pos_max = np.maximum(self._pos_max, columns.max(1))
-        del columns
-        if pos.shape[0] >= 2:
-            disp = np.diff(pos, axis=0)
-            self._displacement.add(disp)
-            if pos.shape[0] >= 3:
-                self._acceleration.add(np.diff(disp, axis=0))
-        max_abs = np.abs(feats).max(axis=0) if feats.shape[0] else np.zeros(feats.shape[1])
-        self._feature_max_abs = max_abs if self._feature_max_abs is None else np.maximum(self._feature_max_abs, max_abs)
 
     def _finish(self) -> None:
         if not self._table:
@@ -298,34 +327,33 @@ class StoreWriter:
         for buffer in self._buffers.values():
             buffer.flush()
         table = np.asarray(self._table, dtype=np.int64)
-        self._group.create_array("trajectories", data=table, chunks=table.shape)
-        nodes = table[:, NUM_NODES]
-        statistics = {
-            "num_trajectories": int(table.shape[0]),
-            "num_frames_total": int(table[:, NUM_FRAMES].sum()),
-            "num_nodes": {"min": int(nodes.min()), "max": int(nodes.max()), "mean": float(nodes.mean())},
-            "position": {"min": self._pos_min.tolist(), "max": self._pos_max.tolist()},
-            # Per-frame differences, as "Learning to Simulate" stores vel/acc statistics.
-            "displacement": self._displacement.result(),
-            "acceleration": self._acceleration.result(),
-            "velocity": self._velocity.result(),
-            "node_features_max_abs": (self._feature_max_abs if self._feature_max_abs is not None else np.zeros(0)).tolist(),
-        }
+        self._group.create_array("trajectories", data=table, chunks=table.shape,
+                                 compressors=compressors("zstd") if self.checksums else "auto")
+        statistics = self._statistics.result(table)
         attrs = dataclasses.asdict(self.attrs)
         if attrs["bounds"] is None:
             attrs["bounds"] = [[lo, hi] for lo, hi in zip(statistics["position"]["min"], statistics["position"]["max"])]
         self._group.attrs.update(
-            {"format": FORMAT_NAME, "version": FORMAT_VERSION, **attrs, "statistics": statistics}
+            {"format": FORMAT_NAME, "version": FORMAT_VERSION if self.checksums else 1, **attrs,
+             "statistics": statistics}
         )
         replace_dir(self.tmp_path, self.path)
 
 
-def _compressors(name: str) -> list[Any] | None:
+def compressors(name: str, checksums: bool = True) -> list[Any]:
+    """The bytes-to-bytes codecs of every array: the compressor, then Zarr v3's crc32c codec,
+    which appends the CRC-32C of the compressed chunk and checks it on every read. crc32c rather
+    than zstd's own content checksum: it covers every compression choice ('blosc' and 'none'
+    too), it is checked before decompression (damaged bytes never reach the decompressor), and it
+    is a codec of the Zarr v3 specification, so any Zarr v3 reader checks it as well."""
+    chain: list[Any] = []
     if name == "zstd":
-        return [zarr.codecs.ZstdCodec(level=3)]
-    if name == "blosc":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
-    return None
+        chain.append(zarr.codecs.ZstdCodec(level=3))
+    elif name == "blosc":
+        chain.append(zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+    if checksums:
+        chain.append(zarr.codecs.Crc32cCodec())
+    return chain
 
 
 def _as_float32(values: np.ndarray, where: str) -> np.ndarray:

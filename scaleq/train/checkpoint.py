@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import random
 import re
-import zipfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from scaleq.digests import DigestError
+from scaleq.safe_load import UnsafeFileError, check_file, load_checkpoint_file, safe_load
 
 # the file names under <run>/checkpoints/: the newest state, and the best-validation one
 LAST, BEST = "last.pt", "best.pt"
@@ -71,7 +74,11 @@ def state_dict_mismatch(err: BaseException) -> str | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain containers (what the safe loader reads: no NumPy
+    array, whose unpickling needs NumPy's globals)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -79,7 +86,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]  # keys: a tensor, or an array in older checkpoints
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -88,11 +96,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     """The model weights in the checkpoint file ``path`` (on the CPU), whichever engine wrote it:
     the torch engine's ``{"model": state_dict, ...}``, or the DeepSpeed engine's pointer to its
-    ``<name>.ds/<tag>/`` folder (consolidated over ranks and ZeRO shards in scaleq.distributed)."""
+    ``<name>.ds/<tag>/`` folder (consolidated over ranks and ZeRO shards in scaleq.distributed).
+    Every file is checked against its digest and unpickled as data only (scaleq.safe_load)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found (has the run saved one yet?)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint_file(path, on_missing_digest=warn_no_digest)
+    except (DigestError, UnsafeFileError) as err:
+        raise CheckpointError(str(err)) from None
     except Exception as err:  # a truncated or foreign file: say which, not where in pickle it broke
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
     # imported here: the reader imports deepspeed only to consolidate ZeRO shards
@@ -101,39 +112,45 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     if is_pointer(state):
         try:
             return deepspeed_model_state(path, state)
-        except FileNotFoundError as err:
+        except (DigestError, UnsafeFileError, FileNotFoundError) as err:
             raise CheckpointError(str(err)) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: not a scaleq checkpoint (expected a dict with a 'model' state dict)")
     return state["model"]
 
 
-def unreadable_part(path: Path) -> str | None:
-    """Why the checkpoint ``path`` cannot be read, found without loading it (None: it looks whole):
-    the zip directory of the file, and for a DeepSpeed pointer the zip directory of every file in
-    its tag folder, every rank's shards included. One process checks this before a multi-rank
-    resume, so that every rank refuses a damaged shard together instead of the one that owns it
-    failing while the others wait in DeepSpeed's collectives."""
-    try:
-        with zipfile.ZipFile(path):
-            pass
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign files raise many types
-        return f"{type(err).__name__}: {str(err).strip()[:200]}"
-    from scaleq.distributed.deepspeed_checkpoint import is_pointer
+def warn_no_digest(path: Path) -> None:
+    warnings.warn(f"{path}: carries no SHA-256 digest (written before checkpoints had one): damage to it cannot "
+                  "be detected", stacklevel=2)
 
-    if not is_pointer(state):
-        return None
-    tag_dir = path.parent / str(state["folder"]) / str(state["tag"])
-    files = sorted(tag_dir.glob("*.pt")) if tag_dir.is_dir() else []
-    if not files:
-        return f"its DeepSpeed folder {tag_dir} is missing or empty"
-    for file in files:
-        try:
-            with zipfile.ZipFile(file):
-                pass
-        except (OSError, zipfile.BadZipFile) as err:
-            return f"{file.relative_to(path.parent)}: {err}"
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint ``path`` must not be loaded, as one line naming the file (None: it is
+    whole): a digest that does not match, a pickle that asks for more than data, a file that cannot
+    be read, and for a DeepSpeed pointer the same for every file of its tag folder, every rank's
+    shards included. Tensor data is only mapped, not read. One process checks this before a
+    multi-rank resume, so that every rank refuses a damaged shard together instead of the one that
+    owns it failing while the others wait in DeepSpeed's collectives."""
+    from scaleq.distributed.deepspeed_checkpoint import check_tag_files, is_pointer
+
+    current = path
+    try:
+        check_file(path)
+        state = safe_load(path)
+        if is_pointer(state):
+            current = path.parent / str(state["folder"]) / str(state["tag"])
+            check_tag_files(current)
+    except UnsafeFileError as err:  # not damage: a file that would run code is refused as such
+        return str(err)
+    except Exception as err:  # digests, truncated or foreign files (torch raises many types)
+        text = " ".join(str(err).split())
+        if isinstance(err, DigestError):  # its message names the file: say it relative to the checkpoint
+            reason = text.replace(f"{path.parent}/", "")
+        else:
+            where = "" if current == path else f"{current.relative_to(path.parent)}: "
+            reason = f"{where}{type(err).__name__}: {text[:200]}"
+        return (f"{path}: checkpoint is damaged or unreadable ({reason}); resume from another with --resume-from "
+                "best (or a path), or start a new run")
     return None
 
 

@@ -42,9 +42,11 @@ from tqdm import tqdm
 
 from scaleq.config import Config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
+from scaleq.digests import DigestError
 from scaleq.distributed.engine import Engine
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
+from scaleq.safe_load import UnsafeFileError
 from scaleq.train import preemption
 from scaleq.train.checkpoint import (
     BEST,
@@ -193,6 +195,8 @@ class Trainer:
             extra = self.engine.load(path)
             state = TrainState(**extra["state"])
             set_rng_state(extra["rng"])
+        except (DigestError, UnsafeFileError) as err:  # one line that names the file already
+            raise CheckpointError(str(err)) from None
         except Exception as err:  # torch, pickle, zip and DeepSpeed raise many types for damaged files
             mismatch = state_dict_mismatch(err)
             if mismatch is not None:  # a readable checkpoint, of another model: say so, not "damaged"

@@ -77,7 +77,7 @@ def test_open_reports_wrong_version(tmp_path):
     path = tmp_path / "s.zarr"
     tiny_store(path)
     zarr.open_group(str(path), mode="r+").attrs["version"] = FORMAT_VERSION + 1
-    with pytest.raises(StoreError, match="format version 2 is not supported"):
+    with pytest.raises(StoreError, match="format version 3 is not supported"):
         open_store(path)
 
 

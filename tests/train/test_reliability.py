@@ -82,7 +82,7 @@ def test_nan_loss_stops_the_run_and_is_never_checkpointed(tmp_path, nbody, check
         saved = checkpoint_state(run_dir / "checkpoints" / "last.pt")
         assert saved["extra"]["state"]["step"] == 2
         assert all(torch.isfinite(p).all() for p in saved["model"].values())
-        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "last.pt.sha256"]
     else:  # read every 2 steps: found at step 4; nothing saved, nothing left
         assert "(no checkpoint was written)" in str(caught.value)
         assert not run_dir.exists()
