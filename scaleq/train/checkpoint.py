@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -106,6 +107,21 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path}: not a scaleq checkpoint (expected a dict with a 'model' state dict)")
     return state["model"]
+
+
+def fingerprint(path: Path) -> str:
+    """What this process sees at ``path``: "no checkpoint", or the SHA-256 of the file (and of
+    DeepSpeed's ``latest`` tag beside it), so that ranks can tell whether they see the same one."""
+    if not path.is_file():
+        return "no checkpoint"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    tag = Path(f"{path}.ds") / "latest"
+    if tag.is_file():
+        digest.update(tag.read_bytes())
+    return f"sha256 {digest.hexdigest()[:12]}"
 
 
 def unreadable_part(path: Path) -> str | None:
