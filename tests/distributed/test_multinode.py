@@ -176,3 +176,23 @@ def test_a_resume_whose_hosts_see_different_checkpoints_is_refused_in_one_line(t
     assert len(refusals) == 1, outs[0][-3000:] + outs[1][-3000:]
     assert f"{tmp_path / 'runs' / 'split' / 'checkpoints' / 'last.pt'}:" in refusals.pop()
     assert not any(line.startswith("epoch    2") for out in outs for line in out.splitlines())
+
+
+@pytest.mark.parametrize("graph_parallel", [2, 4], ids=["groups_inside_a_node", "group_across_hosts"])
+def test_graph_parallel_on_two_hosts_ends_as_one_host(graph_parallel, tmp_path, nbody_small, namespace_hosts):
+    """engine.graph_parallel over the two-machine torchrun line, 2 hosts x 2 ranks: R = 2 keeps each
+    group inside a node (ranks are numbered node by node), R = 4 makes one group span both hosts, its
+    halo exchange crossing the bridge. Either ends bit for bit as the same 4 ranks on one host."""
+    net = namespace_hosts(2)
+    raw = tiny_raw(tmp_path, nbody_small, name="gp_two_hosts", epochs=1)
+    raw["data"]["batch_size"] = 4
+    raw["engine"] = {"graph_parallel": graph_parallel}
+    command = as_tested(documented(".venv/bin/torchrun --nnodes 2"), write_config(tmp_path, raw), 2)
+    for code, log in run_on_hosts(net.hosts, command, tmp_path / "logs", timeout=300):
+        assert code == 0, log[-4000:]
+    one = write_config(tmp_path, {**raw, "name": "one_host"})
+    single = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "4", "--master_port", str(free_port()),
+                             "launch/train.py", "--config", str(one)], cwd=ROOT, env=env(), capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-4000:]
+    assert_same_run(tmp_path / "runs" / "gp_two_hosts", tmp_path / "runs" / "one_host")
