@@ -23,7 +23,7 @@ from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.seeding import seed_everything
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, checkpoint_problem
+from scaleq.train.checkpoint import BEST, LAST, CheckpointError, checkpoint_problem, fingerprint
 from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
@@ -140,16 +140,34 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
 
 def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
     if resume_from is None:
+        _refuse_different(trainer.engine, run_dir / "checkpoints" / LAST)
         _refuse_unreadable(trainer.engine, run_dir / "checkpoints" / LAST)
         if not trainer.resume():
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
         return
     named = {"last": LAST, "best": BEST}
     path = run_dir / "checkpoints" / named[resume_from] if resume_from in named else Path(resume_from)
+    _refuse_different(trainer.engine, path)
     _refuse_unreadable(trainer.engine, path)
     if not trainer.resume(path):
         raise CheckpointError(f"{path}: no such checkpoint to resume from")
     print(f"resumed from {path}", flush=True)
+
+
+def _refuse_different(engine: Engine, path: Path) -> None:
+    """Every rank refuses, with the same line, a resume whose ranks see different checkpoints at
+    ``path`` (or none): an out_dir on each node's own disk instead of one they share. Resumed, each
+    node would continue from its own weights and the ranks would silently disagree."""
+    if engine.world_size == 1:
+        return
+    mine = fingerprint(path)
+    reference = engine.broadcast_object(mine)
+    differ = int(engine.all_reduce_sum(torch.tensor([float(mine != reference)], device=engine.device)).item())
+    if differ:
+        raise CheckpointError(
+            f"{path}: the ranks see different checkpoints ({differ} of {engine.world_size} ranks do not see rank 0's "
+            f"{reference}): checkpoints must live on an out_dir that every node shares (docs/reliability.md)"
+        )
 
 
 def _refuse_unreadable(engine: Engine, path: Path) -> None:

@@ -46,9 +46,10 @@ def backend_for(device: torch.device) -> str:
 
 
 def spans_nodes(ranks: Ranks) -> bool:
-    """Whether the ranks live on several machines, as far as the launcher says (torchrun and the
-    deepspeed launcher set LOCAL_WORLD_SIZE, this node's rank count); unknown means one machine."""
-    local = os.environ.get("LOCAL_WORLD_SIZE")
+    """Whether the ranks live on several machines, as far as the launcher says: this node's rank
+    count, LOCAL_WORLD_SIZE (torchrun, Ray Train) or LOCAL_SIZE (the deepspeed launcher, which sets
+    no LOCAL_WORLD_SIZE), below the world size; unknown means one machine."""
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")
     return local is not None and int(local) < ranks.world_size
 
 
@@ -71,12 +72,8 @@ def join(device: torch.device, socket_ifname: str | None = None,
             "torchrun, the deepspeed launcher or Ray (launch/train.py --launcher ray)"
         )
     backend = backend_for(device)
-    master = os.environ["MASTER_ADDR"]
-    interface, why = choose_interface(backend, master, spans_nodes=spans_nodes(ranks), configured=socket_ifname,
-                                      environ=dict(os.environ))
-    os.environ[IFNAME_VARS[backend]] = interface  # read by gloo / NCCL when the group is made
-    if ranks.local_rank == 0:
-        print(f"{backend} on {socket.gethostname()}: interface {interface} ({why})", flush=True)
+    interface = use_interface(backend, os.environ["MASTER_ADDR"], spans_nodes=spans_nodes(ranks),
+                              configured=socket_ifname, announce=ranks.local_rank == 0)
     timeout = timedelta(minutes=30)  # torch's default; a lost peer is caught by the watch long before
     store, _, _ = next(dist.rendezvous("env://", ranks.rank, ranks.world_size, timeout=timeout))
     store.set_timeout(timeout)
@@ -89,6 +86,19 @@ def join(device: torch.device, socket_ifname: str | None = None,
         watch.report_failure(err)
         raise
     return ranks, True
+
+
+def use_interface(backend: str, master_addr: str, *, spans_nodes: bool, configured: str | None,
+                  announce: bool) -> str:
+    """Choose the interface to ``master_addr`` (:func:`.interfaces.choose_interface`) and put it in
+    GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, which gloo / NCCL read when a process group is made;
+    ``announce``: print the choice (one line per node, from its first rank)."""
+    interface, why = choose_interface(backend, master_addr, spans_nodes=spans_nodes, configured=configured,
+                                      environ=dict(os.environ))
+    os.environ[IFNAME_VARS[backend]] = interface
+    if announce:
+        print(f"{backend} on {socket.gethostname()}: interface {interface} ({why})", flush=True)
+    return interface
 
 
 def leave() -> None:

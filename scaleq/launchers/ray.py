@@ -82,6 +82,8 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from scaleq.launchers.ray_backend import RoutedTorchConfig
+
     config = absolute_paths(check_buildable(config))  # a wrong model key fails on the driver, not in every worker
     prepare_data(config.data, progress=config.train.progress)  # once, on the driver
     resume = resume or resume_from is not None
@@ -92,6 +94,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
     resources = {"CPU": e.cpus_per_worker, **({"GPU": e.gpus_per_worker} if e.use_gpu else {})}
     return TorchTrainer(
         train_worker,
+        torch_config=RoutedTorchConfig(socket_ifname=e.socket_ifname),
         train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir), "resume": resume,
                            "resume_from": resume_from, "launch": uuid.uuid4().hex},
         scaling_config=ScalingConfig(

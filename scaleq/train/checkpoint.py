@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scaleq.digests import DigestError
+from scaleq.digests import DigestError, sha256_file
 from scaleq.safe_load import UnsafeFileError, check_file, load_checkpoint_file, safe_load
 
 # the file names under <run>/checkpoints/: the newest state, and the best-validation one
@@ -122,6 +123,18 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
 def warn_no_digest(path: Path) -> None:
     warnings.warn(f"{path}: carries no SHA-256 digest (written before checkpoints had one): damage to it cannot "
                   "be detected", stacklevel=2)
+
+
+def fingerprint(path: Path) -> str:
+    """What this process sees at ``path``: "no checkpoint", or the SHA-256 of the file (and of
+    DeepSpeed's ``latest`` tag beside it), so that ranks can tell whether they see the same one."""
+    if not path.is_file():
+        return "no checkpoint"
+    seen = sha256_file(path)
+    tag = Path(f"{path}.ds") / "latest"
+    if tag.is_file():  # the pointer names its tag; two nodes may hold the same pointer over different shards
+        seen = hashlib.sha256(f"{seen} {tag.read_bytes().hex()}".encode()).hexdigest()
+    return f"sha256 {seen[:12]}"
 
 
 def checkpoint_problem(path: Path) -> str | None:

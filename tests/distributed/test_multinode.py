@@ -139,3 +139,60 @@ def test_a_lost_host_stops_the_other_ranks_within_the_peer_timeout(tmp_path, nbo
     assert reports, out[-4000:]
     print(f"node1 stopped {stopped_after:.1f} s after node2 was lost: {reports[0]}")
     assert stopped_after < 10 + 2 + 30  # the watch's verdict, then torchrun's own shutdown of its workers
+
+
+def test_a_resume_whose_hosts_see_different_checkpoints_is_refused_in_one_line(tmp_path, nbody_small, namespace_hosts):
+    """out_dir on each host's own disk instead of a shared one: node2 sees an empty out_dir where
+    node1 sees the run's last.pt (a mount namespace binds an empty folder over it on node2). The
+    resume stops on every rank with one line naming the checkpoint, instead of each node training on
+    from its own weights (or node2's ranks from scratch)."""
+    net = namespace_hosts(2)
+    node1, node2 = net.hosts
+    raw = tiny_raw(tmp_path, nbody_small, name="split", epochs=1)
+    raw["data"]["batch_size"] = 4
+    config = write_config(tmp_path, raw)
+    first = subprocess.run([sys.executable, "launch/train.py", "--config", str(config)], cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    local_disk = tmp_path / "node2-disk"
+    local_disk.mkdir()
+    command = as_tested(documented(".venv/bin/torchrun --nnodes 2"), config, 2) + " --resume train.epochs=2"
+    own_disk = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f'mount --bind {local_disk} {tmp_path / "runs"} && exec bash -c "$0"', command]
+    logs = [open(tmp_path / f"{h.hostname}.log", "w+") for h in net.hosts]  # noqa: SIM115
+    procs = [node1.popen(["bash", "-c", command], cwd=ROOT, env=env(), stdout=logs[0], stderr=subprocess.STDOUT),
+             node2.popen(own_disk, cwd=ROOT, env=env(), stdout=logs[1], stderr=subprocess.STDOUT)]
+    for proc in procs:
+        proc.wait(timeout=240)
+    outs = []
+    for log in logs:
+        log.seek(0)
+        outs.append(log.read())
+        log.close()
+    for proc, out in zip(procs, outs):
+        assert proc.returncode != 0, out[-3000:]
+    refusals = {line for out in outs for line in out.splitlines()
+                if line.startswith("error: ") and "the ranks see different checkpoints" in line}
+    assert len(refusals) == 1, outs[0][-3000:] + outs[1][-3000:]
+    assert f"{tmp_path / 'runs' / 'split' / 'checkpoints' / 'last.pt'}:" in refusals.pop()
+    assert not any(line.startswith("epoch    2") for out in outs for line in out.splitlines())
+
+
+@pytest.mark.parametrize("graph_parallel", [2, 4], ids=["groups_inside_a_node", "group_across_hosts"])
+def test_graph_parallel_on_two_hosts_ends_as_one_host(graph_parallel, tmp_path, nbody_small, namespace_hosts):
+    """engine.graph_parallel over the two-machine torchrun line, 2 hosts x 2 ranks: R = 2 keeps each
+    group inside a node (ranks are numbered node by node), R = 4 makes one group span both hosts, its
+    halo exchange crossing the bridge. Either ends bit for bit as the same 4 ranks on one host."""
+    net = namespace_hosts(2)
+    raw = tiny_raw(tmp_path, nbody_small, name="gp_two_hosts", epochs=1)
+    raw["data"]["batch_size"] = 4
+    raw["engine"] = {"graph_parallel": graph_parallel}
+    command = as_tested(documented(".venv/bin/torchrun --nnodes 2"), write_config(tmp_path, raw), 2)
+    for code, log in run_on_hosts(net.hosts, command, tmp_path / "logs", timeout=300):
+        assert code == 0, log[-4000:]
+    one = write_config(tmp_path, {**raw, "name": "one_host"})
+    single = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "4", "--master_port", str(free_port()),
+                             "launch/train.py", "--config", str(one)], cwd=ROOT, env=env(), capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-4000:]
+    assert_same_run(tmp_path / "runs" / "gp_two_hosts", tmp_path / "runs" / "one_host")

@@ -46,7 +46,10 @@ def config(tmp_path: Path, data: Path, name: str) -> Path:
     return path
 
 
-def command(cfg: Path, ranks: int, *extra: str) -> list[str]:
+def command(cfg: Path, ranks: int, *extra: str, launcher: str = "torchrun") -> list[str]:
+    if launcher == "deepspeed":  # the deepspeed launcher's CPU ranks, ZeRO-2 (per-rank optimizer shards)
+        return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+                "launch/train.py", "--config", str(cfg), "engine.kind=deepspeed", "engine.zero_stage=2", *extra]
     if ranks == 1:
         return [sys.executable, "launch/train.py", "--config", str(cfg), *extra]
     return [str(BIN / "torchrun"), "--nproc_per_node", str(ranks), "--master_port", str(free_port()),
@@ -58,13 +61,26 @@ def env() -> dict[str, str]:
 
 
 def rank_pids(launcher: int) -> list[int]:
-    """torchrun's rank processes (its children that run launch/train.py)."""
-    found = []
+    """torchrun's rank processes (its children that run launch/train.py); the deepspeed launcher's
+    (its grandchildren, under deepspeed.launcher.launch), by their ``--local_rank``."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == launcher:
-                found.append(int(stat.parent.name))
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+    found = children.get(launcher, [])
+    if len(found) == 1:  # deepspeed -> deepspeed.launcher.launch -> ranks
+        found = children.get(found[0], [])
     return sorted(found)
+
+
+def saved_state(last: Path) -> dict:
+    """The loop's state in ``last``; a DeepSpeed checkpoint's ``last.pt`` points to a folder whose
+    client state holds it."""
+    saved = torch.load(last, weights_only=False)
+    if "folder" in saved:
+        saved = torch.load(last.parent / saved["folder"] / saved["tag"] / "mp_rank_00_model_states.pt",
+                           weights_only=False)
+    return saved["extra"]["state"]
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -74,24 +90,27 @@ def same_run(a: Path, b: Path) -> None:
     assert [[r[c] for c in COMPARED] for r in ra] == [[r[c] for c in COMPARED] for r in rb]
 
 
-# (ranks, signal, whom: "process" is the lone CLI or torchrun itself, "rank1" one of torchrun's ranks)
+# (ranks, signal, whom: "process" is the lone CLI or torchrun itself, "rank1" one of the launcher's
+# ranks, launcher)
 CASES = {
-    "torch_sigterm": (1, signal.SIGTERM, "process"),
-    "torch_sigusr1": (1, signal.SIGUSR1, "process"),
-    "ddp_sigusr1_to_one_rank": (2, signal.SIGUSR1, "rank1"),
-    "ddp_sigterm_to_torchrun": (2, signal.SIGTERM, "process"),
+    "torch_sigterm": (1, signal.SIGTERM, "process", "torchrun"),
+    "torch_sigusr1": (1, signal.SIGUSR1, "process", "torchrun"),
+    "ddp_sigusr1_to_one_rank": (2, signal.SIGUSR1, "rank1", "torchrun"),
+    "ddp_sigterm_to_torchrun": (2, signal.SIGTERM, "process", "torchrun"),
+    "deepspeed_sigterm_to_one_rank": (2, signal.SIGTERM, "rank1", "deepspeed"),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.deepspeed) if "deepspeed" in c else c
+                                  for c in CASES])
 def test_preempted_run_checkpoints_exits_75_and_resumes_bitwise(case, tmp_path, nbody):
-    ranks, sig, whom = CASES[case]
-    full = subprocess.run(command(config(tmp_path, nbody, "full"), ranks), cwd=ROOT, env=env(),
+    ranks, sig, whom, launcher = CASES[case]
+    full = subprocess.run(command(config(tmp_path, nbody, "full"), ranks, launcher=launcher), cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=300)
-    assert full.returncode == 0, full.stderr[-3000:]
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
 
     cfg = config(tmp_path, nbody, "preempted")
-    proc = subprocess.Popen(command(cfg, ranks), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command(cfg, ranks, launcher=launcher), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "runs" / "preempted" / "metrics.csv"
     try:
@@ -109,18 +128,19 @@ def test_preempted_run_checkpoints_exits_75_and_resumes_bitwise(case, tmp_path, 
     print(f"{case}: exit {proc.returncode} {took:.1f} s after {sig.name}")
     preempted_lines = [line for line in out.splitlines() if line.startswith("preempted (")]
     assert preempted_lines, out[-3000:]
-    if whom == "rank1":  # torchrun reports the rank's exit code 75 (and exits 1 itself)
+    if whom == "rank1" and launcher == "deepspeed":  # the deepspeed launcher exits with its first failed rank's code
+        assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
+    elif whom == "rank1":  # torchrun reports the rank's exit code 75 (and exits 1 itself)
         assert f"exitcode  : {EXIT_PREEMPTED}" in out, out[-3000:]
     elif ranks == 1:
         assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
     else:  # torchrun told itself: it passes SIGTERM to its ranks, waits for them, and exits 1 (its own code)
         assert proc.returncode == 1, out[-3000:]
     assert took < GRACE_S
-    state = torch.load(tmp_path / "runs" / "preempted" / "checkpoints" / "last.pt", weights_only=False)
-    assert state["extra"]["state"]["epoch"] >= 1  # the checkpoint of the stop, after epoch 1
+    assert saved_state(tmp_path / "runs" / "preempted" / "checkpoints" / "last.pt")["epoch"] >= 1  # the stop's, after epoch 1
     assert not (tmp_path / "runs" / "preempted" / "summary.json").exists()
 
-    resumed = subprocess.run(command(cfg, ranks, "--resume"), cwd=ROOT, env=env(), capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = subprocess.run(command(cfg, ranks, "--resume", launcher=launcher), cwd=ROOT, env=env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     same_run(tmp_path / "runs" / "full", tmp_path / "runs" / "preempted")
