@@ -71,6 +71,8 @@ def refused_global(err: BaseException) -> str | None:
     match = _GLOBAL.search(text)
     if match:
         return match[1]
+    if "Unsupported operand" in text:  # not a pickle at all (damaged or foreign bytes): unreadable, not unsafe
+        return None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[1][:120] if len(lines) > 1 else "an object that is not data"
 
