@@ -28,7 +28,7 @@ def ensure_dataset(data_root: Path, table: Table, profile: str, name: str, *, pr
     if spec.kind == "nbody":
         from scaleq.data.nbody import SplitSpec, protocol_params, write_nbody_dataset
 
-        params = protocol_params(args.pop("protocol"))
+        params = protocol_params(args.pop("protocol"), steps=args.get("steps"))
         splits = [SplitSpec("train", args["train"], args.get("train_drawn")), SplitSpec("valid", args["valid"]),
                   SplitSpec("test", args["test"])]
         write_nbody_dataset(out, params, splits, seed=args.get("seed", 43), overwrite=True, progress=progress)

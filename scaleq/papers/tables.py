@@ -117,9 +117,10 @@ FASTEGNN_T1_NBODY = Table(
     profiles={
         "paper": Profile("published protocol: 5000/2000/2000, up to 10000 epochs, patience 100",
                          {"main": _nbody("fastegnn", 5000, 2000, 2000)}),
-        "cpu": Profile("300/100/100 trajectories (the first of the same seed-43 stream), 30 epochs, batch 50",
-                       {"main": _nbody("fastegnn", 300, 100, 100)},
-                       ("train.epochs=30", "data.batch_size=50", "train.patience=30"),
+        "cpu": Profile("100/50/50 trajectories (the first of the same seed-43 stream), simulated to step 4001 "
+                       "(frame 40, the target), 20 epochs, batch 25",
+                       {"main": _nbody("fastegnn", 100, 50, 50, steps=4001)},
+                       ("train.epochs=20", "data.batch_size=25", "train.patience=20"),
                        rows=("linear", "egnn", "fastegnn-3-0", "fastegnn-3-075")),
     },
     extra={"relative_time_of": "egnn", "paper_relative_time": {"linear": 0.01, "egnn": 1.00, "egnn-star": 0.03,
