@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "papers")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "papers")
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "results.md")
+    parser.add_argument("--rows", nargs="+", default=[], help="only these rows (keys from --list)")
     parser.add_argument("--report", action="store_true", help="only write the table from the finished runs")
     parser.add_argument("--list", action="store_true", help="list the tables, their profiles and rows")
     args = parser.parse_args(argv)
@@ -46,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"table {table.name} has profiles {sorted(table.profiles)}, not {args.profile!r}")
     if args.budget <= 0:
         parser.error(f"--budget must be > 0, got {args.budget}")
-    plan = Plan(table, args.profile, tuple(args.seeds), args.budget, args.runs.resolve(), args.data.resolve())
+    unknown = [key for key in args.rows if key not in {r.key for r in table.rows}]
+    if unknown:
+        parser.error(f"table {table.name} has no rows {unknown}; see --list")
+    plan = Plan(table, args.profile, tuple(args.seeds), args.budget, args.runs.resolve(), args.data.resolve(),
+                tuple(args.rows))
     command = "python launch/reproduce.py " + shlex.join(
         [table.name, "--profile", args.profile, "--seeds", *map(str, args.seeds)]
         + (["--budget", f"{args.budget:g}"] if args.budget != 1.0 else []))

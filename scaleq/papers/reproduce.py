@@ -46,6 +46,7 @@ class Plan:
     budget: float
     runs_root: Path
     data_root: Path
+    only: tuple[str, ...] = ()  # train and report only these rows (empty: all of the profile's)
 
     @property
     def tag(self) -> str:
@@ -57,7 +58,10 @@ class Plan:
 
     def rows(self) -> list[Row]:
         keys = self.table.profiles[self.profile].rows
-        return [r for r in self.table.rows if keys is None or r.key in keys]
+        rows = [r for r in self.table.rows if keys is None or r.key in keys]
+        if self.only:  # these rows, and the rows whose runs they read
+            rows = [r for r in rows if r.key in self.only or r.linear_of in self.only]
+        return rows
 
     def trained_rows(self) -> list[Row]:
         return [r for r in self.rows() if r.linear_of is None]
@@ -141,9 +145,6 @@ def reproduce(plan: Plan, *, progress: bool = True, print_fn: Callable[[str], No
     if plan.budget != 1.0:
         print_fn(f"budget {plan.budget:g}: every row's epochs (and patience) scaled by {plan.budget:g}; "
                  "the table says so")
-    needed = {row.dataset for row in plan.trained_rows()}
-    for name in sorted(needed):
-        ensure_dataset(plan.data_root, plan.table, plan.profile, name, print_fn=print_fn)
     # seed by seed: a table killed half-way has every row at its first seeds
     jobs = [(row, seed) for seed in plan.seeds for row in plan.trained_rows()]
     bar = tqdm(total=len(jobs), disable=not progress, desc=plan.table.name, unit="run", file=sys.stderr)
@@ -151,6 +152,8 @@ def reproduce(plan: Plan, *, progress: bool = True, print_fn: Callable[[str], No
         run_dir = plan.run_dir(row, seed)
         state = run_state(run_dir)
         if state == "todo":
+            # each dataset when its first row needs it: the first rows train while later data wait
+            ensure_dataset(plan.data_root, plan.table, plan.profile, row.dataset, print_fn=print_fn)
             bar.set_postfix_str(f"{row.key} seed {seed}")
             state = train_row(plan, row, seed, plan.out_dir / "logs" / f"{row.key}-s{seed}.log")
             if state == "failed":
