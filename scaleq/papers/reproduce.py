@@ -183,7 +183,8 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
                 epochs.append(summary["epochs_run"])
             elif state == "diverged":
                 values.append(math.nan)
-            walls.append(sum(a["wall_s"] for a in record.get("attempts", [])))
+            # exit status 2: refused before training (e.g. the run was busy in another process)
+            walls.append(sum(a["wall_s"] for a in record.get("attempts", []) if a.get("returncode") != 2))
         results.append({
             "row": row, "values": values, "epochs": epochs, "wall_s": walls if not row.linear_of else [],
             "states": states,
