@@ -183,6 +183,8 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
                 epochs.append(summary["epochs_run"])
             elif state == "diverged":
                 values.append(math.nan)
+            else:
+                continue
             # exit status 2: refused before training (e.g. the run was busy in another process)
             walls.append(sum(a["wall_s"] for a in record.get("attempts", []) if a.get("returncode") != 2))
         results.append({
@@ -192,12 +194,11 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
     return results
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    if any(math.isnan(v) for v in values):
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard deviation (None for one value); NaN when any run diverged."""
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def machine() -> str:
