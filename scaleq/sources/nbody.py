@@ -48,6 +48,8 @@ from scaleq.store.writer import StoreWriter
 
 NBodySystem = Literal["egnn", "fastegnn"]
 SYSTEMS: tuple[NBodySystem, ...] = ("egnn", "fastegnn")
+Engine = Literal["torch", "numpy"]
+ENGINES: tuple[Engine, ...] = ("torch", "numpy")
 # Centres c of the 'fastegnn' Gaussian mixture, each at (c, c, c); the remaining balls go to the origin.
 GAUSSIAN_CENTRES: dict[int, tuple[float, ...]] = {
     1: (),
@@ -204,20 +206,32 @@ def energy(positions: np.ndarray, velocities: np.ndarray, charges: np.ndarray, p
 
 def generate(
     params: NBodyParams, rng: np.random.RandomState, count: int, drawn: int | None = None, batch: int | None = None,
-    progress: bool = False,
+    progress: bool = False, engine: Engine = "torch",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Simulate ``count`` trajectories; ``drawn`` >= count initial states are consumed from rng.
+    ``engine`` 'torch' integrates them all at once (:mod:`scaleq.data.nbody_torch`, a GPU when
+    there is one), 'numpy' in batches with :func:`simulate`; both give the same data to rounding.
 
     Yields (positions [T, N, D], velocities [T, N, D], charges [N]) per trajectory, simulated in
     batches (default: as many trajectories as keep one [S, N, N, D] array near 32 MB, at most 1000)
     so memory stays bounded.
     """
-    if batch is None:
-        batch = max(1, min(1000, 4_000_000 // (params.num_particles**2 * params.dim)))
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     drawn = count if drawn is None else drawn
     if drawn < count:
         raise ValueError(f"drawn ({drawn}) must be >= count ({count})")
     init = draw_initial_states(params, rng, drawn)
+    if engine == "torch":
+        from scaleq.data.nbody_torch import default_device, simulate_torch
+
+        part = InitialState(init.charges[:count], init.positions[:count], init.velocities[:count])
+        loc, vel = simulate_torch(params, part, default_device(), progress=progress)
+        for k in range(count):
+            yield loc[k], vel[k], part.charges[k]
+        return
+    if batch is None:
+        batch = max(1, min(1000, 4_000_000 // (params.num_particles**2 * params.dim)))
     bar = tqdm(total=count, disable=not progress, desc="trajectories", unit="traj")
     for start in range(0, count, batch):
         stop = min(start + batch, count)
@@ -242,17 +256,23 @@ class SplitSpec:
 EGNN_SPLITS = (SplitSpec("train", 3000, 10000), SplitSpec("valid", 2000), SplitSpec("test", 2000))
 # FastEGNN's 100-body protocol (run_100_3.sh): 100 balls in 3 Gaussians, 5000/2000/2000, seed 43.
 FASTEGNN_SPLITS = (SplitSpec("train", 5000), SplitSpec("valid", 2000), SplitSpec("test", 2000))
-PROTOCOLS: dict[NBodySystem, tuple[NBodyParams, tuple[SplitSpec, ...]]] = {
+# DuSEGO's protocol as its paper states it (Sec. 6.1): EGNN's simulator with positions N(0, 0.5^2)
+# and speed 0.5, 10000/2000/2000 trajectories, targets 1000/1500/2000 steps after frame 30 (frames
+# 40, 45, 50), hence 6000 steps. Its code is not published; the seed is EGNN's 43.
+DUSEGO_SPLITS = (SplitSpec("train", 10000), SplitSpec("valid", 2000), SplitSpec("test", 2000))
+# Published protocols by name: the simulator settings and the splits.
+PROTOCOLS: dict[str, tuple[NBodyParams, tuple[SplitSpec, ...]]] = {
     "egnn": (NBodyParams(), EGNN_SPLITS),
     "fastegnn": (NBodyParams(system="fastegnn", num_particles=100, gaussians=3), FASTEGNN_SPLITS),
+    "dusego": (NBodyParams(loc_std=0.5, num_steps=6000), DUSEGO_SPLITS),
 }
 
 
-def protocol_params(system: NBodySystem, *, particles: int | None = None, steps: int | None = None,
+def protocol_params(system: str, *, particles: int | None = None, steps: int | None = None,
                     gaussians: int | None = None) -> NBodyParams:
-    """The published simulator settings of ``system`` (:data:`PROTOCOLS`), with overrides."""
+    """The published simulator settings of protocol ``system`` (:data:`PROTOCOLS`), with overrides."""
     if system not in PROTOCOLS:
-        raise ValueError(f"system must be one of {list(SYSTEMS)}, got {system!r}")
+        raise ValueError(f"system must be one of {list(PROTOCOLS)}, got {system!r}")
     overrides = {"num_particles": particles, "num_steps": steps, "gaussians": gaussians}
     return dataclasses.replace(PROTOCOLS[system][0], **{k: v for k, v in overrides.items() if v is not None})
 
@@ -264,6 +284,7 @@ def write_nbody_dataset(
     seed: int = 43,
     overwrite: bool = False,
     progress: bool = False,
+    engine: Engine = "torch",
 ) -> dict[str, Path]:
     """Simulate every split from one seeded RNG and write ``<out_dir>/<split>.zarr`` stores, all or
     none (see :func:`scaleq.store.staging.staged_dataset`)."""
@@ -274,12 +295,13 @@ def write_nbody_dataset(
         dt=params.frame_dt,
         frame_stride=params.sample_every,
         feature_names=["charge"],
-        provenance=default_provenance(f"scaleq.data.nbody charged-particle simulator ({params.system} system)", seed),
+        provenance=default_provenance(f"scaleq.sources.nbody charged-particle simulator ({params.system} system)", seed),
         extra={"simulator": dataclasses.asdict(params)},
     )
     with staged_dataset(out_dir, [spec.name for spec in splits], overwrite) as staging:
         for spec in splits:
             with StoreWriter(staging[spec.name], attrs) as writer:
-                for loc, vel, charges in generate(params, rng, spec.count, spec.drawn, progress=progress):
+                for loc, vel, charges in generate(params, rng, spec.count, spec.drawn, progress=progress,
+                                                          engine=engine):
                     writer.add(Trajectory(positions=loc, velocities=vel, node_features=charges[:, None]))
     return {spec.name: Path(out_dir) / f"{spec.name}.zarr" for spec in splits}
