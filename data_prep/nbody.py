@@ -11,7 +11,7 @@ isolated balls in 3 Gaussians, 5000/2000/2000) or 'dusego' (EGNN's simulator wit
 N(0, 0.5^2), 6000 steps, 10000/2000/2000). The other options override that protocol. --engine
 torch (default) integrates all trajectories of a split at once (a GPU when there is one);
 --engine numpy is the reference, equal to rounding. 'mcomplex' is EGHN's M-complex system
-(scaleq/data/mcomplex.py): --complexes M rigid bodies of average size --size, --systems J system
+(scaleq/sources/mcomplex.py): --complexes M rigid bodies of average size --size, --systems J system
 types (1: the paper's single system, 5: multiple), 2000/2000/2000 trajectories.
 """
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def convert() -> dict[str, Path]:
         if args.system == "mcomplex":
-            from scaleq.data.mcomplex import MComplexParams, write_mcomplex_dataset
+            from scaleq.sources.mcomplex import MComplexParams, write_mcomplex_dataset
 
             counts = {"train": args.train or 2000, "valid": args.valid or 2000, "test": args.test or 2000}
             mparams = MComplexParams(complexes=args.complexes, average_size=args.size, systems=args.systems,

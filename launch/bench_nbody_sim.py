@@ -1,5 +1,5 @@
 """The N-body integrators side by side: NumPy (scaleq.sources.nbody.simulate) against torch
-(scaleq.data.nbody_torch.simulate_torch) on the same initial states, best of --repeats.
+(scaleq.sources.nbody_torch.simulate_torch) on the same initial states, best of --repeats.
 
     python launch/bench_nbody_sim.py                     # one thread, both published systems
     python launch/bench_nbody_sim.py --threads 2 --device cuda
@@ -14,8 +14,8 @@ import time
 import numpy as np
 import torch
 
-from scaleq.data.nbody_torch import simulate_torch
 from scaleq.sources.nbody import draw_initial_states, protocol_params, simulate
+from scaleq.sources.nbody_torch import simulate_torch
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ def ensure_dataset(data_root: Path, table: Table, profile: str, name: str, *, pr
                   SplitSpec("test", args["test"])]
         write_nbody_dataset(out, params, splits, seed=args.get("seed", 43), overwrite=True, progress=progress)
     elif spec.kind == "mcomplex":
-        from scaleq.data.mcomplex import MComplexParams, write_mcomplex_dataset
+        from scaleq.sources.mcomplex import MComplexParams, write_mcomplex_dataset
 
         params = MComplexParams(complexes=args["complexes"], average_size=args["size"], systems=args["systems"])
         write_mcomplex_dataset(out, params, {s: args[s] for s in SPLITS}, seed=args.get("seed", 43), overwrite=True,

@@ -209,7 +209,7 @@ def generate(
     progress: bool = False, engine: Engine = "torch",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Simulate ``count`` trajectories; ``drawn`` >= count initial states are consumed from rng.
-    ``engine`` 'torch' integrates them all at once (:mod:`scaleq.data.nbody_torch`, a GPU when
+    ``engine`` 'torch' integrates them all at once (:mod:`scaleq.sources.nbody_torch`, a GPU when
     there is one), 'numpy' in batches with :func:`simulate`; both give the same data to rounding.
 
     Yields (positions [T, N, D], velocities [T, N, D], charges [N]) per trajectory, simulated in
@@ -223,7 +223,7 @@ def generate(
         raise ValueError(f"drawn ({drawn}) must be >= count ({count})")
     init = draw_initial_states(params, rng, drawn)
     if engine == "torch":
-        from scaleq.data.nbody_torch import default_device, simulate_torch
+        from scaleq.sources.nbody_torch import default_device, simulate_torch
 
         part = InitialState(init.charges[:count], init.positions[:count], init.velocities[:count])
         loc, vel = simulate_torch(params, part, default_device(), progress=progress)

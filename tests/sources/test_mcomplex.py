@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scaleq.data.mcomplex import (
+from scaleq.sources.mcomplex import (
     MComplexParams,
     complex_edges,
     draw_initial_states,

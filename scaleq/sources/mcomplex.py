@@ -267,7 +267,7 @@ def write_mcomplex_dataset(
     attrs = StoreAttrs(
         kind="mcomplex", dim=3, dt=params.dt * params.sample_every, frame_stride=params.sample_every,
         feature_names=["charge"], edge_feature_names=["stick"],
-        provenance=default_provenance("scaleq.data.mcomplex (EGHN's M-complex simulator)", seed),
+        provenance=default_provenance("scaleq.sources.mcomplex (EGHN's M-complex simulator)", seed),
         extra={"simulator": dataclasses.asdict(params), "system_sizes": [s.tolist() for s in sizes]},
     )
     with staged_dataset(out_dir, list(counts), overwrite) as staging:

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from scaleq.data.nbody_torch import simulate_torch
 from scaleq.sources.nbody import (
     SplitSpec,
     draw_initial_states,
@@ -13,6 +12,7 @@ from scaleq.sources.nbody import (
     simulate,
     write_nbody_dataset,
 )
+from scaleq.sources.nbody_torch import simulate_torch
 from scaleq.store.reader import open_store
 
 
