@@ -13,11 +13,29 @@ rounding in a few trajectories; both are equally valid integrations of the same 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from scaleq.sources.nbody import InitialState, NBodyParams
+
+# What the integrator reads of scaleq.sources.nbody's NBodyParams and InitialState, stated here so
+# that this module needs nothing from that one (which imports this one to integrate with torch).
+class NBodyParams(Protocol):
+    interaction_strength: float
+    dt: float
+    num_particles: int
+    num_frames: int
+    dim: int
+    saved_steps: Sequence[int]
+
+
+class InitialState(Protocol):
+    charges: np.ndarray  # [S, N, 1]
+    positions: np.ndarray  # [S, N, D]
+    velocities: np.ndarray  # [S, N, D]
 
 # Bytes of the [S, N, N] pair arrays one chunk of trajectories may take (about four of them live
 # at once); on a GPU, chunks are sized from its free memory instead.
