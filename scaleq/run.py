@@ -22,9 +22,10 @@ from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
+from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
 from scaleq.seeding import seed_everything
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, unreadable_part
-from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
+from scaleq.train.checkpoint import CheckpointError, unreadable_part
+from scaleq.train.run_dir import RunClaim, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
 
@@ -44,7 +45,7 @@ class RunSummary:
     def describe(self) -> str:
         ratio = self.test_mse / self.linear_test_mse if self.linear_test_mse > 0 else float("nan")
         return "\n".join([
-            f"run outputs (config, metrics.csv, loss_curves.png, tensorboard/, checkpoints/): {self.run_dir}",
+            f"run outputs ({RunDirectory(self.run_dir).outputs()}): {self.run_dir}",
             f"test MSE, constant velocity x + v * horizon: {self.constant_velocity_test_mse:.6f}",
             f"test MSE, Linear x + v * horizon * t (t = {self.linear_time:.4f} fitted on the training split): "
             f"{self.linear_test_mse:.6f}",
@@ -81,7 +82,7 @@ def run(
         engine = engine or engine_from_config(config)
     except (RuntimeError, ValueError) as err:  # e.g. train.device: cuda without CUDA
         raise ConfigError(f"engine: {err}") from None
-    claim: RunDirectory | None = None
+    claim: RunClaim | None = None
     trainer: Trainer | None = None
     try:
         if engine.is_main:
@@ -105,7 +106,7 @@ def run(
         if resume:
             _resume(trainer, run_dir, resume_from)
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
-            save_config(config, run_dir / CONFIG)
+            save_config(config, RunDirectory(run_dir).config)
         result = trainer.fit()
         summary = _summarise(config, engine, trainer, result, run_dir, datasets["train"])
     except BaseException:
@@ -140,12 +141,12 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
 
 def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
     if resume_from is None:
-        _refuse_unreadable(trainer.engine, run_dir / "checkpoints" / LAST)
+        _refuse_unreadable(trainer.engine, RunDirectory(run_dir).last)
         if not trainer.resume():
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
         return
-    named = {"last": LAST, "best": BEST}
-    path = run_dir / "checkpoints" / named[resume_from] if resume_from in named else Path(resume_from)
+    named = resume_from in CHECKPOINT_NAMES
+    path = RunDirectory(run_dir).checkpoint(resume_from) if named else Path(resume_from)
     _refuse_unreadable(trainer.engine, path)
     if not trainer.resume(path):
         raise CheckpointError(f"{path}: no such checkpoint to resume from")
@@ -181,7 +182,7 @@ def _summarise(
         stopped_early=result.stopped_early,
     )
     if engine.is_main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(asdict(summary), indent=2))
+        atomic_write_text(RunDirectory(run_dir).summary, json.dumps(asdict(summary), indent=2))
     return summary
 
 

@@ -39,6 +39,7 @@ from scaleq.io import atomic_copy
 from scaleq.launchers.failures import exit_code
 from scaleq.models import check_buildable
 from scaleq.run import resolve_run_dir, run
+from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Names, inside a reported checkpoint, the launch (one driver's fit) that reported it.
@@ -85,7 +86,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
     prepare_data(config.data, progress=config.train.progress)  # once, on the driver
     resume = resume or resume_from is not None
     run_dir = resolve_run_dir(config, resume)
-    if resume_from is not None and resume_from not in ("last", "best"):
+    if resume_from is not None and resume_from not in CHECKPOINT_NAMES:
         resume_from = str(Path(resume_from).resolve())  # workers run in directories of their own
     e = config.engine
     resources = {"CPU": e.cpus_per_worker, **({"GPU": e.gpus_per_worker} if e.use_gpu else {})}
@@ -158,10 +159,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     config = config_from_dict(loop_config["config"], "<ray train_loop_config>")
     run_dir = Path(loop_config["run_dir"])
+    paths = RunDirectory(run_dir)
     engine = engine_from_config(config, device=str(ray.train.torch.get_device()))
     resume, resume_from, launch = loop_config["resume"], loop_config.get("resume_from"), loop_config.get("launch")
     checkpoint = ray.train.get_checkpoint()
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+    if not resume and paths.last.exists():
         # A fresh launch's directory was made empty by the driver: a checkpoint in it was written
         # by this launch's earlier group, killed before Ray registered its report (a restart).
         resume = True
@@ -170,7 +172,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             restart = _launch_of(Path(folder)) == launch
             # an earlier launch's checkpoint does not override an explicit --resume-from
             if engine.is_main and (restart or resume_from is None):
-                _restore(Path(folder), run_dir / "checkpoints")
+                _restore(Path(folder), paths.checkpoints)
         engine.barrier()
         resume = True
         if restart:  # within this launch: continue from what it reported last
@@ -185,7 +187,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         err.__cause__, err.__suppress_context__ = None, True
         raise err.with_traceback(None) from None
     # Result.metrics are those of the last report with a checkpoint: attach the final one.
-    _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)}, launch)
+    _report(engine.is_main, paths.last, {"done": 1, **dataclasses.asdict(summary)}, launch)
 
 
 def _report(is_main: bool, path: Path, metrics: dict[str, Any], launch: str | None = None) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# the file names under <run>/checkpoints/: the newest state, and the best-validation one
-LAST, BEST = "last.pt", "best.pt"
+from scaleq.run_directory import BEST, RunDirectory
 
 
 @dataclass
@@ -137,6 +136,6 @@ def unreadable_part(path: Path) -> str | None:
     return None
 
 
-def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> dict[str, torch.Tensor]:
+def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = BEST) -> dict[str, torch.Tensor]:
     """The model state dict of ``<run_dir>/checkpoints/<checkpoint>`` (torch or DeepSpeed format)."""
-    return read_model_state(Path(run_dir) / "checkpoints" / checkpoint)
+    return read_model_state(RunDirectory(run_dir).checkpoint(checkpoint))

@@ -45,9 +45,8 @@ from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.distributed.engine import Engine
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
+from scaleq.run_directory import BEST, LAST, RunDirectory
 from scaleq.train.checkpoint import (
-    BEST,
-    LAST,
     CheckpointError,
     TrainState,
     rng_state,
@@ -142,6 +141,7 @@ class Trainer:
         self.on_epoch_end = list(on_epoch_end)
         self.engine = engine
         self.run_dir = run_dir
+        self.paths = RunDirectory(run_dir)  # every file the loop writes there
         self.graph = GraphBuilder.from_config(config.graph)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS[config.train.optimizer](params, lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -170,7 +170,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.paths.checkpoints
 
     def save(self, name: str) -> None:
         """Write a checkpoint (a collective: every rank calls it). The running sums of the epoch in
@@ -195,7 +195,7 @@ class Trainer:
             mismatch = state_dict_mismatch(err)
             if mismatch is not None:  # a readable checkpoint, of another model: say so, not "damaged"
                 raise CheckpointError(
-                    f"{path}: does not fit the model of {self.run_dir / 'config.yaml'} ({mismatch}); resume it with "
+                    f"{path}: does not fit the model of {self.paths.config} ({mismatch}); resume it with "
                     "the config it was written with, or start a new run"
                 ) from None
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
@@ -214,7 +214,7 @@ class Trainer:
         cfg, engine, state = self.config.train, self.engine, self.state
         main = engine.is_main
         resumed = state.step > 0 or state.epoch > 0
-        logger = MetricsLogger(self.run_dir, METRIC_COLUMNS, state.epoch if resumed else None) if main else None
+        logger = MetricsLogger(self.paths, METRIC_COLUMNS, state.epoch if resumed else None) if main else None
         stopped_early = False
         epochs = tqdm(
             range(state.epoch, cfg.epochs), initial=state.epoch, total=cfg.epochs, desc="epochs",
@@ -264,8 +264,8 @@ class Trainer:
 
     def _close_logger(self, logger: MetricsLogger) -> None:
         logger.close()
-        if (self.run_dir / "metrics.csv").exists():
-            plot_loss_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+        if self.paths.metrics.exists():
+            plot_loss_curves(self.paths.metrics, self.paths.loss_curves)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (or its rest, after a mid-epoch resume); the epoch's mean loss and parts."""
