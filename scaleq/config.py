@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -31,7 +31,7 @@ from scaleq.graph.options import (
     EdgeDropMode,
     GraphKind,
     LocalKind,
-    check_graph_options,
+    choices,
 )
 from scaleq.io import atomic_write_text
 from scaleq.sample_options import VelocitySource, check_sample_options
@@ -126,11 +126,43 @@ class GraphConfig:
     edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
-        # scaleq.graph.builder.GraphBuilder is a GraphConfig too: the options are defined here once
+        # scaleq.graph.builder.GraphBuilder is a GraphConfig too: the options and their rules are
+        # defined here once, and checked for a builder made without a config as well
         try:
-            check_graph_options(self)
+            self._check()
         except ValueError as err:
             raise ConfigError(f"graph: {err}") from None
+
+    def _check(self) -> None:
+        """Raise ValueError naming the first option, or combination, that cannot make a graph."""
+        kind, backend, periodic, local = self.kind, self.backend, self.periodic, self.local
+        if self.edge_attr not in get_args(EdgeAttrKind):
+            raise ValueError(f"edge_attr must be {choices(EdgeAttrKind)}, got {self.edge_attr!r}")
+        if kind not in get_args(GraphKind):
+            raise ValueError(f"graph kind must be {choices(GraphKind)}, got {kind!r}")
+        if kind == "radius" and (self.radius is None or self.radius <= 0):
+            raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
+        if self.max_num_neighbors < 1:
+            raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
+        if backend not in get_args(Backend):
+            raise ValueError(f"graph backend must be {choices(Backend)}, got {backend!r}")
+        if periodic and kind != "radius":
+            raise ValueError("periodic boxes need a radius graph (graph.kind 'radius')")
+        if periodic and backend == "torch_cluster":
+            raise ValueError("periodic boxes need graph.backend 'cell_list' or 'auto': torch-cluster has none")
+        if periodic and local in ("knn", "radius"):
+            raise ValueError(f"a periodic graph cannot have a {local!r} local graph (it would need its own "
+                             "edge shifts): use graph.local 'bonds' or 'none'")
+        if not 0.0 <= self.edge_drop <= 1.0:
+            raise ValueError(f"edge_drop must be in [0, 1], got {self.edge_drop}")
+        if self.edge_drop_mode not in get_args(EdgeDropMode):
+            raise ValueError(f"edge_drop_mode must be {choices(EdgeDropMode)}, got {self.edge_drop_mode!r}")
+        if local not in get_args(LocalKind):
+            raise ValueError(f"local graph must be {choices(LocalKind)}, got {local!r}")
+        if local == "knn" and self.local_k < 1:
+            raise ValueError(f"a k-nearest local graph needs local_k >= 1, got {self.local_k}")
+        if local == "radius" and (self.local_radius is None or self.local_radius <= 0):
+            raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
 
 
 @dataclass(kw_only=True)
@@ -140,11 +172,10 @@ class ModelConfig:
 
     The message-passing options every graph model takes (scaleq.nn.block_options):
     ``kernel: auto`` (default) runs the plain torch path while the edge activations fit in the
-    device's free memory (8 layers' worth: the other layers and the backward need the rest) and
-    the chunked, recomputing path (chunks sized from free memory) when they do not; on the first
-    GPU table (H200) plain torch was 1.21-1.28x the published-style reference, chunks of 65,536
-    edges 0.28-0.33x and the Triton kernels 0.15x, so Triton runs only with ``kernel: triton``.
-    ``kernel: torch`` does exactly what ``edge_chunk`` says. ``edge_chunk``: 0 (default: all
+    device's free memory and the chunked, recomputing path (chunks sized from free memory) when
+    they do not; Triton runs only with ``kernel: triton`` (why: the measurements in
+    docs/large-graphs.md, "The rule of kernel: auto"). ``kernel: torch`` does exactly what
+    ``edge_chunk`` says. ``edge_chunk``: 0 (default: all
     edges at once, unless ``kernel: auto`` finds they do not fit), K > 0 (chunks of about K
     edges) or ``auto`` (chunked, K from free memory).
     """
