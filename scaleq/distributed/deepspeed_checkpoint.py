@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scaleq.extras import require
+
 POINTER_FORMAT = "scaleq-deepspeed-checkpoint"
 MODEL_STATES = "mp_rank_00_model_states.pt"
 
@@ -35,6 +37,7 @@ def deepspeed_model_state(pointer_path: Path, pointer: dict[str, Any]) -> dict[s
     if not tag_dir.is_dir():
         raise FileNotFoundError(f"{pointer_path}: points to {tag_dir}, which does not exist")
     if any(tag_dir.glob("zero_pp_rank_*_optim_states.pt")):  # written under ZeRO stages 1-3 only
+        require("deepspeed", "reading a DeepSpeed checkpoint")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

@@ -35,6 +35,7 @@ from typing import Any
 from scaleq.config import Config, config_from_dict
 from scaleq.data.splits import prepare_data
 from scaleq.distributed import engine_from_config
+from scaleq.extras import require
 from scaleq.io import atomic_copy
 from scaleq.launchers.failures import exit_code
 from scaleq.models import check_buildable
@@ -62,6 +63,7 @@ def runtime_env() -> dict[str, Any]:
 def connect(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS); with neither, join the cluster running on
     this machine or start one."""
+    require("ray", "the Ray launcher")
     import ray
 
     if not ray.is_initialized():
@@ -110,6 +112,7 @@ def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | Non
                  address: str | None = None) -> dict[str, Any]:
     """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics. A
     worker's user error or run failure is raised here as the worker raised it."""
+    require("ray", "the Ray launcher")
     import ray
 
     joined = ray.is_initialized()
@@ -243,6 +246,7 @@ def run_in_workers(
     """Run ``fn(loop_config)`` in ``workers`` Ray Train workers (their process group made) and
     return rank 0's numbers. Without ``address`` the workers run on ``nodes`` simulated nodes of
     this machine (``ray.cluster_utils.Cluster``, spread one per node); with it, on that cluster."""
+    require("ray", "running in Ray Train workers")
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
