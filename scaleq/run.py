@@ -7,6 +7,7 @@ neither evaluation nor rollouts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,13 @@ def run(
     engine: Engine | None = None,
     run_dir: Path | None = None,
     resume_from: str | None = None,
+    on_epoch_end: Sequence[EpochEndCallback] = (),
 ) -> RunSummary:
     """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
     if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist).
 
-    A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
+    ``on_epoch_end``: callbacks of the caller (a launcher's report, say), called before those the
+    config asks for. A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
     checkpoint is written, the directory it created is removed again."""
     config = check_buildable(config)  # a wrong model key fails here, before any data is made or engine started
     owns_engine = engine is None
@@ -102,7 +105,7 @@ def run(
         run_dir, refused = engine.broadcast_object((claim.path if claim is not None else None, refused))
         if refused is not None:
             raise RunDirError(refused)
-        trainer = Trainer(config, engine, model, datasets, run_dir, on_epoch_end=_epoch_end_callbacks(config, datasets, run_dir))
+        trainer = Trainer(config, engine, model, datasets, run_dir, on_epoch_end=[*on_epoch_end, *_epoch_end_callbacks(config, datasets, run_dir)])
         if resume:
             _resume(trainer, run_dir, resume_from)
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was

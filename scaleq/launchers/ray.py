@@ -41,6 +41,7 @@ from scaleq.launchers.failures import exit_code
 from scaleq.models import check_buildable
 from scaleq.run import resolve_run_dir, run
 from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
+from scaleq.train.trainer import EpochEnd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Names, inside a reported checkpoint, the launch (one driver's fit) that reported it.
@@ -180,9 +181,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         resume = True
         if restart:  # within this launch: continue from what it reported last
             resume_from = None
-    engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics, launch)
+    def report(end: EpochEnd) -> None:  # every end-of-epoch checkpoint, as Ray Train's report
+        _report(end.engine.is_main, end.checkpoint, end.metrics, launch)
+
     try:
-        summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from)
+        summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from,
+                      on_epoch_end=[report])
     except Exception as err:
         if exit_code(err) is None:
             raise

@@ -7,8 +7,8 @@ steps), ``best.pt`` on improvement; both atomically. Resuming restores model, op
 states, the position inside the epoch and the epoch's running loss sums, so a resumed run continues
 the same sequence of batches and logs the same numbers.
 
-What else happens at the end of an epoch (a short rollout, say) the loop is handed as callbacks
-(``on_epoch_end``), as the engines are handed ``on_checkpoint``: the loop imports none of it.
+What else happens at the end of an epoch (a short rollout, a launcher's report of the checkpoint)
+the loop is handed as callbacks (``on_epoch_end``), its one mechanism: the loop imports none of it.
 
 With gradient accumulation (``engine.gradient_accumulation`` micro-batches per optimizer step) the
 engine decides when to step (:mod:`scaleq.distributed.accumulation`); windows restart every
@@ -69,6 +69,8 @@ class EpochEnd:
     model: nn.Module  # the engine-wrapped model
     engine: Engine
     tensorboard: Any | None  # rank 0's SummaryWriter; None elsewhere
+    checkpoint: Path  # the end-of-epoch checkpoint just written (complete on every rank)
+    metrics: dict[str, Any]  # the epoch's row of metrics.csv
 
 
 EpochEndCallback = Callable[[EpochEnd], None]
@@ -235,7 +237,6 @@ class Trainer:
                     # row a resume then drops (MetricsLogger keeps rows up to the checkpoint's epoch)
                     logger.log(state.step, values)
                 self.save(LAST)
-                engine.checkpoint_saved(self.checkpoint_dir / LAST, values)
                 if main:
                     train_loss = values["train_loss"]
                     epochs.set_postfix(loss=f"{train_loss:.3g}", best_val=f"{state.best_val_mse:.3g}")
@@ -247,7 +248,8 @@ class Trainer:
                             f"epoch {epoch + 1:4d}  train loss {train_loss:.5f}{explained}  val MSE {values['val_mse']:.5f}"
                             f"  best {state.best_val_mse:.5f} (epoch {state.best_epoch + 1})"
                         )
-                end = EpochEnd(epoch + 1, state.step, self.model, engine, logger.tensorboard if logger is not None else None)
+                end = EpochEnd(epoch + 1, state.step, self.model, engine, logger.tensorboard if logger is not None else None,
+                               self.checkpoint_dir / LAST, values)
                 for callback in self.on_epoch_end:
                     callback(end)
                 if state.epochs_without_improvement >= cfg.patience:
