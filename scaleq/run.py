@@ -26,6 +26,7 @@ from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
 from scaleq.seeding import seed_everything
 from scaleq.train.checkpoint import CheckpointError, unreadable_part
+from scaleq.train.loop_parts import build_loop_parts
 from scaleq.train.run_dir import RunClaim, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
@@ -105,7 +106,9 @@ def run(
         run_dir, refused = engine.broadcast_object((claim.path if claim is not None else None, refused))
         if refused is not None:
             raise RunDirError(refused)
-        trainer = Trainer(config, engine, model, datasets, run_dir, on_epoch_end=[*on_epoch_end, *_epoch_end_callbacks(config, datasets, run_dir)])
+        parts = build_loop_parts(config, engine, model, datasets)  # the loop is handed what it runs with
+        callbacks = [*on_epoch_end, *_epoch_end_callbacks(config, datasets, parts.graph, run_dir)]
+        trainer = Trainer(config, engine, model, parts, run_dir, on_epoch_end=callbacks)
         if resume:
             _resume(trainer, run_dir, resume_from)
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
@@ -125,11 +128,11 @@ def run(
     return summary
 
 
-def _epoch_end_callbacks(config: Config, datasets: dict[str, TrajectoryDataset], run_dir: Path) -> list[EpochEndCallback]:
+def _epoch_end_callbacks(config: Config, datasets: dict[str, TrajectoryDataset], graph: GraphBuilder,
+                         run_dir: Path) -> list[EpochEndCallback]:
     """What the loop calls after each epoch: the short validation rollout of ``train.rollout_every``."""
     if not config.train.rollout_every:
         return []
-    graph = GraphBuilder.from_config(config.graph)
     return [RolloutEveryEpochs(config.train.rollout_every, datasets["valid"], graph, run_dir, config.model.name)]
 
 

@@ -41,7 +41,6 @@ from torch_geometric.data import Batch
 from tqdm import tqdm
 
 from scaleq.config import Config
-from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.distributed.engine import Engine
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
@@ -53,11 +52,11 @@ from scaleq.train.checkpoint import (
     set_rng_state,
     state_dict_mismatch,
 )
+from scaleq.train.loop_parts import LoopParts
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
                   "epoch_seconds"]
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 @dataclass(frozen=True)
@@ -135,36 +134,22 @@ class Trainer:
         config: Config,
         engine: Engine,
         model: nn.Module,
-        datasets: dict[str, TrajectoryDataset],
+        parts: LoopParts,
         run_dir: Path,
         on_epoch_end: Sequence[EpochEndCallback] = (),
     ) -> None:
+        """``parts``: the optimizer, loaders and graph builder, built by the caller
+        (:func:`scaleq.train.loop_parts.build_loop_parts`)."""
         self.config = config
         self.on_epoch_end = list(on_epoch_end)
         self.engine = engine
         self.run_dir = run_dir
         self.paths = RunDirectory(run_dir)  # every file the loop writes there
-        self.graph = GraphBuilder.from_config(config.graph)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = OPTIMIZERS[config.train.optimizer](params, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        self.model = engine.wrap(model, optimizer)
-        data = config.data
-        eval_batch = data.eval_batch_size or data.batch_size
-        pin = engine.device.type == "cuda"
-        # one shard per data-parallel group: the ranks of a graph-parallel group read the same batches
-        shard = {"rank": engine.data_rank, "world_size": engine.data_world_size}
-        self.train_sampler = ShardedSampler(len(datasets["train"]), shuffle=True, seed=config.seed, **shard)
-        self.train_loader = make_loader(datasets["train"], data.batch_size, self.train_sampler, data.num_workers, pin)
-        self.eval_loaders = {
-            split: make_loader(
-                datasets[split],
-                eval_batch,
-                ShardedSampler(len(datasets[split]), shuffle=False, seed=0, pad=False, **shard),
-                data.num_workers,
-                pin,
-            )
-            for split in ("valid", "test")
-        }
+        self.graph = parts.graph
+        self.model = engine.wrap(model, parts.optimizer)
+        self.train_sampler = parts.loaders.train_sampler
+        self.train_loader = parts.loaders.train
+        self.eval_loaders = parts.loaders.eval
         self.state = TrainState()
         # [loss, *LOSS_PARTS, batches] of the epoch in progress, on the device
         self._sums = torch.zeros(len(LOSS_PARTS) + 2, dtype=torch.float64, device=engine.device)
