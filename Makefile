@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip setuptools wheel numpy
 	$(if $(strip $(TORCH)),$(PIP) install --quiet "$(TORCH)")
 	printf '[build_ext]\nparallel = %s\n' "$$(nproc)" > $(VENV)/build_ext.cfg
-	DIST_EXTRA_CONFIG=$(abspath $(VENV))/build_ext.cfg $(PIP) install --no-build-isolation -e '.[test]'
+	DIST_EXTRA_CONFIG=$(abspath $(VENV))/build_ext.cfg $(PIP) install --no-build-isolation -e '.[test,all]'
 	touch $@
 
 train: $(STAMP)

@@ -12,16 +12,17 @@ from pathlib import Path
 
 from scaleq.config import ConfigError
 from scaleq.eval.clusters import cluster_plot_from_run
+from scaleq.run_directory import BEST, CHECKPOINTS, CONFIG
 from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="run directory (holds config.yaml and checkpoints/)")
+    parser.add_argument("--run", type=Path, required=True, help=f"run directory (holds {CONFIG} and {CHECKPOINTS}/)")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
     parser.add_argument("--index", type=int, default=0, help="sample of the split")
-    parser.add_argument("--checkpoint", default="best.pt", help="file in <run>/checkpoints/")
+    parser.add_argument("--checkpoint", default=BEST, help=f"file in <run>/{CHECKPOINTS}/")
     parser.add_argument("--out", type=Path, default=None, help="PNG (default: <run>/clusters_<split>_<index>.png)")
     args = parser.parse_args(argv)
     try:

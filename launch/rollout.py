@@ -17,19 +17,20 @@ from pathlib import Path
 
 from scaleq.config import ConfigError
 from scaleq.eval.rollout_run import rollout_from_run
+from scaleq.run_directory import BEST, CHECKPOINTS, CONFIG
 from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="run directory (config.yaml, checkpoints/)")
+    parser.add_argument("--run", type=Path, required=True, help=f"run directory ({CONFIG}, {CHECKPOINTS}/)")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
     parser.add_argument("--trajectories", type=int, nargs="+", default=[0, 1, 2], help="trajectory ids of the split")
     parser.add_argument("--steps", type=int, default=None, help="steps of the run's delta (default: what fits, <= 20)")
     parser.add_argument("--start-frame", type=int, default=None, help="t0 (default: the earliest possible)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/rollout_SPLIT)")
-    parser.add_argument("--checkpoint", default="best.pt", help="file in RUN/checkpoints/ (torch or DeepSpeed)")
+    parser.add_argument("--checkpoint", default=BEST, help=f"file in RUN/{CHECKPOINTS}/ (torch or DeepSpeed)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--animation", default="auto", choices=["auto", "mp4", "gif", "none"],
                         help="auto: MP4 when imageio-ffmpeg is installed, else GIF")

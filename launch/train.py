@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from scaleq.launchers.train_command import train_command
+from scaleq.run_directory import LAST
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue <out_dir>/<name> from its last checkpoint")
     parser.add_argument("--resume-from", default=None, metavar="last|best|PATH",
-                        help="continue <out_dir>/<name> from this checkpoint (e.g. best when last.pt is damaged)")
+                        help=f"continue <out_dir>/<name> from this checkpoint (e.g. best when {LAST} is damaged)")
     parser.add_argument("--launcher", choices=["auto", "local", "ray"], default="auto",
                         help="auto: Ray Train inside `ray job submit`, else this process (and its torchrun/"
                              "deepspeed siblings); ray: start or join a Ray cluster ($RAY_ADDRESS)")

@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -31,7 +31,7 @@ from scaleq.graph.options import (
     EdgeDropMode,
     GraphKind,
     LocalKind,
-    check_graph_options,
+    choices,
 )
 from scaleq.io import atomic_write_text
 from scaleq.sample_options import VelocitySource, check_sample_options
@@ -47,17 +47,17 @@ class ConfigError(ValueError):
 class GenerateConfig:
     """How to create the dataset when ``data.path`` does not exist (only the N-body simulator)."""
 
-    source: Literal["nbody"] = "nbody"
+    source: Literal["nbody"] = "nbody"  # the generator: the charged-particle N-body simulator
     # the simulator: EGNN's 5-body one, or FastEGNN's 100-body system of GMN (scaleq/sources/nbody.py)
     system: Literal["egnn", "fastegnn"] = "egnn"
     gaussians: int | None = None  # fastegnn: Gaussians of the initial positions (None: 3, as published)
-    particles: int = 5
-    train: int = 3000
+    particles: int = 5  # bodies per system
+    train: int = 3000  # training trajectories kept
     train_drawn: int | None = None  # initial states drawn for training; EGNN draws 10000, keeps 3000
-    valid: int = 2000
-    test: int = 2000
-    steps: int = 5000
-    seed: int = 43
+    valid: int = 2000  # validation trajectories
+    test: int = 2000  # test trajectories
+    steps: int = 5000  # simulator steps per trajectory
+    seed: int = 43  # one RNG for all three splits (43: EGNN's published initial conditions)
 
     def __post_init__(self) -> None:
         for name in ("particles", "train", "valid", "test", "steps"):
@@ -73,18 +73,20 @@ class GenerateConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    path: str
-    delta: int = 10
-    input_frame: int | None = None
-    starts_per_trajectory: int | None = None
-    velocity: VelocitySource = "backward"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    batch_size: int = 100
-    eval_batch_size: int | None = None
-    num_workers: int = 0
+    """Where the samples come from and how they are batched."""
+
+    path: str  # directory holding train.zarr, valid.zarr and test.zarr (generated when missing and ``generate`` is set)
+    delta: int = 10  # the target is frame t + delta of the input frame t
+    input_frame: int | None = None  # one fixed input frame per trajectory (None: see starts_per_trajectory)
+    starts_per_trajectory: int | None = None  # random input frames per trajectory, seeded (None and no input_frame: every frame)
+    velocity: VelocitySource = "backward"  # 'store' (its velocities), 'backward' x[t] - x[t-1] or 'forward' x[t+1] - x[t]
+    max_train_samples: int | None = None  # use at most this many training samples (None: all)
+    max_eval_samples: int | None = None  # at most this many validation and test samples (None: all)
+    batch_size: int = 100  # graphs per batch and rank
+    eval_batch_size: int | None = None  # graphs per evaluation batch (None: batch_size)
+    num_workers: int = 0  # DataLoader worker processes per rank
     node_features: list[str] | None = None  # store features to keep, by name (None: all)
-    generate: GenerateConfig | None = None
+    generate: GenerateConfig | None = None  # how to create the dataset when path does not exist
 
     def __post_init__(self) -> None:
         try:
@@ -108,8 +110,8 @@ class GraphConfig:
     """How every batch's graph is built (:class:`scaleq.graph.builder.GraphBuilder` extends this
     class with the building itself, so an option is added here and nowhere else)."""
 
-    kind: GraphKind = "complete"
-    radius: float | None = None
+    kind: GraphKind = "complete"  # 'complete' (every pair of a graph) or 'radius' (pairs closer than radius)
+    radius: float | None = None  # cutoff of a radius graph, in the store's units
     max_num_neighbors: int = 64  # cap per node: the nearest ones are kept (a warning says when)
     # radius-graph search: 'auto' (cell list on CUDA and for periodic boxes, torch-cluster on CPU),
     # 'torch_cluster' or 'cell_list' (O(N), CPU and CUDA)
@@ -120,17 +122,49 @@ class GraphConfig:
     # A second, local graph for hierarchical models (EGHN's E-Pool), as batch.local_index:
     # 'bonds' (the store's static edges), 'knn' (local_k nearest), 'radius' (local_radius) or 'none'.
     local: LocalKind = "none"
-    local_k: int = 4
-    local_radius: float | None = None
+    local_k: int = 4  # neighbours per node of a 'knn' local graph
+    local_radius: float | None = None  # cutoff of a 'radius' local graph
     # edge attributes: 'egnn' [q_i q_j, |x_i - x_j|^2] or 'distance' |x_i - x_j| (FastEGNN's datasets)
     edge_attr: EdgeAttrKind = "egnn"
 
     def __post_init__(self) -> None:
-        # scaleq.graph.builder.GraphBuilder is a GraphConfig too: the options are defined here once
+        # scaleq.graph.builder.GraphBuilder is a GraphConfig too: the options and their rules are
+        # defined here once, and checked for a builder made without a config as well
         try:
-            check_graph_options(self)
+            self._check()
         except ValueError as err:
             raise ConfigError(f"graph: {err}") from None
+
+    def _check(self) -> None:
+        """Raise ValueError naming the first option, or combination, that cannot make a graph."""
+        kind, backend, periodic, local = self.kind, self.backend, self.periodic, self.local
+        if self.edge_attr not in get_args(EdgeAttrKind):
+            raise ValueError(f"edge_attr must be {choices(EdgeAttrKind)}, got {self.edge_attr!r}")
+        if kind not in get_args(GraphKind):
+            raise ValueError(f"graph kind must be {choices(GraphKind)}, got {kind!r}")
+        if kind == "radius" and (self.radius is None or self.radius <= 0):
+            raise ValueError(f"a radius graph needs a radius > 0, got {self.radius}")
+        if self.max_num_neighbors < 1:
+            raise ValueError(f"max_num_neighbors must be >= 1, got {self.max_num_neighbors}")
+        if backend not in get_args(Backend):
+            raise ValueError(f"graph backend must be {choices(Backend)}, got {backend!r}")
+        if periodic and kind != "radius":
+            raise ValueError("periodic boxes need a radius graph (graph.kind 'radius')")
+        if periodic and backend == "torch_cluster":
+            raise ValueError("periodic boxes need graph.backend 'cell_list' or 'auto': torch-cluster has none")
+        if periodic and local in ("knn", "radius"):
+            raise ValueError(f"a periodic graph cannot have a {local!r} local graph (it would need its own "
+                             "edge shifts): use graph.local 'bonds' or 'none'")
+        if not 0.0 <= self.edge_drop <= 1.0:
+            raise ValueError(f"edge_drop must be in [0, 1], got {self.edge_drop}")
+        if self.edge_drop_mode not in get_args(EdgeDropMode):
+            raise ValueError(f"edge_drop_mode must be {choices(EdgeDropMode)}, got {self.edge_drop_mode!r}")
+        if local not in get_args(LocalKind):
+            raise ValueError(f"local graph must be {choices(LocalKind)}, got {local!r}")
+        if local == "knn" and self.local_k < 1:
+            raise ValueError(f"a k-nearest local graph needs local_k >= 1, got {self.local_k}")
+        if local == "radius" and (self.local_radius is None or self.local_radius <= 0):
+            raise ValueError(f"a radius local graph needs local_radius > 0, got {self.local_radius}")
 
 
 @dataclass(kw_only=True)
@@ -140,16 +174,15 @@ class ModelConfig:
 
     The message-passing options every graph model takes (scaleq.nn.block_options):
     ``kernel: auto`` (default) runs the plain torch path while the edge activations fit in the
-    device's free memory (8 layers' worth: the other layers and the backward need the rest) and
-    the chunked, recomputing path (chunks sized from free memory) when they do not; on the first
-    GPU table (H200) plain torch was 1.21-1.28x the published-style reference, chunks of 65,536
-    edges 0.28-0.33x and the Triton kernels 0.15x, so Triton runs only with ``kernel: triton``.
-    ``kernel: torch`` does exactly what ``edge_chunk`` says. ``edge_chunk``: 0 (default: all
+    device's free memory and the chunked, recomputing path (chunks sized from free memory) when
+    they do not; Triton runs only with ``kernel: triton`` (why: the measurements in
+    docs/large-graphs.md, "The rule of kernel: auto"). ``kernel: torch`` does exactly what
+    ``edge_chunk`` says. ``edge_chunk``: 0 (default: all
     edges at once, unless ``kernel: auto`` finds they do not fit), K > 0 (chunks of about K
     edges) or ``auto`` (chunked, K from free memory).
     """
 
-    name: str = "egnn"
+    name: str = "egnn"  # a key of scaleq.models.MODELS; the other model: keys are its constructor's arguments
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,19 +219,19 @@ class EngineConfig:
     gradient_accumulation.
     """
 
-    kind: Literal["torch", "deepspeed"] = "torch"
+    kind: Literal["torch", "deepspeed"] = "torch"  # torch: one process or DDP; deepspeed: deepspeed.initialize
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     offload_optimizer: bool = False  # DeepSpeed: optimizer states on the CPU (ZeRO >= 1)
     gradient_accumulation: int = 1  # micro-batches per optimizer step (an epoch's shorter last window is stepped too)
     # ranks that share each graph (spatial partition + halo exchange); ranks = graph_parallel x
     # data-parallel groups, every graph_parallel consecutive ranks one group
     graph_parallel: int = 1
-    # Ray Train (``ray job submit -- python launch/train.py`` or ``--launcher ray``)
-    workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    # Ray Train (``ray job submit -- python launch/train.py`` or ``--launcher ray``):
+    workers: int = 2  # Ray Train workers (ranks)
+    use_gpu: bool = False  # one GPU share per worker
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker
     gpus_per_worker: float = 1.0  # used when use_gpu
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # how Ray places the workers on nodes
     max_failures: int = 0  # worker-group restarts from the last checkpoint (-1: unlimited)
     ray_storage: str | None = None  # RunConfig.storage_path (default: <out_dir>/ray)
     # Several machines: the interface the ranks talk over (default: the one that routes to MASTER_ADDR;
@@ -226,20 +259,22 @@ class EngineConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    epochs: int = 100
-    lr: float = 5e-4
-    weight_decay: float = 1e-12
+    """The loop: how long, how fast, how often it evaluates and saves, on what device."""
+
+    epochs: int = 100  # training epochs (at most: patience may stop earlier)
+    lr: float = 5e-4  # learning rate
+    weight_decay: float = 1e-12  # the optimizer's weight decay
     optimizer: Literal["adam", "adamw"] = "adam"  # adam: L2 weight decay (the papers); adamw: decoupled
-    eval_every: int = 5
+    eval_every: int = 5  # epochs between validations (and best-checkpoint checks)
     patience: int = 100  # epochs without a better validation MSE before stopping
-    grad_clip: float | None = None
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grad_clip: float | None = None  # clip the gradient norm to this (None: off)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the invariant MLPs (coordinates stay fp32)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is one
     checkpoint_every_steps: int = 0  # also save mid-epoch, every N optimizer steps (0: only at each epoch's end)
     # Optimizer steps between reads of the on-device NaN/inf flag of the loss (also read at every epoch end
     # and before every checkpoint): larger means fewer host syncs, more steps run after a NaN.
     finite_check_every: int = 50
-    progress: bool = True
+    progress: bool = True  # progress bars on rank 0
     rollout_every: int = 0  # every N epochs, roll out validation trajectory 0 into rollouts/ (0: off)
 
     def __post_init__(self) -> None:
@@ -255,9 +290,11 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class Config:
-    name: str = "run"
-    out_dir: str = "runs"
-    seed: int = 0
+    """One experiment: where it runs and from what seed, and one section per component."""
+
+    name: str = "run"  # the run directory's name, under out_dir
+    out_dir: str = "runs"  # where run directories are made
+    seed: int = 0  # seeds Python, NumPy and torch before the model is built
     data: DataConfig
     graph: GraphConfig = field(default_factory=GraphConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

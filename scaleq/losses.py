@@ -1,6 +1,6 @@
 """Training losses. The reported metric is always the plain position MSE (mean over nodes and axes).
 
-The loss is a weighted sum of named parts, listed once in :data:`LOSS_TERMS`: the trainer logs
+The loss is a weighted sum of named parts, listed once in :data:`scaleq.loss_terms.LOSS_TERMS`: the trainer logs
 each part that is on as ``train_<name>`` (CSV, TensorBoard, the epoch line), so a total is always
 explained by its parts. FastEGNN's MMD part can be negative (see :func:`mmd_virtual`), and so can
 the total.
@@ -8,7 +8,6 @@ the total.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -17,26 +16,9 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from scaleq.config import LossConfig
+from scaleq.loss_terms import LOSS_PARTS, LOSS_TERMS
 from scaleq.nn.periodic import minimum_image, periodic_box
 from scaleq.nn.scatter import rank_within_groups, scatter_sum
-
-
-@dataclass(frozen=True)
-class LossTerm:
-    """One part of the training loss: its name (logged as ``train_<name>``), the LossConfig field
-    that weighs it (None: always on, weight 1) and the model output it needs."""
-
-    name: str
-    weight_key: str | None = None
-    needs_output: str | None = None
-
-
-LOSS_TERMS = (
-    LossTerm("mse"),
-    LossTerm("mmd", "mmd_weight", "virtual_pos"),  # FastEGNN: virtual nodes among the real ones
-    LossTerm("connectivity", "connectivity_weight", "pooled_adjacency"),  # EGHN: clusters follow bonds
-)
-LOSS_PARTS = tuple(term.name for term in LOSS_TERMS)
 
 
 def term_weights(config: LossConfig) -> dict[str, float]:

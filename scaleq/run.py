@@ -7,6 +7,7 @@ neither evaluation nor rollouts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
+from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
 from scaleq.seeding import seed_everything
-from scaleq.train.checkpoint import BEST, LAST, CheckpointError, checkpoint_problem, fingerprint
-from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
+from scaleq.train.checkpoint import CheckpointError, checkpoint_problem, fingerprint
+from scaleq.train.loop_parts import build_loop_parts
+from scaleq.train.run_dir import RunClaim, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 
 
@@ -44,7 +47,7 @@ class RunSummary:
     def describe(self) -> str:
         ratio = self.test_mse / self.linear_test_mse if self.linear_test_mse > 0 else float("nan")
         return "\n".join([
-            f"run outputs (config, metrics.csv, loss_curves.png, tensorboard/, checkpoints/): {self.run_dir}",
+            f"run outputs ({RunDirectory(self.run_dir).outputs()}): {self.run_dir}",
             f"test MSE, constant velocity x + v * horizon: {self.constant_velocity_test_mse:.6f}",
             f"test MSE, Linear x + v * horizon * t (t = {self.linear_time:.4f} fitted on the training split): "
             f"{self.linear_test_mse:.6f}",
@@ -69,11 +72,13 @@ def run(
     engine: Engine | None = None,
     run_dir: Path | None = None,
     resume_from: str | None = None,
+    on_epoch_end: Sequence[EpochEndCallback] = (),
 ) -> RunSummary:
     """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
     if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist).
 
-    A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
+    ``on_epoch_end``: callbacks of the caller (a launcher's report, say), called before those the
+    config asks for. A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
     checkpoint is written, the directory it created is removed again."""
     config = check_buildable(config)  # a wrong model key fails here, before any data is made or engine started
     owns_engine = engine is None
@@ -81,7 +86,7 @@ def run(
         engine = engine or engine_from_config(config)
     except (RuntimeError, ValueError) as err:  # e.g. train.device: cuda without CUDA
         raise ConfigError(f"engine: {err}") from None
-    claim: RunDirectory | None = None
+    claim: RunClaim | None = None
     trainer: Trainer | None = None
     try:
         if engine.is_main:
@@ -101,11 +106,13 @@ def run(
         run_dir, refused = engine.broadcast_object((claim.path if claim is not None else None, refused))
         if refused is not None:
             raise RunDirError(refused)
-        trainer = Trainer(config, engine, model, datasets, run_dir, on_epoch_end=_epoch_end_callbacks(config, datasets, run_dir))
+        parts = build_loop_parts(config, engine, model, datasets)  # the loop is handed what it runs with
+        callbacks = [*on_epoch_end, *_epoch_end_callbacks(config, datasets, parts.graph, run_dir)]
+        trainer = Trainer(config, engine, model, parts, run_dir, on_epoch_end=callbacks)
         if resume:
             _resume(trainer, run_dir, resume_from)
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
-            save_config(config, run_dir / CONFIG)
+            save_config(config, RunDirectory(run_dir).config)
         result = trainer.fit()
         summary = _summarise(config, engine, trainer, result, run_dir, datasets["train"])
     except BaseException:
@@ -121,11 +128,11 @@ def run(
     return summary
 
 
-def _epoch_end_callbacks(config: Config, datasets: dict[str, TrajectoryDataset], run_dir: Path) -> list[EpochEndCallback]:
+def _epoch_end_callbacks(config: Config, datasets: dict[str, TrajectoryDataset], graph: GraphBuilder,
+                         run_dir: Path) -> list[EpochEndCallback]:
     """What the loop calls after each epoch: the short validation rollout of ``train.rollout_every``."""
     if not config.train.rollout_every:
         return []
-    graph = GraphBuilder.from_config(config.graph)
     return [RolloutEveryEpochs(config.train.rollout_every, datasets["valid"], graph, run_dir, config.model.name)]
 
 
@@ -140,13 +147,14 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
 
 def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
     if resume_from is None:
-        _refuse_different(trainer.engine, run_dir / "checkpoints" / LAST)
-        _refuse_unreadable(trainer.engine, run_dir / "checkpoints" / LAST)
+        last = RunDirectory(run_dir).last
+        _refuse_different(trainer.engine, last)
+        _refuse_unreadable(trainer.engine, last)
         if not trainer.resume():
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
         return
-    named = {"last": LAST, "best": BEST}
-    path = run_dir / "checkpoints" / named[resume_from] if resume_from in named else Path(resume_from)
+    named = resume_from in CHECKPOINT_NAMES
+    path = RunDirectory(run_dir).checkpoint(resume_from) if named else Path(resume_from)
     _refuse_different(trainer.engine, path)
     _refuse_unreadable(trainer.engine, path)
     if not trainer.resume(path):
@@ -198,7 +206,7 @@ def _summarise(
         stopped_early=result.stopped_early,
     )
     if engine.is_main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(asdict(summary), indent=2))
+        atomic_write_text(RunDirectory(run_dir).summary, json.dumps(asdict(summary), indent=2))
     return summary
 
 

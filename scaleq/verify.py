@@ -36,11 +36,10 @@ import zarr.codecs
 
 from scaleq.digests import SUFFIX, recorded
 from scaleq.io import remove_orphans, replace_dir
+from scaleq.run_directory import RunDirectory
 from scaleq.store.format import FORMAT_VERSION, StoreError
 from scaleq.store.reader import TrajectoryStore, open_store
 from scaleq.store.writer import StoreStatistics
-
-RUN_CONFIG = "config.yaml"  # scaleq.train.run_dir.CONFIG; a run directory is recognised by it
 
 
 @dataclass
@@ -183,10 +182,10 @@ def verify_run(path: Path) -> Report:
 
     report = Report(checked=[f"run {path}"])
     try:
-        load_config(path / RUN_CONFIG)
+        load_config(RunDirectory(path).config)
     except (ConfigError, OSError) as err:
-        report.problems.append(f"{path / RUN_CONFIG}: {err}" if str(path) not in str(err) else str(err))
-    checkpoints = sorted((path / "checkpoints").glob("*.pt"))
+        report.problems.append(f"{RunDirectory(path).config}: {err}" if str(path) not in str(err) else str(err))
+    checkpoints = sorted(RunDirectory(path).checkpoints.glob("*.pt"))
     if not checkpoints:
         report.notes.append(f"{path}: no checkpoints yet")
     for checkpoint in checkpoints:
@@ -214,12 +213,12 @@ def verify_path(path: Path) -> Report:
     """A store, a dataset folder of stores, or a run directory."""
     if (path / "zarr.json").is_file():
         return verify_store(path)
-    if (path / RUN_CONFIG).is_file():
+    if RunDirectory(path).config.is_file():  # a run directory is recognised by its config
         return verify_run(path)
     stores = sorted(p for p in path.glob("*.zarr") if p.is_dir()) if path.is_dir() else []
     if not stores:
         raise StoreError(f"{path}: neither a store (zarr.json), a folder of stores (*.zarr) nor a run directory "
-                         f"({RUN_CONFIG})")
+                         f"({RunDirectory(path).config.name})")
     report = Report()
     for store in stores:
         report.extend(verify_store(store))

@@ -11,9 +11,9 @@ second (edges the model sees x layers / step time) and as a ratio to :class:`Ref
 same workload and precision: a plain EGNN in the published code's style (cat + Linear + index_add).
 Adding a model path (e.g. other model kwargs) is one more StepVariant.
 
-GPU times come from CUDA events after warm-up runs (compilation, caches); CPU times from
-perf_counter. Each row is the median of the timed runs; peak memory is CUDA's max allocated
-during that variant (empty on CPU).
+Times come from the benchmarks' one timer (:mod:`scaleq.bench.timing`: CUDA events on a GPU,
+perf_counter on the CPU) after warm-up runs (compilation, caches). Each row is the median of the
+timed runs; peak memory is CUDA's max allocated during that variant (empty on CPU).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import functools
 import math
 import platform
 import re
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from torch import Tensor, nn
 from scaleq.bench.memory import PeakMemory, peak_memory
 from scaleq.bench.models import Workload, random_particles
 from scaleq.bench.reference_egnn import ReferenceEGNN
+from scaleq.bench.timing import time_ms
 from scaleq.config import LossConfig
 from scaleq.graph.builder import GraphBuilder, radius_graph
 from scaleq.graph.cell_list import cell_list_radius_graph
@@ -94,35 +93,6 @@ def step_variants() -> list[StepVariant]:
             StepVariant("FastEGNN-<3,0.75> triton", "fastegnn", {**fast, "kernel": "triton"}, precision, edge_drop=0.75),
         ]
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1, budget_s: float = 20.0) -> float:
-    """Median milliseconds of ``repeats`` runs after ``warmup`` runs (fewer runs once the timed
-    ones pass ``budget_s``: a 30 s brute-force search is timed once)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: list[float] = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
-        if sum(times) > 1000 * budget_s:
-            break
-    return statistics.median(times)
 
 
 def uniform_cloud(case: GraphCase, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, float]:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +111,10 @@ def _step(forward: Any, saved: dict[int, int] | None = None) -> None:
 def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
     """Peak memory of the first step and the best time of ``steps`` more (this process)."""
 
+    import torch  # here: the parent process of the benchmark only starts children
+
+    from scaleq.bench.timing import call_ms
+
     forward, edges = build_step(trial)
     saved: dict[int, int] = {}
     with peak_memory(trial.device) as memory:
@@ -119,9 +122,7 @@ def measure(trial: Trial, steps: int = 1) -> dict[str, Any]:
     peak = memory.growth
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
-        _step(forward)
-        times.append(time.perf_counter() - start)
+        times.append(call_ms(lambda: _step(forward), torch.device(trial.device)) / 1000)
     return {**asdict(trial), "edges": edges, "saved_mb": round(sum(saved.values()) / 2**20, 1),
             "peak_mb": round(peak / 2**20, 1), "step_s": round(min(times), 4) if times else math.nan}
 
@@ -170,15 +171,17 @@ def largest_graph(trial: Trial, budget_mb: float, max_nodes: int, growth: float 
 def side_by_side_times(trials: list[Trial], repeats: int = 3) -> list[float]:
     """Best step time of each trial, timed round-robin in this process (one warm-up round), so
     that every path sees the same load from the rest of the machine."""
+    import torch
+
+    from scaleq.bench.timing import call_ms
+
     steps = [build_step(t)[0] for t in trials]
     for forward in steps:
         _step(forward)
     best = [math.inf] * len(steps)
     for _ in range(repeats):
-        for k, forward in enumerate(steps):
-            start = time.perf_counter()
-            _step(forward)
-            best[k] = min(best[k], time.perf_counter() - start)
+        for k, (forward, trial) in enumerate(zip(steps, trials)):
+            best[k] = min(best[k], call_ms(lambda f=forward: _step(f), torch.device(trial.device)) / 1000)
     return best
 
 

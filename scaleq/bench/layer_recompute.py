@@ -9,7 +9,6 @@ runs it, writes bench/memory.csv and bench/memory.png and prints a table with th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
 from scaleq.bench.models import Workload, random_particles
+from scaleq.bench.timing import call_ms
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.losses import position_mse
@@ -48,11 +48,7 @@ def measure(nodes: int, layers: int, every: int, degree: float, hidden: int, ste
     with peak_memory(dev) as memory:
         step()  # the warm-up step
         for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            times.append(time.perf_counter() - start)
+            times.append(call_ms(step, dev) / 1000)
     return {"nodes": nodes, "edges": int(batch.edge_index.shape[1]), "layers": layers, "checkpointing": every,
             "peak_mb": round(memory.growth_mb, 1), "step_s": round(min(times), 4)}
 

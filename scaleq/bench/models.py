@@ -11,7 +11,6 @@ built and edges dropped once, before timing, as the published code preprocesses 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch_geometric.data import Batch, Data
 
 from scaleq.bench.child import call_in_spawned_process
 from scaleq.bench.memory import peak_memory
+from scaleq.bench.timing import call_ms
 from scaleq.config import LossConfig
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
@@ -127,10 +127,8 @@ def step_times(variants: list[Variant], work: Workload) -> list[tuple[int, float
     best = [math.inf] * len(steps)
     for _ in range(work.repeats):
         for k, step in enumerate(steps):
-            start = time.perf_counter()
-            step()
-            best[k] = min(best[k], time.perf_counter() - start)
-    return [(step.num_edges, 1000 * t) for step, t in zip(steps, best)]  # type: ignore[attr-defined]
+            best[k] = min(best[k], call_ms(step, torch.device(work.device)))
+    return [(step.num_edges, t) for step, t in zip(steps, best)]  # type: ignore[attr-defined]
 
 
 def run_variants(variants: list[Variant], work: Workload) -> list[dict[str, float | str | int]]:

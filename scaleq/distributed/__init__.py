@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.torch_engine import TorchEngine
+from scaleq.extras import require
 
 if TYPE_CHECKING:
     from scaleq.config import Config
@@ -20,6 +21,7 @@ def make_engine(kind: str, **options: object) -> Engine:
     if kind == "torch":
         return TorchEngine(**options)  # type: ignore[arg-type]
     if kind == "deepspeed":
+        require("deepspeed", "engine.kind: deepspeed")
         from scaleq.distributed.deepspeed_engine import DeepSpeedEngine  # imports deepspeed: only when asked
 
         return DeepSpeedEngine(**options)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from scaleq.digests import SUFFIX, record_digest
+from scaleq.extras import require
 from scaleq.safe_load import check_file, safe_load
 
 POINTER_FORMAT = "scaleq-deepspeed-checkpoint"
@@ -77,6 +78,7 @@ def deepspeed_model_state(pointer_path: Path, pointer: dict[str, Any]) -> dict[s
         raise FileNotFoundError(f"{pointer_path}: points to {tag_dir}, which does not exist")
     check_tag_files(tag_dir)
     if any(tag_dir.glob("zero_pp_rank_*_optim_states.pt")):  # written under ZeRO stages 1-3 only
+        require("deepspeed", "reading a DeepSpeed checkpoint")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

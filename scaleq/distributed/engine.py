@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,6 @@ class Engine(ABC):
     graph_parallel: int = 1  # R: ranks that share each graph
     graph_group: Any = None  # this rank's graph-parallel process group (None when R = 1)
     window: AccumulationWindow  # set by each engine from its gradient_accumulation
-    # Set by a launcher (Ray) to hear of every end-of-epoch checkpoint: (path, metrics).
-    on_checkpoint: Callable[[Path, dict[str, Any]], None] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -119,11 +117,6 @@ class Engine(ABC):
     def broadcast_object(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (identity for one process)."""
         return value
-
-    def checkpoint_saved(self, path: Path, metrics: dict[str, Any]) -> None:
-        """Called on every rank after the end-of-epoch checkpoint ``path`` is complete."""
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(path, metrics)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:

@@ -16,6 +16,7 @@ from torch_geometric.data import Batch
 from scaleq.eval.loading import load_run
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import atomic_write
+from scaleq.run_directory import BEST, RunDirectory
 
 
 def plot_clusters(
@@ -90,7 +91,7 @@ def cluster_plot_from_run(
     *,
     split: str = "test",
     index: int = 0,
-    checkpoint: str = "best.pt",
+    checkpoint: str = BEST,
 ) -> Path:
     """Load a finished run (its config.yaml and checkpoints/<checkpoint>), run the model on one
     sample of ``split`` and plot the input frame coloured by the predicted clusters. Returns the
@@ -110,7 +111,7 @@ def cluster_plot_from_run(
         raise ValueError(f"model {config.model.name!r} returns no cluster assignments (outputs: {sorted(output)})")
     bonds = getattr(batch, "local_index", None)
     title = f"{config.name}: {split} sample {index}, {batch.num_nodes} nodes, K = {output['assignments'].shape[1]}"
-    return plot_clusters(batch.pos, output["assignments"], out or run / f"clusters_{split}_{index}.png",
+    return plot_clusters(batch.pos, output["assignments"], out or RunDirectory(run).clusters(split, index),
                          bonds=bonds, title=title)
 
 

@@ -19,8 +19,8 @@ from scaleq.config import Config, load_config
 from scaleq.data.dataset import TrajectoryDataset
 from scaleq.data.splits import open_datasets
 from scaleq.models import build_model, check_buildable
-from scaleq.train.checkpoint import BEST, CheckpointError, load_weights
-from scaleq.train.run_dir import CONFIG
+from scaleq.run_directory import BEST, RunDirectory
+from scaleq.train.checkpoint import CheckpointError, load_weights
 
 
 @dataclass
@@ -36,7 +36,8 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str = BEST,
              device: str | torch.device = "cpu") -> LoadedRun:
     """Config, datasets and trained model of ``run_dir`` (``checkpoints/<checkpoint>``)."""
     run = Path(run_dir)
-    config_path = run / CONFIG
+    paths = RunDirectory(run)
+    config_path = paths.config
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: not found ({run} is not a run directory, or the run never started)")
     config = check_buildable(load_config(config_path))
@@ -47,6 +48,6 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str = BEST,
         model.load_state_dict(state)
     except RuntimeError as err:
         detail = str(err).strip().splitlines()
-        raise CheckpointError(f"{run / 'checkpoints' / checkpoint}: does not fit the model that {config_path} "
+        raise CheckpointError(f"{paths.checkpoint(checkpoint)}: does not fit the model that {config_path} "
                               f"builds ({detail[1].strip() if len(detail) > 1 else detail[0]})") from None
-    return LoadedRun(run, config, model.to(device).eval(), datasets, run / "checkpoints" / checkpoint)
+    return LoadedRun(run, config, model.to(device).eval(), datasets, paths.checkpoint(checkpoint))

@@ -31,8 +31,8 @@ from scaleq.rollout.rollout import (
     reference,
     rollout,
 )
+from scaleq.run_directory import BEST, RunDirectory
 from scaleq.sample_options import first_input_frame
-from scaleq.train.checkpoint import BEST
 
 DEFAULT_STEPS = 20
 COLOUR_FEATURES = ("charge", "type", "element")  # the first of these a store has colours the particles
@@ -82,7 +82,7 @@ def rollout_from_run(
     base_run = rollout(baseline, ref, graph, device=device)
     metrics = horizon_metrics(ref, model_run, base_run)
 
-    folder = Path(out) if out is not None else loaded.run_dir / f"rollout_{split}"
+    folder = Path(out) if out is not None else RunDirectory(loaded.run_dir).rollout(split)
     name = config.model.name
     csv = write_metrics_csv(metrics, folder / "rollout.csv")
     plot = plot_metrics(metrics, folder / "rollout.png", name=name, baseline_name=baseline_name)
@@ -129,7 +129,7 @@ def grid_steps(steps: int) -> list[int]:
 
 def fitted_linear_time(run_dir: Path) -> float | None:
     """Linear's t fitted on the run's training split (``summary.json``), None for an unfinished run."""
-    summary = Path(run_dir) / "summary.json"
+    summary = RunDirectory(run_dir).summary
     if not summary.is_file():
         return None
     return json.loads(summary.read_text()).get("linear_time")

@@ -37,6 +37,7 @@ from scaleq.graph.builder import GraphBuilder
 from scaleq.io import save_figure, write_rows
 from scaleq.models import MODELS, DataWidths, build_model, data_widths
 from scaleq.seeding import seed_everything
+from scaleq.train.loop_parts import build_loop_parts
 from scaleq.train.trainer import Trainer
 
 KINDS = ("egnn", "dusego")
@@ -88,7 +89,7 @@ def train_and_test(config: Config, datasets: dict[str, Any], run_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        result = Trainer(config, engine, model, datasets, run_dir).fit()
+        result = Trainer(config, engine, model, build_loop_parts(config, engine, model, datasets), run_dir).fit()
         test, val, epoch = result.test_mse, result.best_val_mse, result.best_epoch + 1
     except FloatingPointError:
         test = val = math.nan

@@ -1,7 +1,7 @@
 """What a failed run tells its user: one line, and an exit code that says whose move it is.
 
-2: the input is wrong (config, data, checkpoint, run directory, a graph that cannot fit), nothing
-was left behind; 1: the run failed while running (disk full, file-size limit, I/O error, the loss
+2: the input is wrong (config, data, checkpoint, run directory, a graph that cannot fit, an optional
+part not installed), nothing was left behind; 1: the run failed while running (disk full, file-size limit, I/O error, the loss
 or the metrics became NaN). The plain CLI and the Ray launcher's driver both go through here, so a
 failure reads the same however the run was launched.
 """
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from scaleq.config import ConfigError
 from scaleq.digests import DigestError
+from scaleq.extras import MissingExtra
 from scaleq.graph.memory import GraphSizeError
 from scaleq.safe_load import UnsafeFileError
 from scaleq.store.format import StoreError
 from scaleq.train.checkpoint import CheckpointError
 from scaleq.train.run_dir import RunDirError
 
-# DigestError and UnsafeFileError: a checkpoint that is damaged, or that would run code (scaleq.safe_load)
+# DigestError and UnsafeFileError: a checkpoint that is damaged, or that would run code (scaleq.safe_load);
+# MissingExtra: an optional part (DeepSpeed, Ray, MDAnalysis) used without its extra installed
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, StoreError, CheckpointError, RunDirError, GraphSizeError,
-                                                DigestError, UnsafeFileError)
+                                                DigestError, UnsafeFileError, MissingExtra)
 RUN_FAILURES: tuple[type[BaseException], ...] = (OSError, FloatingPointError)
 
 

@@ -37,9 +37,12 @@ from scaleq.data.splits import prepare_data
 from scaleq.digests import SUFFIX as DIGEST_SUFFIX
 from scaleq.digests import copy_with_digest
 from scaleq.distributed import engine_from_config
+from scaleq.extras import require
 from scaleq.launchers.failures import exit_code
 from scaleq.models import check_buildable
 from scaleq.run import resolve_run_dir, run
+from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
+from scaleq.train.trainer import EpochEnd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Names, inside a reported checkpoint, the launch (one driver's fit) that reported it.
@@ -62,6 +65,7 @@ def runtime_env() -> dict[str, Any]:
 def connect(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS); with neither, join the cluster running on
     this machine or start one."""
+    require("ray", "the Ray launcher")
     import ray
 
     if not ray.is_initialized():
@@ -88,7 +92,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
     prepare_data(config.data, progress=config.train.progress)  # once, on the driver
     resume = resume or resume_from is not None
     run_dir = resolve_run_dir(config, resume)
-    if resume_from is not None and resume_from not in ("last", "best"):
+    if resume_from is not None and resume_from not in CHECKPOINT_NAMES:
         resume_from = str(Path(resume_from).resolve())  # workers run in directories of their own
     e = config.engine
     resources = {"CPU": e.cpus_per_worker, **({"GPU": e.gpus_per_worker} if e.use_gpu else {})}
@@ -113,6 +117,7 @@ def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | Non
                  address: str | None = None) -> dict[str, Any]:
     """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics. A
     worker's user error or run failure is raised here as the worker raised it."""
+    require("ray", "the Ray launcher")
     import ray
 
     joined = ray.is_initialized()
@@ -162,10 +167,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     config = config_from_dict(loop_config["config"], "<ray train_loop_config>")
     run_dir = Path(loop_config["run_dir"])
+    paths = RunDirectory(run_dir)
     engine = engine_from_config(config, device=str(ray.train.torch.get_device()))
     resume, resume_from, launch = loop_config["resume"], loop_config.get("resume_from"), loop_config.get("launch")
     checkpoint = ray.train.get_checkpoint()
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+    if not resume and paths.last.exists():
         # A fresh launch's directory was made empty by the driver: a checkpoint in it was written
         # by this launch's earlier group, killed before Ray registered its report (a restart).
         resume = True
@@ -174,14 +180,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             restart = _launch_of(Path(folder)) == launch
             # an earlier launch's checkpoint does not override an explicit --resume-from
             if engine.is_main and (restart or resume_from is None):
-                _restore(Path(folder), run_dir / "checkpoints")
+                _restore(Path(folder), paths.checkpoints)
         engine.barrier()
         resume = True
         if restart:  # within this launch: continue from what it reported last
             resume_from = None
-    engine.on_checkpoint = lambda path, metrics: _report(engine.is_main, path, metrics, launch)
+    def report(end: EpochEnd) -> None:  # every end-of-epoch checkpoint, as Ray Train's report
+        _report(end.engine.is_main, end.checkpoint, end.metrics, launch)
+
     try:
-        summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from)
+        summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from,
+                      on_epoch_end=[report])
     except Exception as err:
         if exit_code(err) is None:
             raise
@@ -189,7 +198,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         err.__cause__, err.__suppress_context__ = None, True
         raise err.with_traceback(None) from None
     # Result.metrics are those of the last report with a checkpoint: attach the final one.
-    _report(engine.is_main, run_dir / "checkpoints" / "last.pt", {"done": 1, **dataclasses.asdict(summary)}, launch)
+    _report(engine.is_main, paths.last, {"done": 1, **dataclasses.asdict(summary)}, launch)
 
 
 def _report(is_main: bool, path: Path, metrics: dict[str, Any], launch: str | None = None) -> None:
@@ -246,6 +255,7 @@ def run_in_workers(
     """Run ``fn(loop_config)`` in ``workers`` Ray Train workers (their process group made) and
     return rank 0's numbers. Without ``address`` the workers run on ``nodes`` simulated nodes of
     this machine (``ray.cluster_utils.Cluster``, spread one per node); with it, on that cluster."""
+    require("ray", "running in Ray Train workers")
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

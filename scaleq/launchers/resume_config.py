@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, ConfigError, load_config
-from scaleq.train.run_dir import CONFIG
+from scaleq.run_directory import RunDirectory
 
 # The one list of keys a resume may change: none of them changes what a checkpoint holds or how
 # its tensors are shaped, and none changes the samples or the steps already taken.
@@ -44,7 +44,7 @@ PATH_KEYS = frozenset({"data.path", "engine.ray_storage"})
 
 
 def run_config_path(config: Config) -> Path:
-    return Path(config.out_dir) / config.name / CONFIG
+    return RunDirectory(Path(config.out_dir) / config.name).config
 
 
 def config_for_resume(located: Config, overrides: list[str], *, from_file: bool,

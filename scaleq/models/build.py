@@ -22,12 +22,11 @@ from torch import nn
 
 from scaleq.config import Config, ConfigError, ModelConfig, check_type
 from scaleq.graph.options import num_edge_features
+from scaleq.loss_terms import LOSS_TERMS
 from scaleq.models.registry import MODELS
 
 # Constructor arguments that come from the data, not from the config.
 DATA_DERIVED_ARGS = ("in_node_features", "in_edge_features", "dim")
-# The loss weights whose terms read an output beyond "pos" (scaleq.losses.training_loss reads them).
-LOSS_TERM_OUTPUTS = {"mmd_weight": "virtual_pos", "connectivity_weight": "pooled_adjacency"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,10 @@ def check_model_fits(config: Config, options: dict[str, Any] | None = None) -> N
     if needs_local_graph(cls) and config.graph.local == "none":
         raise ConfigError(f"model.name {name!r} needs a local graph: set graph.local to 'bonds', 'knn' or 'radius' "
                           "(got 'none')")
-    for key, output in LOSS_TERM_OUTPUTS.items():
+    for term in LOSS_TERMS:  # the terms' own declarations, which scaleq.losses computes from
+        if term.weight_key is None or term.needs_output is None:
+            continue
+        key, output = term.weight_key, term.needs_output
         weight = getattr(config.loss, key)
         if weight > 0 and output not in auxiliary_outputs(cls):
             givers = sorted(n for n, c in MODELS.items() if output in auxiliary_outputs(c))

@@ -5,14 +5,12 @@
 K > 0 (chunks of about K edges, recomputed in backward: :mod:`scaleq.nn.recompute`) or "auto"
 (chunked, the chunk sized from the device's free memory).
 
-The rule for "auto" (:func:`chunk_rows`), from the first GPU measurements (H200, 4 layers,
-H = 64, fp32; the table in docs/large-graphs.md): the plain torch path was the
-fastest (1.21x to 1.28x the published-style reference), the fixed-size chunked path 0.3x of it
-and the Triton kernels 0.15x (measured before their backward was redesigned; the new kernels are not yet measured on a GPU). So
-``kernel: auto`` runs the plain path while the edge activations fit in the device's free memory
-with room to spare (``PLAIN_HEADROOM`` layers' worth), and the chunked path, with chunks as large
-as a share of free memory allows (``CHUNK_SHARE``), only when they do not. Triton runs only when
-asked for. The decision is taken once per edge layout (:meth:`EdgeLayout.cached`): every layer
+The rule for "auto" (:func:`chunk_rows`): ``kernel: auto`` runs the plain path while the edge
+activations fit in the device's free memory with room to spare (``PLAIN_HEADROOM`` layers'
+worth), and the chunked path, with chunks as large as a share of free memory allows
+(``CHUNK_SHARE``), only when they do not. Triton runs only when asked for. The measurements the
+rule rests on, with their caveats and the command that made them, are in one place:
+docs/large-graphs.md, "The rule of kernel: auto". The decision is taken once per edge layout (:meth:`EdgeLayout.cached`): every layer
 sharing a layout, and a checkpointed layer's recomputation, take the same path.
 """
 

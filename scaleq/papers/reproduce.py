@@ -30,9 +30,9 @@ from tqdm import tqdm
 from scaleq.io import atomic_write_text
 from scaleq.papers.datasets import dataset_dir, ensure_dataset
 from scaleq.papers.tables import Row, Table
+from scaleq.run_directory import RunDirectory
 
 RECORD = "reproduce.json"
-SUMMARY = "summary.json"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -99,7 +99,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def run_state(run_dir: Path) -> str:
     """'done' (summary written), 'diverged' (NaN: final), or 'todo' (never run, killed, or failed otherwise)."""
-    if (run_dir / SUMMARY).is_file():
+    if RunDirectory(run_dir).summary.is_file():
         return "done"
     record = read_json(run_dir / RECORD) or {}
     return "diverged" if record.get("status") == "diverged" else "todo"
@@ -177,7 +177,7 @@ def collect(plan: Plan) -> list[dict[str, Any]]:
             state = run_state(run_dir)
             states.append(state)
             record = read_json(run_dir / RECORD) or {}
-            summary = read_json(run_dir / SUMMARY)
+            summary = read_json(RunDirectory(run_dir).summary)
             if state == "done" and summary is not None:
                 values.append(summary["linear_test_mse" if row.linear_of else "test_mse"] / scale)
                 epochs.append(summary["epochs_run"])

@@ -17,6 +17,7 @@ from scaleq.data.dataset import TrajectoryDataset
 from scaleq.graph.builder import GraphBuilder
 from scaleq.rollout.metrics import SUMMARY_STEPS, horizon_metrics, plot_metrics, write_metrics_csv
 from scaleq.rollout.rollout import linear_baseline, max_steps, reference, rollout
+from scaleq.run_directory import RunDirectory
 from scaleq.sample_options import first_input_frame
 
 
@@ -45,7 +46,7 @@ class RolloutEveryEpochs:
         if end.epoch % self.every == 0:
             engine = end.engine
             rollout_during_training(
-                end.model, self.dataset, self.graph, self.run_dir / "rollouts", epoch=end.epoch, step=end.step,
+                end.model, self.dataset, self.graph, RunDirectory(self.run_dir).rollouts, epoch=end.epoch, step=end.step,
                 device=engine.device, autocast=engine.autocast, is_main=engine.is_main,
                 model_name=self.model_name, tensorboard=end.tensorboard, steps=self.steps,
             )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scaleq.extras import MissingExtra
+
 
 def add_store_arguments(parser: argparse.ArgumentParser, rows: str = "nodes x frames") -> None:
     """--out, --overwrite and the chunk/shard/compression options of :class:`StoreWriter`."""
@@ -37,7 +39,7 @@ def run_converter(convert: Callable[[], dict[str, Path]]) -> int:
     """
     try:
         paths = convert()
-    except ValueError as err:
+    except (ValueError, MissingExtra) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, path in paths.items():

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from scaleq.extras import require
 from scaleq.store.format import StoreAttrs, StoreError, Trajectory, default_provenance
 from scaleq.store.staging import staged_dataset
 from scaleq.store.writer import StoreWriter
@@ -56,7 +57,8 @@ def split_frames(num_frames: int, fractions: Sequence[float], where: str = "spli
 
 
 def _universe(topology: Path, trajectory: Path) -> Any:
-    import MDAnalysis as mda  # imported here: the rest of scaleq.data does not need it
+    require("md", "converting molecular dynamics")
+    import MDAnalysis as mda  # imported here: the rest of scaleq does not need it
 
     for path in (topology, trajectory):
         if not path.is_file():

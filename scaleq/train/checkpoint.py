@@ -15,10 +15,8 @@ import numpy as np
 import torch
 
 from scaleq.digests import DigestError, sha256_file
+from scaleq.run_directory import BEST, RunDirectory
 from scaleq.safe_load import UnsafeFileError, check_file, load_checkpoint_file, safe_load
-
-# the file names under <run>/checkpoints/: the newest state, and the best-validation one
-LAST, BEST = "last.pt", "best.pt"
 
 
 @dataclass
@@ -167,6 +165,6 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> dict[str, torch.Tensor]:
+def load_weights(run_dir: str | os.PathLike[str], checkpoint: str = BEST) -> dict[str, torch.Tensor]:
     """The model state dict of ``<run_dir>/checkpoints/<checkpoint>`` (torch or DeepSpeed format)."""
-    return read_model_state(Path(run_dir) / "checkpoints" / checkpoint)
+    return read_model_state(RunDirectory(run_dir).checkpoint(checkpoint))

@@ -10,20 +10,21 @@ from types import TracebackType
 from torch.utils.tensorboard import SummaryWriter
 
 from scaleq.io import atomic_write, save_figure
+from scaleq.run_directory import RunDirectory
 
 
 class MetricsLogger:
     """Appends one CSV row per record, with the columns fixed up front (values a record lacks,
     such as the validation MSE between evaluations, stay empty), and mirrors every value to
-    TensorBoard under ``<run_dir>/tensorboard``.
+    TensorBoard under ``<run_dir>/tensorboard`` (the paths come from :class:`scaleq.run_directory.RunDirectory`).
 
     ``through_epoch``: when resuming, the rows of epochs up to this one are kept and later ones
     (logged after the checkpoint that is resumed, so about to be redone) are dropped, in the CSV
     and in TensorBoard; the CSV is rewritten with the current columns.
     """
 
-    def __init__(self, run_dir: Path, columns: list[str], through_epoch: int | None = None) -> None:
-        self.csv_path = run_dir / "metrics.csv"
+    def __init__(self, run_dir: RunDirectory, columns: list[str], through_epoch: int | None = None) -> None:
+        self.csv_path = run_dir.metrics
         self.columns = ["step", *columns]
         kept: list[dict[str, str]] = []
         if self.csv_path.exists() and through_epoch is not None:
@@ -34,7 +35,7 @@ class MetricsLogger:
                 writer.writerow(self.columns)
                 writer.writerows([[r.get(c) or "" for c in self.columns] for r in kept])
         purge_step = max((int(r["step"]) for r in kept), default=-1) + 1 if through_epoch is not None else None
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.tensorboard = SummaryWriter(str(run_dir.tensorboard), purge_step=purge_step)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         unknown = set(values) - set(self.columns)

@@ -19,26 +19,30 @@ import shutil
 from pathlib import Path
 
 from scaleq.io import remove_stale_temporaries
+from scaleq.run_directory import CONFIG, SUMMARY, RunDirectory
 
-CHECKPOINTS = "checkpoints"
-CONFIG = "config.yaml"  # the run's resolved config: what reruns, resumes and evaluations load
 # Temporaries of earlier scaleq versions, named without the writer's pid: only a run that holds the
 # directory's lock may remove them (no live writer can own them then).
-LEGACY_TEMPORARIES = (".config.yaml.tmp", ".summary.json.tmp")
+LEGACY_TEMPORARIES = tuple(f".{name}.tmp" for name in (CONFIG, SUMMARY))
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be made, or another live run owns it."""
 
 
-class RunDirectory:
-    """A claimed run directory; :meth:`release` when the run ends, :meth:`abandon` when it fails."""
+class RunClaim:
+    """A claimed run directory (its paths: :attr:`run_dir`); :meth:`release` when the run ends,
+    :meth:`abandon` when it fails."""
 
     def __init__(self, path: Path, created: bool, created_out_dir: bool) -> None:
         self.path = path
         self.created = created  # made by this run: removed again if it fails before any checkpoint
         self.created_out_dir = created_out_dir
         self._fd: int | None = None
+
+    @property
+    def run_dir(self) -> RunDirectory:
+        return RunDirectory(self.path)
 
     def lock(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -53,7 +57,7 @@ class RunDirectory:
         self._fd = fd
 
     def has_checkpoint(self) -> bool:
-        folder = self.path / CHECKPOINTS
+        folder = self.run_dir.checkpoints
         return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
 
     def abandon(self) -> None:
@@ -76,7 +80,7 @@ class RunDirectory:
 def remove_dead_temporaries(run_dir: Path) -> None:
     """Temporaries that writers killed mid-write left in a run directory and its checkpoints
     (call with the directory's lock held)."""
-    for folder in (run_dir, run_dir / CHECKPOINTS):
+    for folder in (run_dir, RunDirectory(run_dir).checkpoints):
         remove_stale_temporaries(folder)
     for name in LEGACY_TEMPORARIES:
         with contextlib.suppress(FileNotFoundError):
@@ -84,7 +88,7 @@ def remove_dead_temporaries(run_dir: Path) -> None:
 
 
 def claim_run_dir(out_dir: str | os.PathLike[str], name: str, *, resume: bool,
-                  path: Path | None = None) -> RunDirectory:
+                  path: Path | None = None) -> RunClaim:
     """Create (or, when resuming or given ``path``, open) the run directory and lock it.
 
     Fresh runs get a directory no other run has: ``<out_dir>/<name>`` when it does not exist yet,
@@ -107,7 +111,7 @@ def claim_run_dir(out_dir: str | os.PathLike[str], name: str, *, resume: bool,
         raise RunDirError(
             f"out_dir {base}: cannot create the run directory ({where}: {err.strerror or err})"
         ) from None
-    claim = RunDirectory(target, created, created_out_dir)
+    claim = RunClaim(target, created, created_out_dir)
     claim.lock()
     remove_dead_temporaries(target)
     return claim

@@ -7,8 +7,8 @@ steps), ``best.pt`` on improvement; both atomically. Resuming restores model, op
 states, the position inside the epoch and the epoch's running loss sums, so a resumed run continues
 the same sequence of batches and logs the same numbers.
 
-What else happens at the end of an epoch (a short rollout, say) the loop is handed as callbacks
-(``on_epoch_end``), as the engines are handed ``on_checkpoint``: the loop imports none of it.
+What else happens at the end of an epoch (a short rollout, a launcher's report of the checkpoint)
+the loop is handed as callbacks (``on_epoch_end``), its one mechanism: the loop imports none of it.
 
 With gradient accumulation (``engine.gradient_accumulation`` micro-batches per optimizer step) the
 engine decides when to step (:mod:`scaleq.distributed.accumulation`); windows restart every
@@ -41,28 +41,26 @@ from torch_geometric.data import Batch
 from tqdm import tqdm
 
 from scaleq.config import Config
-from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
 from scaleq.digests import DigestError
 from scaleq.distributed.engine import Engine
 from scaleq.graph.builder import GraphBuilder
 from scaleq.losses import LOSS_PARTS, explain_total, squared_error_sum, term_weights, training_loss
+from scaleq.run_directory import BEST, LAST, RunDirectory
 from scaleq.safe_load import UnsafeFileError
 from scaleq.train import preemption
 from scaleq.train.checkpoint import (
-    BEST,
-    LAST,
     CheckpointError,
     TrainState,
     rng_state,
     set_rng_state,
     state_dict_mismatch,
 )
+from scaleq.train.loop_parts import LoopParts
 from scaleq.train.metrics import MetricsLogger, plot_loss_curves
 from scaleq.train.preemption import Preempted
 
 METRIC_COLUMNS = ["epoch", "train_loss", *(f"train_{p}" for p in LOSS_PARTS), "val_mse", "test_mse", "lr",
                   "epoch_seconds"]
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,8 @@ class EpochEnd:
     model: nn.Module  # the engine-wrapped model
     engine: Engine
     tensorboard: Any | None  # rank 0's SummaryWriter; None elsewhere
+    checkpoint: Path  # the end-of-epoch checkpoint just written (complete on every rank)
+    metrics: dict[str, Any]  # the epoch's row of metrics.csv
 
 
 EpochEndCallback = Callable[[EpochEnd], None]
@@ -138,35 +138,22 @@ class Trainer:
         config: Config,
         engine: Engine,
         model: nn.Module,
-        datasets: dict[str, TrajectoryDataset],
+        parts: LoopParts,
         run_dir: Path,
         on_epoch_end: Sequence[EpochEndCallback] = (),
     ) -> None:
+        """``parts``: the optimizer, loaders and graph builder, built by the caller
+        (:func:`scaleq.train.loop_parts.build_loop_parts`)."""
         self.config = config
         self.on_epoch_end = list(on_epoch_end)
         self.engine = engine
         self.run_dir = run_dir
-        self.graph = GraphBuilder.from_config(config.graph)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = OPTIMIZERS[config.train.optimizer](params, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        self.model = engine.wrap(model, optimizer)
-        data = config.data
-        eval_batch = data.eval_batch_size or data.batch_size
-        pin = engine.device.type == "cuda"
-        # one shard per data-parallel group: the ranks of a graph-parallel group read the same batches
-        shard = {"rank": engine.data_rank, "world_size": engine.data_world_size}
-        self.train_sampler = ShardedSampler(len(datasets["train"]), shuffle=True, seed=config.seed, **shard)
-        self.train_loader = make_loader(datasets["train"], data.batch_size, self.train_sampler, data.num_workers, pin)
-        self.eval_loaders = {
-            split: make_loader(
-                datasets[split],
-                eval_batch,
-                ShardedSampler(len(datasets[split]), shuffle=False, seed=0, pad=False, **shard),
-                data.num_workers,
-                pin,
-            )
-            for split in ("valid", "test")
-        }
+        self.paths = RunDirectory(run_dir)  # every file the loop writes there
+        self.graph = parts.graph
+        self.model = engine.wrap(model, parts.optimizer)
+        self.train_sampler = parts.loaders.train_sampler
+        self.train_loader = parts.loaders.train
+        self.eval_loaders = parts.loaders.eval
         self.state = TrainState()
         # [loss, *LOSS_PARTS, batches] of the epoch in progress, on the device
         self._sums = torch.zeros(len(LOSS_PARTS) + 2, dtype=torch.float64, device=engine.device)
@@ -174,7 +161,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.paths.checkpoints
 
     def save(self, name: str) -> None:
         """Write a checkpoint (a collective: every rank calls it). The running sums of the epoch in
@@ -201,7 +188,7 @@ class Trainer:
             mismatch = state_dict_mismatch(err)
             if mismatch is not None:  # a readable checkpoint, of another model: say so, not "damaged"
                 raise CheckpointError(
-                    f"{path}: does not fit the model of {self.run_dir / 'config.yaml'} ({mismatch}); resume it with "
+                    f"{path}: does not fit the model of {self.paths.config} ({mismatch}); resume it with "
                     "the config it was written with, or start a new run"
                 ) from None
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
@@ -220,7 +207,7 @@ class Trainer:
         cfg, engine, state = self.config.train, self.engine, self.state
         main = engine.is_main
         resumed = state.step > 0 or state.epoch > 0
-        logger = MetricsLogger(self.run_dir, METRIC_COLUMNS, state.epoch if resumed else None) if main else None
+        logger = MetricsLogger(self.paths, METRIC_COLUMNS, state.epoch if resumed else None) if main else None
         stopped_early = False
         epochs = tqdm(
             range(state.epoch, cfg.epochs), initial=state.epoch, total=cfg.epochs, desc="epochs",
@@ -241,7 +228,6 @@ class Trainer:
                     # row a resume then drops (MetricsLogger keeps rows up to the checkpoint's epoch)
                     logger.log(state.step, values)
                 self.save(LAST)
-                engine.checkpoint_saved(self.checkpoint_dir / LAST, values)
                 if preemption.requested(engine):  # told during validation: the epoch's checkpoint is the one
                     self._preempted(f"after epoch {epoch + 1}")
                 if main:
@@ -255,7 +241,8 @@ class Trainer:
                             f"epoch {epoch + 1:4d}  train loss {train_loss:.5f}{explained}  val MSE {values['val_mse']:.5f}"
                             f"  best {state.best_val_mse:.5f} (epoch {state.best_epoch + 1})"
                         )
-                end = EpochEnd(epoch + 1, state.step, self.model, engine, logger.tensorboard if logger is not None else None)
+                end = EpochEnd(epoch + 1, state.step, self.model, engine, logger.tensorboard if logger is not None else None,
+                               self.checkpoint_dir / LAST, values)
                 for callback in self.on_epoch_end:
                     callback(end)
                 if state.epochs_without_improvement >= cfg.patience:
@@ -272,8 +259,8 @@ class Trainer:
 
     def _close_logger(self, logger: MetricsLogger) -> None:
         logger.close()
-        if (self.run_dir / "metrics.csv").exists():
-            plot_loss_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+        if self.paths.metrics.exists():
+            plot_loss_curves(self.paths.metrics, self.paths.loss_curves)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (or its rest, after a mid-epoch resume); the epoch's mean loss and parts."""

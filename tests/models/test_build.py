@@ -169,3 +169,20 @@ def test_graph_parallel_support_is_a_class_attribute_the_build_check_reads(tmp_p
     config = config_from_dict(raw_config(tmp_path, model={"name": "eghn"}, engine={"graph_parallel": 2}))
     with pytest.raises(ConfigError, match=r"engine\.graph_parallel = 2 is not supported for model 'eghn'"):
         check_buildable(config)
+
+
+def test_the_output_check_reads_every_loss_terms_own_declaration(tmp_path):
+    """check_model_fits reads LossTerm.needs_output (scaleq.loss_terms), the table the loss itself
+    is computed from: every term that reads an output refuses a model without it, by its own key."""
+    from scaleq.config import LossConfig
+    from scaleq.loss_terms import LOSS_TERMS
+    from scaleq.models.build import auxiliary_outputs, check_model_fits
+
+    reading = [term for term in LOSS_TERMS if term.needs_output is not None]
+    assert reading  # the check below is not vacuous
+    for term in reading:
+        assert term.weight_key in LossConfig.__dataclass_fields__
+        assert any(term.needs_output in auxiliary_outputs(cls) for cls in MODELS.values())
+        config = config_from_dict(raw_config(tmp_path, loss={term.weight_key: 0.5}))  # model: egnn, outputs "pos" only
+        with pytest.raises(ConfigError, match=rf"loss\.{term.weight_key} = 0\.5 needs a model that outputs '{term.needs_output}'"):
+            check_model_fits(config)
