@@ -2,7 +2,8 @@
 
     python launch/train.py                                   # the embedded default (5-body EGNN)
     python launch/train.py --config configs/egnn_nbody.yaml train.lr=1e-3 data.batch_size=50
-    python launch/train.py --config C --resume               # continue runs/<name> from last.pt
+    python launch/train.py --config C --resume               # continue runs/<name> from last.pt (none: exit 2)
+    python launch/train.py --config C --resume-or-start      # continue it, or start it when it has no checkpoint
     python launch/train.py --config C --resume-from best     # ... from best.pt (or a checkpoint path)
     python launch/train.py --config C --print-config         # the resolved config, every default, and exit
     torchrun --nproc_per_node 2 launch/train.py --config C   # DDP (or engine.kind=deepspeed)
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue <out_dir>/<name> from its last checkpoint")
+    parser.add_argument("--resume-or-start", action="store_true",
+                        help="as --resume, but start a new run in <out_dir>/<name> when it has no checkpoint "
+                             "(--resume alone then exits with 2)")
     parser.add_argument("--resume-from", default=None, metavar="last|best|PATH",
                         help="continue <out_dir>/<name> from this checkpoint (e.g. best when last.pt is damaged)")
     parser.add_argument("--launcher", choices=["auto", "local", "ray"], default="auto",

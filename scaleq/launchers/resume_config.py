@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, ConfigError, load_config
-from scaleq.train.run_dir import CONFIG
+from scaleq.train.checkpoint import LAST, CheckpointError
+from scaleq.train.run_dir import CHECKPOINTS, CONFIG
 
 # The one list of keys a resume may change: none of them changes what a checkpoint holds or how
 # its tensors are shaped, and none changes the samples or the steps already taken.
@@ -43,6 +44,22 @@ PATH_KEYS = frozenset({"data.path", "engine.ray_storage"})
 
 def run_config_path(config: Config) -> Path:
     return Path(config.out_dir) / config.name / CONFIG
+
+
+def require_something_to_resume(config: Config) -> None:
+    """``--resume`` continues a run; with no checkpoint at ``<out_dir>/<name>`` there is none, and
+    starting a full-size run instead (a typo in ``name``, a forgotten ``out_dir``) is a surprise
+    found hours later. So it is an error; ``--resume-or-start`` asks for the lenient form.
+
+    Raises CheckpointError naming the directory looked in."""
+    run_dir = Path(config.out_dir) / config.name
+    if (run_dir / CHECKPOINTS / LAST).exists():
+        return
+    found = "exists but holds no checkpoints/last.pt" if run_dir.is_dir() else "does not exist"
+    raise CheckpointError(
+        f"{run_dir}: nothing to resume (the run directory {found}); check name= and out_dir=, or pass "
+        "--resume-or-start to start a new run there when there is nothing to continue"
+    )
 
 
 def config_for_resume(located: Config, overrides: list[str], *, from_file: bool,

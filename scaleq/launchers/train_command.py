@@ -11,14 +11,15 @@ import sys
 
 from scaleq.config import config_yaml, load_config
 from scaleq.launchers.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
-from scaleq.launchers.resume_config import config_for_resume
+from scaleq.launchers.resume_config import config_for_resume, require_something_to_resume
 from scaleq.models import check_buildable
 from scaleq.run import run
 
 
 def train_command(args: argparse.Namespace) -> int:
     """Run ``launch/train.py``'s parsed arguments; the exit code."""
-    resume = args.resume or args.resume_from is not None
+    or_start = getattr(args, "resume_or_start", False)
+    resume = args.resume or or_start or args.resume_from is not None
     try:
         # model keys are checked against the model classes here too, so --print-config refuses them
         config = check_buildable(load_config(args.config, args.overrides))
@@ -28,6 +29,8 @@ def train_command(args: argparse.Namespace) -> int:
         if args.print_config:
             print(config_yaml(config), end="")
             return 0
+        if resume and not or_start and args.resume_from is None:
+            require_something_to_resume(config)
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
             from scaleq.launchers.ray import run_with_ray
 
