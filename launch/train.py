@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(--resume alone then exits with 2)")
     parser.add_argument("--resume-from", default=None, metavar="last|best|PATH",
                         help="continue <out_dir>/<name> from this checkpoint (e.g. best when last.pt is damaged)")
+    parser.add_argument("--regenerate-data", action="store_true",
+                        help="replace the stores at data.path with what data.generate says (without it, a "
+                             "data.generate override the existing store disagrees with exits with 2)")
     parser.add_argument("--launcher", choices=["auto", "local", "ray"], default="auto",
                         help="auto: Ray Train inside `ray job submit`, else this process (and its torchrun/"
                              "deepspeed siblings); ray: start or join a Ray cluster ($RAY_ADDRESS)")

@@ -15,13 +15,14 @@ import torch
 
 from scaleq.config import Config, ConfigError, save_config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.data.splits import open_datasets, prepare_data
+from scaleq.data.splits import data_as_used, open_datasets, prepare_data, split_sizes
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import atomic_write_text
 from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
+from scaleq.run_header import run_header
 from scaleq.seeding import seed_everything
 from scaleq.train.checkpoint import BEST, LAST, CheckpointError, unreadable_part
 from scaleq.train.run_dir import CONFIG, RunDirectory, RunDirError, claim_run_dir
@@ -32,7 +33,7 @@ from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 class RunSummary:
     run_dir: str
     model: str
-    best_epoch: int
+    best_epoch: int  # 1-based, as the epoch lines and metrics.csv count (0: no validation ran)
     best_val_mse: float
     test_mse: float
     linear_test_mse: float  # the papers' Linear: x + v * horizon * t, t fitted on the training split
@@ -48,7 +49,7 @@ class RunSummary:
             f"test MSE, constant velocity x + v * horizon: {self.constant_velocity_test_mse:.6f}",
             f"test MSE, Linear x + v * horizon * t (t = {self.linear_time:.4f} fitted on the training split): "
             f"{self.linear_test_mse:.6f}",
-            f"test MSE {self.model} (best validation epoch {self.best_epoch + 1}): {self.test_mse:.6f}, "
+            f"test MSE {self.model} (best validation epoch {self.best_epoch}): {self.test_mse:.6f}, "
             f"{ratio:.3f} x Linear's {self.linear_test_mse:.6f}",
         ])
 
@@ -69,9 +70,11 @@ def run(
     engine: Engine | None = None,
     run_dir: Path | None = None,
     resume_from: str | None = None,
+    regenerate_data: bool = False,
 ) -> RunSummary:
     """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
-    if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist).
+    if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist);
+    ``regenerate_data`` replaces the stores at ``data.path`` with what ``data.generate`` says.
 
     A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
     checkpoint is written, the directory it created is removed again."""
@@ -84,8 +87,9 @@ def run(
     claim: RunDirectory | None = None
     trainer: Trainer | None = None
     try:
+        origin = "existing store"
         if engine.is_main:
-            prepare_data(config.data, progress=config.train.progress)
+            origin = prepare_data(config.data, progress=config.train.progress, regenerate=regenerate_data)
         engine.barrier()  # the other ranks open the data once rank 0 has made it
         seed_everything(config.seed)
         datasets = open_datasets(config)
@@ -102,10 +106,11 @@ def run(
         if refused is not None:
             raise RunDirError(refused)
         trainer = Trainer(config, engine, model, datasets, run_dir, on_epoch_end=_epoch_end_callbacks(config, datasets, run_dir))
-        if resume:
-            _resume(trainer, run_dir, resume_from)
+        resume_point = _resume(trainer, run_dir, resume_from) if resume else None
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
-            save_config(config, run_dir / CONFIG)
+            save_config(data_as_used(config), run_dir / CONFIG)  # what the run reads, not what was asked
+            print(run_header(config, model, split_sizes(datasets), origin, device=str(engine.device),
+                             world_size=engine.world_size, run_dir=run_dir, resume_point=resume_point), flush=True)
         result = trainer.fit()
         summary = _summarise(config, engine, trainer, result, run_dir, datasets["train"])
     except BaseException:
@@ -138,18 +143,21 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
         raise ConfigError(f"model {config.model.name!r} ({options or 'defaults'}) cannot be built: {err}") from None
 
 
-def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
+def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> str | None:
+    """Load the checkpoint asked for; where the run continues (None: nothing to resume, a fresh start)."""
     if resume_from is None:
         _refuse_unreadable(trainer.engine, run_dir / "checkpoints" / LAST)
         if not trainer.resume():
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
-        return
+            return None
+        return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} (checkpoints/{LAST})"
     named = {"last": LAST, "best": BEST}
     path = run_dir / "checkpoints" / named[resume_from] if resume_from in named else Path(resume_from)
     _refuse_unreadable(trainer.engine, path)
     if not trainer.resume(path):
         raise CheckpointError(f"{path}: no such checkpoint to resume from")
     print(f"resumed from {path}", flush=True)
+    return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} ({path})"
 
 
 def _refuse_unreadable(engine: Engine, path: Path) -> None:
@@ -171,7 +179,7 @@ def _summarise(
     summary = RunSummary(
         run_dir=str(run_dir),
         model=config.model.name,
-        best_epoch=result.best_epoch,
+        best_epoch=result.best_epoch + 1,  # 1-based, as the console and metrics.csv count
         best_val_mse=result.best_val_mse,
         test_mse=result.test_mse,
         linear_test_mse=linear_mse,

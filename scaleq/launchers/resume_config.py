@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, ConfigError, load_config
+from scaleq.data.splits import data_as_used
 from scaleq.train.checkpoint import LAST, CheckpointError
 from scaleq.train.run_dir import CHECKPOINTS, CONFIG
 
@@ -75,7 +76,8 @@ def config_for_resume(located: Config, overrides: list[str], *, from_file: bool,
     if not saved_path.is_file():
         return located
     saved = load_config(saved_path)
-    requested = located if from_file else load_config(saved_path, overrides)
+    # the saved config's data.generate describes the stores the run read (scaleq.data.splits.data_as_used)
+    requested = data_as_used(located) if from_file else load_config(saved_path, overrides)
     changes = config_changes(saved, requested)
     refused = {key: change for key, change in changes.items() if key not in RESUMABLE_KEYS}
     if refused:

@@ -10,6 +10,7 @@ import os
 import sys
 
 from scaleq.config import config_yaml, load_config
+from scaleq.data.splits import refuse_conflicting_generate
 from scaleq.launchers.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
 from scaleq.launchers.resume_config import config_for_resume, require_something_to_resume
 from scaleq.models import check_buildable
@@ -31,6 +32,9 @@ def train_command(args: argparse.Namespace) -> int:
             return 0
         if resume and not or_start and args.resume_from is None:
             require_something_to_resume(config)
+        regenerate = getattr(args, "regenerate_data", False)
+        if not regenerate:  # an asked-for size the existing store does not have is an error, not ignored
+            refuse_conflicting_generate(config.data, generate_overrides(args.overrides))
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
             from scaleq.launchers.ray import run_with_ray
 
@@ -38,13 +42,19 @@ def train_command(args: argparse.Namespace) -> int:
             print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0
-        summary = run(config, resume=resume, resume_from=args.resume_from)
+        summary = run(config, resume=resume, resume_from=args.resume_from, regenerate_data=regenerate)
     except USER_ERRORS + RUN_FAILURES as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return exit_code(err) or 1
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
         print(summary.describe())
     return 0
+
+
+def generate_overrides(overrides: list[str]) -> set[str]:
+    """The ``data.generate`` keys set on the command line (without the prefix)."""
+    prefix = "data.generate."
+    return {item.partition("=")[0][len(prefix):] for item in overrides if item.startswith(prefix)}
 
 
 def _print_on_rank0(line: str) -> None:
