@@ -15,11 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.config import ConfigError
-from scaleq.eval.rollout_run import rollout_from_run
-from scaleq.store.format import StoreError
-from scaleq.train.checkpoint import CheckpointError
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-particles", type=int, default=None, help="draw at most this many particles")
     parser.add_argument("--fps", type=int, default=4)
     args = parser.parse_args(argv)
+    # torch and the models are imported once the arguments are read: --help stays fast
+    from scaleq.config import ConfigError
+    from scaleq.eval.rollout_run import rollout_from_run
+    from scaleq.store.format import StoreError
+    from scaleq.train.checkpoint import CheckpointError
+
     try:
         outputs = rollout_from_run(
             args.run, split=args.split, trajectories=args.trajectories, steps=args.steps,

@@ -26,8 +26,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.launchers.train_command import train_command
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
+    from scaleq.launchers.train_command import train_command  # torch and the models: not for --help
+
     return train_command(args)
 
 

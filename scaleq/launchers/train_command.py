@@ -6,14 +6,16 @@ stderr and an exit code (:mod:`scaleq.launchers.failures`: 2 the input is wrong;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
-from scaleq.config import config_yaml, load_config
+from scaleq.config import ModelConfig, config_yaml, load_config
 from scaleq.data.splits import refuse_conflicting_generate
 from scaleq.launchers.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
 from scaleq.launchers.resume_config import config_for_resume, require_something_to_resume
 from scaleq.models import check_buildable
+from scaleq.models.build import model_defaults
 from scaleq.run import run
 
 
@@ -28,7 +30,10 @@ def train_command(args: argparse.Namespace) -> int:
             config = check_buildable(config_for_resume(config, args.overrides, from_file=args.config is not None,
                                                        log=_print_on_rank0))
         if args.print_config:
-            print(config_yaml(config), end="")
+            # every model key, its constructor's defaults included (the saved config keeps those asked for)
+            full = dataclasses.replace(config, model=ModelConfig(name=config.model.name,
+                                                                 options=model_defaults(config.model)))
+            print(config_yaml(full), end="")
             return 0
         if resume and not or_start and args.resume_from is None:
             require_something_to_resume(config)
