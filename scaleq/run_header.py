@@ -37,7 +37,8 @@ def run_header(
     now' or 'existing store'; ``resume_point``: e.g. 'epoch 3 (checkpoints/last.pt)', None for a
     fresh start."""
     options = ", ".join(f"{k}={v}" for k, v in config.model.options.items())
-    split_text = ", ".join(f"{split} {traj} trajectories / {samples} samples" for split, (traj, samples) in sizes.items())
+    split_text = ", ".join(f"{split} {_count(traj, 'trajectory', 'trajectories')} / {_count(samples, 'sample', 'samples')}"
+                           for split, (traj, samples) in sizes.items())
     engine = config.engine.kind
     if config.engine.graph_parallel > 1:
         engine += f", graph_parallel {config.engine.graph_parallel}"
@@ -50,3 +51,7 @@ def run_header(
         f"resume   {resume_point}" if resume_point is not None else "resume   no (a new run)",
     ]
     return "\n".join(lines)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
