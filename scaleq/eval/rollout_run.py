@@ -72,10 +72,10 @@ def rollout_from_run(
     summary = (f"{config.name} ({name}), {split} trajectories {ref.trajectories} from frame {start}, "
                f"{steps} steps of {ref.delta} frames: " + summary_line(metrics, name=name, baseline_name=baseline_name))
     grid = movie = None
-    pred, true, colours, cmap = first_trajectory(ref, model_run, dataset)
+    pred, true, colours, cmap, colour_name = first_trajectory(ref, model_run, dataset)
     title = f"{config.name}: {split} trajectory {ref.trajectories[0]}"
     grid = frame_grid(pred, true, folder / "rollout_frames.png", grid_steps(steps), colours=colours, cmap=cmap,
-                      max_particles=max_particles, title=title, model_name=name)
+                      max_particles=max_particles, title=title, model_name=name, colour_name=colour_name)
     if animation != "none":
         kind = default_format() if animation == "auto" else animation
         frames = [f"step {k} (frame {ref.start_frame + k * ref.delta})" for k in range(steps + 1)]
@@ -85,20 +85,21 @@ def rollout_from_run(
 
 
 def first_trajectory(ref: Reference, run: Rollout, dataset: TrajectoryDataset) -> tuple[torch.Tensor, torch.Tensor,
-                                                                             torch.Tensor, str]:
-    """Predicted and true frames of the first trajectory, and what colours its particles:
-    the model's clusters when it has them, else the store's charge, type or element."""
+                                                                             torch.Tensor, str, str | None]:
+    """Predicted and true frames of the first trajectory, what colours its particles (the
+    model's clusters when it has them, else the store's charge, type or element), its colour map
+    and the colours' name (None: no colour)."""
     nodes = ref.batch == 0
     pred, true = run.pos[:, nodes], ref.pos[:, nodes]
     if run.labels is not None:
-        return pred, true, run.labels[:, nodes].double(), "tab20"
+        return pred, true, run.labels[:, nodes].double(), "tab20", "cluster"
     store = dataset.store
     names = list(store.attrs.feature_names)
     chosen = next((n for n in COLOUR_FEATURES if n in names), names[0] if names else None)
     if chosen is None:
-        return pred, true, torch.zeros(int(nodes.sum())), "coolwarm"
+        return pred, true, torch.zeros(int(nodes.sum())), "coolwarm", None
     values = torch.from_numpy(store.node_features(ref.trajectories[0])[:, names.index(chosen)].copy())
-    return pred, true, values.double(), "coolwarm" if chosen == "charge" else "tab10"
+    return pred, true, values.double(), "coolwarm" if chosen == "charge" else "tab10", chosen
 
 
 def grid_steps(steps: int) -> list[int]:
