@@ -47,7 +47,9 @@ def test_shipped_config_trains_three_seeds_with_finite_losses(config_file, sourc
     elif "water3d" in shipped.data.path:
         data = [f"data.path={sources / 'water3d'}", "data.batch_size=2"]
     else:
-        data = [f"data.path={sources / 'adk'}", "data.batch_size=1"]
+        # AdK's 3341 atoms (855 backbone) cost seconds per sample on a CPU: fewer samples
+        data = [f"data.path={sources / 'adk'}", "data.batch_size=1", "data.max_train_samples=2",
+                "data.max_eval_samples=1"]
     for seed in SEEDS:
         config = load_config(config_file, [*SHORT, *data, f"seed={seed}", f"out_dir={tmp_path / 'runs'}",
                                            f"name=s{seed}"])
