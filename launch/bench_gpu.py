@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 10)
     rows = run(device, args.quick, repeats, steps=not args.graphs_only, max_nodes=args.max_nodes)
 
-    report(rows, device, args.out)
+    report(rows, device, args.out, quick=args.quick)
     return 0
 
 

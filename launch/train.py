@@ -2,7 +2,8 @@
 
     python launch/train.py                                   # the embedded default (5-body EGNN)
     python launch/train.py --config configs/egnn_nbody.yaml train.lr=1e-3 data.batch_size=50
-    python launch/train.py --config C --resume               # continue runs/<name> from last.pt
+    python launch/train.py --config C --resume               # continue runs/<name> from last.pt (none: exit 2)
+    python launch/train.py --config C --resume-or-start      # continue it, or start it when it has no checkpoint
     python launch/train.py --config C --resume-from best     # ... from best.pt (or a checkpoint path)
     python launch/train.py --config C --print-config         # the resolved config, every default, and exit
     torchrun --nproc_per_node 2 launch/train.py --config C   # DDP (or engine.kind=deepspeed)
@@ -25,16 +26,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from scaleq.launchers.train_command import train_command
-from scaleq.run_directory import LAST
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue <out_dir>/<name> from its last checkpoint")
+    parser.add_argument("--resume-or-start", action="store_true",
+                        help="as --resume, but start a new run in <out_dir>/<name> when it has no checkpoint "
+                             "(--resume alone then exits with 2)")
     parser.add_argument("--resume-from", default=None, metavar="last|best|PATH",
-                        help=f"continue <out_dir>/<name> from this checkpoint (e.g. best when {LAST} is damaged)")
+                        help="continue <out_dir>/<name> from this checkpoint (e.g. best when last.pt is damaged)")
+    parser.add_argument("--regenerate-data", action="store_true",
+                        help="replace the stores at data.path with what data.generate says (without it, a "
+                             "data.generate override the existing store disagrees with exits with 2)")
     parser.add_argument("--launcher", choices=["auto", "local", "ray"], default="auto",
                         help="auto: Ray Train inside `ray job submit`, else this process (and its torchrun/"
                              "deepspeed siblings); ray: start or join a Ray cluster ($RAY_ADDRESS)")
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
+    from scaleq.launchers.train_command import train_command  # torch and the models: not for --help
+
     return train_command(args)
 
 

@@ -16,6 +16,7 @@ starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -75,7 +76,9 @@ class GenerateConfig:
 class DataConfig:
     """Where the samples come from and how they are batched."""
 
-    path: str  # directory holding train.zarr, valid.zarr and test.zarr (generated when missing and ``generate`` is set)
+    # directory holding train.zarr, valid.zarr and test.zarr (generated when missing and ``generate`` is set; a
+    # generate override that disagrees with an existing store exits with 2, --regenerate-data replaces it)
+    path: str
     delta: int = 10  # the target is frame t + delta of the input frame t
     input_frame: int | None = None  # one fixed input frame per trajectory (None: see starts_per_trajectory)
     starts_per_trajectory: int | None = None  # random input frames per trajectory, seeded (None and no input_frame: every frame)
@@ -84,7 +87,7 @@ class DataConfig:
     max_eval_samples: int | None = None  # at most this many validation and test samples (None: all)
     batch_size: int = 100  # graphs per batch and rank
     eval_batch_size: int | None = None  # graphs per evaluation batch (None: batch_size)
-    num_workers: int = 0  # DataLoader worker processes per rank
+    num_workers: int = 0  # DataLoader worker processes per rank, at most the cores this process may use
     node_features: list[str] | None = None  # store features to keep, by name (None: all)
     generate: GenerateConfig | None = None  # how to create the dataset when path does not exist
 
@@ -332,8 +335,38 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     file = Path(path) if path is not None else DEFAULT_CONFIG
     raw = _read_yaml(file, seen=())
     for item in overrides or []:
+        _check_override_key(item)  # a typo on the command line is blamed on the command line, not the file
         _apply_override(raw, item)
     return config_from_dict(raw, str(file))
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for the nearest of ``known`` to ``key``, '' when none is near."""
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_override_key(item: str) -> None:
+    """ConfigError naming the command line when ``item``'s key is not a config key (the model's
+    own keys, under ``model.``, are checked against its constructor by check_buildable)."""
+    key = item.partition("=")[0]
+    cls: Any = Config
+    done: list[str] = []
+    for part in key.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or (cls is ModelConfig):
+            return  # below a leaf, or the model's free-form options
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names and f"{'.'.join([*done, part])}" not in MOVED_KEYS:
+            prefix = "".join(f"{d}." for d in done)
+            raise ConfigError(f"command line: unknown key '{key}'"
+                              f"{did_you_mean(prefix + part, [prefix + n for n in names])} (known in "
+                              f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)})")
+        if part not in names:
+            return
+        hint = typing.get_type_hints(cls)[part]
+        options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        cls = options[0] if len(options) == 1 else None
+        done.append(part)
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "<config>") -> Config:
@@ -422,7 +455,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             new, why = MOVED_KEYS[f"{prefix}{key}"]
             raise ConfigError(f"'{prefix}{key}' is now '{new}' ({why})")
         if key not in names:
-            raise ConfigError(f"unknown key '{prefix}{key}' (known: {', '.join(names)})")
+            nearest = did_you_mean(f"{prefix}{key}", [prefix + n for n in names])
+            raise ConfigError(f"unknown key '{prefix}{key}'{nearest} (known: {', '.join(names)})")
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:

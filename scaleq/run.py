@@ -16,7 +16,7 @@ import torch
 
 from scaleq.config import Config, ConfigError, save_config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.data.splits import open_datasets, prepare_data
+from scaleq.data.splits import data_as_used, open_datasets, prepare_data, split_sizes
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import atomic_write_text
@@ -24,6 +24,7 @@ from scaleq.models import build_model, check_buildable
 from scaleq.models.baselines import ConstantVelocity, LinearDynamics
 from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
+from scaleq.run_header import run_header
 from scaleq.seeding import seed_everything
 from scaleq.train.checkpoint import CheckpointError, checkpoint_problem, fingerprint
 from scaleq.train.loop_parts import build_loop_parts
@@ -35,7 +36,7 @@ from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
 class RunSummary:
     run_dir: str
     model: str
-    best_epoch: int
+    best_epoch: int  # 1-based, as the epoch lines and metrics.csv count (0: no validation ran)
     best_val_mse: float
     test_mse: float
     linear_test_mse: float  # the papers' Linear: x + v * horizon * t, t fitted on the training split
@@ -51,7 +52,7 @@ class RunSummary:
             f"test MSE, constant velocity x + v * horizon: {self.constant_velocity_test_mse:.6f}",
             f"test MSE, Linear x + v * horizon * t (t = {self.linear_time:.4f} fitted on the training split): "
             f"{self.linear_test_mse:.6f}",
-            f"test MSE {self.model} (best validation epoch {self.best_epoch + 1}): {self.test_mse:.6f}, "
+            f"test MSE {self.model} (best validation epoch {self.best_epoch}): {self.test_mse:.6f}, "
             f"{ratio:.3f} x Linear's {self.linear_test_mse:.6f}",
         ])
 
@@ -73,9 +74,11 @@ def run(
     run_dir: Path | None = None,
     resume_from: str | None = None,
     on_epoch_end: Sequence[EpochEndCallback] = (),
+    regenerate_data: bool = False,
 ) -> RunSummary:
     """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
-    if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist).
+    if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist);
+    ``regenerate_data`` replaces the stores at ``data.path`` with what ``data.generate`` says.
 
     ``on_epoch_end``: callbacks of the caller (a launcher's report, say), called before those the
     config asks for. A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
@@ -89,8 +92,9 @@ def run(
     claim: RunClaim | None = None
     trainer: Trainer | None = None
     try:
+        origin = "existing store"
         if engine.is_main:
-            prepare_data(config.data, progress=config.train.progress)
+            origin = prepare_data(config.data, progress=config.train.progress, regenerate=regenerate_data)
         engine.barrier()  # the other ranks open the data once rank 0 has made it
         seed_everything(config.seed)
         datasets = open_datasets(config)
@@ -109,10 +113,11 @@ def run(
         parts = build_loop_parts(config, engine, model, datasets)  # the loop is handed what it runs with
         callbacks = [*on_epoch_end, *_epoch_end_callbacks(config, datasets, parts.graph, run_dir)]
         trainer = Trainer(config, engine, model, parts, run_dir, on_epoch_end=callbacks)
-        if resume:
-            _resume(trainer, run_dir, resume_from)
+        resume_point = _resume(trainer, run_dir, resume_from) if resume else None
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
-            save_config(config, RunDirectory(run_dir).config)
+            save_config(data_as_used(config), RunDirectory(run_dir).config)  # what the run reads, not what was asked
+            print(run_header(config, model, split_sizes(datasets), origin, device=str(engine.device),
+                             world_size=engine.world_size, run_dir=run_dir, resume_point=resume_point), flush=True)
         result = trainer.fit()
         summary = _summarise(config, engine, trainer, result, run_dir, datasets["train"])
     except BaseException:
@@ -145,14 +150,16 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
         raise ConfigError(f"model {config.model.name!r} ({options or 'defaults'}) cannot be built: {err}") from None
 
 
-def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
+def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> str | None:
+    """Load the checkpoint asked for; where the run continues (None: nothing to resume, a fresh start)."""
     if resume_from is None:
         last = RunDirectory(run_dir).last
         _refuse_different(trainer.engine, last)
         _refuse_unreadable(trainer.engine, last)
         if not trainer.resume():
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
-        return
+            return None
+        return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} ({last.relative_to(run_dir)})"
     named = resume_from in CHECKPOINT_NAMES
     path = RunDirectory(run_dir).checkpoint(resume_from) if named else Path(resume_from)
     _refuse_different(trainer.engine, path)
@@ -160,6 +167,7 @@ def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> None:
     if not trainer.resume(path):
         raise CheckpointError(f"{path}: no such checkpoint to resume from")
     print(f"resumed from {path}", flush=True)
+    return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} ({path})"
 
 
 def _refuse_different(engine: Engine, path: Path) -> None:
@@ -196,7 +204,7 @@ def _summarise(
     summary = RunSummary(
         run_dir=str(run_dir),
         model=config.model.name,
-        best_epoch=result.best_epoch,
+        best_epoch=result.best_epoch + 1,  # 1-based, as the console and metrics.csv count
         best_val_mse=result.best_val_mse,
         test_mse=result.test_mse,
         linear_test_mse=linear_mse,

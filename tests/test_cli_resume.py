@@ -95,3 +95,26 @@ def test_the_resumable_keys_exist_in_the_config():
 
     keys = set(flatten(config_from_dict({"data": {"path": "x"}}).to_dict()))
     assert RESUMABLE_KEYS <= keys, RESUMABLE_KEYS - keys
+
+
+def test_resume_with_nothing_to_resume_exits_2_and_makes_nothing(world):
+    # a typo in name: --resume must not silently start a full run in a new directory
+    before = snapshot(world)
+    result = cli([f"out_dir={world / 'runs'}", "name=dnoe", "--config", "configs/default.yaml",
+                  f"data.path={world / 'data'}", *BASE, "--resume"])
+    errors = error_lines(result)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert re.search(r"runs/dnoe: nothing to resume .* --resume-or-start", errors[0]), errors[0]
+    assert snapshot(world) == before
+
+
+def test_resume_or_start_starts_when_there_is_nothing_and_continues_when_there_is(world):
+    args = [f"out_dir={world / 'runs'}", "name=fresh", "--config", "configs/default.yaml",
+            f"data.path={world / 'data'}", *BASE, "--resume-or-start"]
+    first = cli(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "nothing to resume" in first.stdout
+    second = cli([*args, "train.epochs=2"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert [r["epoch"] for r in read_metrics(world / "runs" / "fresh" / "metrics.csv")] == ["1", "2"]

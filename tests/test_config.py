@@ -58,6 +58,24 @@ def test_overrides_are_typed_and_checked(tmp_path):
     assert config.data.batch_size == 7 and config.model.options["hidden"] == 16
     with pytest.raises(ConfigError, match=r"unknown key 'train\.nope'"):
         load_config(path, ["train.nope=1"])
+
+
+def test_unknown_override_key_is_blamed_on_the_command_line_with_the_nearest_key(tmp_path):
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'train\.epoch' \(did you mean "
+                                          r"'train\.epochs'\?\)") as err:
+        load_config(path, ["train.epoch=3"])
+    assert "c.yaml" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'dat\.path' \(did you mean 'data'\?\)"):
+        load_config(path, ["dat.path=x"])
+    with pytest.raises(ConfigError, match=r"^command line: unknown key 'data\.generate\.trian' \(did you mean "
+                                          r"'data\.generate\.train'\?\)"):
+        load_config(path, ["data.generate.trian=3"])
+    # the model's keys get the suggestion too, and a key in a file
+    with pytest.raises(ConfigError, match=r"unknown key 'hiden' for model 'egnn' \(did you mean 'hidden'\?\)"):
+        check_buildable(load_config(path, ["model.hiden=3"]))
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'train\.epoch' \(did you mean 'train\.epochs'\?\)"):
+        load_config(write(tmp_path, BASE + "train:\n  epoch: 3\n"))
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["train.lr"])
 

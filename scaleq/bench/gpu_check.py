@@ -116,12 +116,9 @@ def _judge_large_graph(stdout: str) -> tuple[str, str]:
 def water3d_store(s: Settings) -> Path:
     """A small store in Water-3D's published format: tfrecords written by an independent encoder,
     converted by data_prep/water3d.py (as a user converts the real download)."""
-    from scaleq.sources.water3d_writer import random_raw_trajectories, water3d_metadata, write_water3d_source
+    from scaleq.sources.water3d_writer import write_sample_source
 
-    particles, steps = (300, 24) if s.quick else (8000, 24)
-    trajectories = random_raw_trajectories(4, steps, particles, seed=0)
-    source = write_water3d_source(s.work / "water3d_source", {"train": trajectories[:2], "valid": trajectories[2:3],
-                                                               "test": trajectories[3:]}, water3d_metadata(steps=steps))
+    source = write_sample_source(s.work / "water3d_source", particles=300 if s.quick else 8000, steps=24)
     store = s.work / "water3d"
     converted = run_child([sys.executable, "data_prep/water3d.py", "--src", str(source), "--out", str(store),
                            "--overwrite"], env=child_env(), timeout_s=300)

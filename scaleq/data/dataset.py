@@ -258,15 +258,32 @@ class ShardedSampler(torch.utils.data.Sampler[int]):
         return iter(order[self.rank :: self.world_size][self.start :].tolist())
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_workers(asked: int) -> int:
+    """``data.num_workers`` as this machine can run it: a config written for a 16-core node asks
+    for more loader processes than a laptop has, which only oversubscribes it (and torch warns
+    once per loader). Workers read the same samples in the same order whatever their number."""
+    return min(asked, usable_cores())
+
+
 def make_loader(
     dataset: TrajectoryDataset, batch_size: int, sampler: ShardedSampler, num_workers: int, pin_memory: bool = False
 ) -> DataLoader:
-    """The DataLoader every reader of a dataset uses: PyG batches in ``sampler``'s order."""
+    """The DataLoader every reader of a dataset uses: PyG batches in ``sampler``'s order, read by
+    ``num_workers`` processes, at most as many as this process may use cores (see
+    :func:`loader_workers`)."""
     return GraphLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers),
         persistent_workers=False,
         pin_memory=pin_memory,
     )

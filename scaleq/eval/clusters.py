@@ -37,6 +37,7 @@ def plot_clusters(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     pos, s = _numpy(pos), _numpy(assignments)
     if pos.ndim != 2 or pos.shape[1] not in (2, 3):
@@ -63,6 +64,11 @@ def plot_clusters(
             ax.add_collection(LineCollection(segments, colors="0.6", linewidths=0.6))
     ax.scatter(*pos.T, c=colours[label], s=12, **({"depthshade": False} if three_d else {}))
     ax.set_title(title or f"{pos.shape[0]} nodes coloured by cluster (K = {k})")
+    # few, small tick labels: at the default density a 3-D panel's labels run into each other
+    axes = (ax.xaxis, ax.yaxis, ax.zaxis) if three_d else (ax.xaxis, ax.yaxis)
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(4))
+    ax.tick_params(labelsize=7)
     if three_d:
         ax.set_box_aspect(np.maximum(np.ptp(pos, axis=0), 1e-6))  # equal scale on every axis
     else:

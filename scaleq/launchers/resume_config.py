@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from scaleq.config import Config, ConfigError, load_config
+from scaleq.data.splits import data_as_used
 from scaleq.run_directory import RunDirectory
+from scaleq.train.checkpoint import CheckpointError
 
 # The one list of keys a resume may change: none of them changes what a checkpoint holds or how
 # its tensors are shaped, and none changes the samples or the steps already taken.
@@ -47,6 +49,23 @@ def run_config_path(config: Config) -> Path:
     return RunDirectory(Path(config.out_dir) / config.name).config
 
 
+def require_something_to_resume(config: Config) -> None:
+    """``--resume`` continues a run; with no checkpoint at ``<out_dir>/<name>`` there is none, and
+    starting a full-size run instead (a typo in ``name``, a forgotten ``out_dir``) is a surprise
+    found hours later. So it is an error; ``--resume-or-start`` asks for the lenient form.
+
+    Raises CheckpointError naming the directory looked in."""
+    run_dir = Path(config.out_dir) / config.name
+    last = RunDirectory(run_dir).last
+    if last.exists():
+        return
+    found = f"exists but holds no {last.relative_to(run_dir)}" if run_dir.is_dir() else "does not exist"
+    raise CheckpointError(
+        f"{run_dir}: nothing to resume (the run directory {found}); check name= and out_dir=, or pass "
+        "--resume-or-start to start a new run there when there is nothing to continue"
+    )
+
+
 def config_for_resume(located: Config, overrides: list[str], *, from_file: bool,
                       log: Callable[[str], None] = print) -> Config:
     """The config to resume ``<out_dir>/<name>`` with (``located``: the requested config, which
@@ -60,7 +79,8 @@ def config_for_resume(located: Config, overrides: list[str], *, from_file: bool,
     if not saved_path.is_file():
         return located
     saved = load_config(saved_path)
-    requested = located if from_file else load_config(saved_path, overrides)
+    # the saved config's data.generate describes the stores the run read (scaleq.data.splits.data_as_used)
+    requested = data_as_used(located) if from_file else load_config(saved_path, overrides)
     changes = config_changes(saved, requested)
     refused = {key: change for key, change in changes.items() if key not in RESUMABLE_KEYS}
     if refused:

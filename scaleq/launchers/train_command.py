@@ -6,13 +6,16 @@ stderr and an exit code (:mod:`scaleq.launchers.failures`: 2 the input is wrong;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
-from scaleq.config import config_yaml, load_config
+from scaleq.config import ModelConfig, config_yaml, load_config
+from scaleq.data.splits import refuse_conflicting_generate
 from scaleq.launchers.failures import RUN_FAILURES, USER_ERRORS, exit_code, one_line
-from scaleq.launchers.resume_config import config_for_resume
+from scaleq.launchers.resume_config import config_for_resume, require_something_to_resume
 from scaleq.models import check_buildable
+from scaleq.models.build import model_defaults
 from scaleq.run import run
 from scaleq.train import preemption
 from scaleq.train.preemption import EXIT_PREEMPTED, Preempted
@@ -20,7 +23,8 @@ from scaleq.train.preemption import EXIT_PREEMPTED, Preempted
 
 def train_command(args: argparse.Namespace) -> int:
     """Run ``launch/train.py``'s parsed arguments; the exit code."""
-    resume = args.resume or args.resume_from is not None
+    or_start = getattr(args, "resume_or_start", False)
+    resume = args.resume or or_start or args.resume_from is not None
     try:
         # model keys are checked against the model classes here too, so --print-config refuses them
         config = check_buildable(load_config(args.config, args.overrides))
@@ -28,8 +32,16 @@ def train_command(args: argparse.Namespace) -> int:
             config = check_buildable(config_for_resume(config, args.overrides, from_file=args.config is not None,
                                                        log=_print_on_rank0))
         if args.print_config:
-            print(config_yaml(config), end="")
+            # every model key, its constructor's defaults included (the saved config keeps those asked for)
+            full = dataclasses.replace(config, model=ModelConfig(name=config.model.name,
+                                                                 options=model_defaults(config.model)))
+            print(config_yaml(full), end="")
             return 0
+        if resume and not or_start and args.resume_from is None:
+            require_something_to_resume(config)
+        regenerate = getattr(args, "regenerate_data", False)
+        if not regenerate:  # an asked-for size the existing store does not have is an error, not ignored
+            refuse_conflicting_generate(config.data, generate_overrides(args.overrides))
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
             from scaleq.launchers.ray import run_with_ray
 
@@ -38,7 +50,7 @@ def train_command(args: argparse.Namespace) -> int:
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0
         with preemption.handlers():  # SIGTERM/SIGUSR1: finish the step, checkpoint, exit 75
-            summary = run(config, resume=resume, resume_from=args.resume_from)
+            summary = run(config, resume=resume, resume_from=args.resume_from, regenerate_data=regenerate)
     except Preempted as err:
         print(err, file=sys.stderr)
         return EXIT_PREEMPTED
@@ -48,6 +60,12 @@ def train_command(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
         print(summary.describe())
     return 0
+
+
+def generate_overrides(overrides: list[str]) -> set[str]:
+    """The ``data.generate`` keys set on the command line (without the prefix)."""
+    prefix = "data.generate."
+    return {item.partition("=")[0][len(prefix):] for item in overrides if item.startswith(prefix)}
 
 
 def _print_on_rank0(line: str) -> None:

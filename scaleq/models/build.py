@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from scaleq.config import Config, ConfigError, ModelConfig, check_type
+from scaleq.config import Config, ConfigError, ModelConfig, check_type, did_you_mean
 from scaleq.graph.options import num_edge_features
 from scaleq.loss_terms import LOSS_TERMS
 from scaleq.models.registry import MODELS
@@ -157,9 +157,19 @@ def model_options(model: ModelConfig) -> dict[str, Any]:
     options = {}
     for key, value in model.options.items():
         if key not in accepted:
-            raise ConfigError(f"model: unknown key {key!r} for model {model.name!r} (known: {sorted(accepted)})")
+            raise ConfigError(f"model: unknown key {key!r} for model {model.name!r}"
+                              f"{did_you_mean(key, sorted(accepted))} (known: {sorted(accepted)})")
         options[key] = check_type(value, accepted[key], f"model.{key}")
     return options
+
+
+def model_defaults(model: ModelConfig) -> dict[str, Any]:
+    """Every option of ``model.name``'s constructor with its default, then ``model.options`` over
+    them: what the model is built with (what --print-config shows)."""
+    params = inspect.signature(model_class(model).__init__).parameters
+    defaults = {name: params[name].default for name in constructor_types(model_class(model))
+                if params[name].default is not inspect.Parameter.empty}
+    return {**defaults, **model_options(model)}
 
 
 def constructor_types(cls: type) -> dict[str, Any]:

@@ -95,18 +95,22 @@ class EGHNEGNNLayer(nn.Module):
 
     v is the block's input velocity at every layer. Unlike EGNN's own layer (scaleq/models/egnn.py)
     the features have no residual connection, phi_e reads |x_i - x_j|^2 first, the coordinate head
-    has a bias and PyTorch's default initialisation. The published +-100 clamp of the coordinate
-    update is left out. The edge work runs in the shared message-passing block
-    (scaleq.nn.message_passing), with ``edge_chunk`` and ``kernel`` as in EGNN.
+    has a bias and PyTorch's default initialisation. The published +-100 clamp of each component
+    of the coordinate update is not rotation-equivariant; ``update_cap`` (see
+    :func:`cap_length`) bounds the update's length instead. The edge work runs in the shared
+    message-passing block (scaleq.nn.message_passing), with ``edge_chunk`` and ``kernel`` as in EGNN.
 
     Args:
         hidden: width H of h and of the messages.
         edge_dim: width Fe of the invariant edge attributes.
+        update_cap: largest length of a node's coordinate update in one layer (None: no cap).
         edge_chunk, kernel: options of the message-passing block.
     """
 
-    def __init__(self, hidden: int, edge_dim: int, *, edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto") -> None:
+    def __init__(self, hidden: int, edge_dim: int, *, update_cap: float | None = None, edge_chunk: EdgeChunk = 0,
+                 kernel: Kernel = "auto") -> None:
         super().__init__()
+        self.update_cap = update_cap
         self.phi_e = mlp(1 + 2 * hidden + edge_dim, hidden, hidden, act_last=True)
         self.phi_x = mlp(hidden, hidden, 1)
         self.phi_v = mlp(hidden, hidden, 1)
@@ -123,9 +127,26 @@ class EGHNEGNNLayer(nn.Module):
         sums = edge_sums(self.phi_e, self.phi_x, h, pos, layout, edge_chunk=self.edge_chunk, kernel=self.kernel,
                          radial_first=True)
         force = sums.coord_sum / layout.degree(pos.dtype)  # [N, D] mean over incoming edges
-        pos = pos + self.phi_v(h).to(pos.dtype) * vel + force
+        pos = pos + cap_length(self.phi_v(h).to(pos.dtype) * vel + force, self.update_cap)
         h = self.phi_h(cat_features([h, sums.message_sum])).to(h.dtype)
         return h, pos
+
+
+def cap_length(update: Tensor, cap: float | None) -> Tensor:
+    """Each row of ``update`` scaled down to length ``cap`` where it is longer (None: unchanged).
+
+    The published code clamps each component to +-100, which depends on the axes (a rotated input
+    is clamped differently). Scaling by min(1, cap / |u|) depends only on the length |u|, an
+    invariant, so the capped update still rotates with the input. Where nothing is near the cap
+    the layer is unchanged (and so are its gradients).
+
+    Shapes:
+        update: [N, D] -> [N, D]
+    """
+    if cap is None:
+        return update
+    length = torch.linalg.vector_norm(update, dim=-1, keepdim=True)  # [N, 1]
+    return update * (cap / length.clamp_min(cap)).to(update.dtype)
 
 
 class EGHNEGNN(nn.Module):
@@ -133,17 +154,19 @@ class EGHNEGNN(nn.Module):
 
     Args:
         hidden: H. edge_dim: Fe. layers: L. gradient_checkpointing: checkpoint every k layers.
+        update_cap: largest length of a coordinate update per layer (None: no cap).
         edge_chunk, kernel: options of the message-passing block.
     """
 
     def __init__(
         self, hidden: int, edge_dim: int, layers: int, gradient_checkpointing: int = 0, *,
-        edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto",
+        update_cap: float | None = None, edge_chunk: EdgeChunk = 0, kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(hidden, hidden)
         self.layers = nn.ModuleList(
-            EGHNEGNNLayer(hidden, edge_dim, edge_chunk=edge_chunk, kernel=kernel) for _ in range(layers)
+            EGHNEGNNLayer(hidden, edge_dim, update_cap=update_cap, edge_chunk=edge_chunk, kernel=kernel)
+            for _ in range(layers)
         )
         self.gradient_checkpointing = gradient_checkpointing
 
@@ -346,6 +369,10 @@ class EGHN(nn.Module):
             'row_normalised' (each row divided by its sum): on dense global graphs (a protein's
             10 A contacts) the raw entries reach thousands and, without the published clamp, the
             high-level coordinates blow up.
+        update_cap: largest length of one EGNN layer's coordinate update, in the data's length
+            units (None: no cap, the default, so the layer computes what the published one does
+            wherever its +-100 clamp is idle). The published clamp is per component and not
+            rotation-equivariant; a cap on the length is (see :func:`cap_length`).
         gradient_checkpointing: checkpoint every k layers of each stack (0: off).
         edge_chunk, kernel: options of the message-passing block of the EGNN layers (external and
             high-level blocks; see EGNN); ``edge_chunk`` also chunks the EMMP layers of E-Pool
@@ -380,6 +407,7 @@ class EGHN(nn.Module):
         decoder_layers: int = 2,
         start_at_input: bool = False,
         cluster_edge_attr: ClusterEdgeAttr = "raw",
+        update_cap: float | None = None,
         gradient_checkpointing: int = 0,
         edge_chunk: EdgeChunk = 0,
         kernel: Kernel = "auto",
@@ -400,7 +428,10 @@ class EGHN(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         self.embed = nn.Linear(in_node_features, hidden)
         block = {"edge_chunk": edge_chunk, "kernel": kernel}
-        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing, **block)
+        if update_cap is not None and not update_cap > 0:
+            raise ValueError(f"update_cap must be > 0 or None, got {update_cap}")
+        self.external = EGHNEGNN(hidden, in_edge_features, interaction_layers, gradient_checkpointing,
+                                 update_cap=update_cap, **block)
         self.pooling = nn.ModuleList(
             EMMPLayer(hidden, POOL_CHANNELS, in_edge_features, update_vectors=i < pooling_layers - 1, **block)
             for i in range(pooling_layers)
@@ -408,7 +439,7 @@ class EGHN(nn.Module):
         self.assign = nn.Sequential(
             nn.Linear(hidden, ASSIGN_WIDTH * hidden), nn.Tanh(), nn.Linear(ASSIGN_WIDTH * hidden, clusters)
         )
-        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing, **block)
+        self.high = EGHNEGNN(hidden, 1, interaction_layers, gradient_checkpointing, update_cap=update_cap, **block)
         self.decoder = nn.ModuleList(
             UnPoolLayer(UNPOOL_CHANNELS + i, 2 * hidden if i == 0 else hidden, hidden, last=i == decoder_layers - 1)
             for i in range(decoder_layers)

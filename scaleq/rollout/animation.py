@@ -88,6 +88,20 @@ class _Frames:
             return ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], depthshade=False, **options)
         return ax.scatter(pos[:, 0], pos[:, 1], **options)
 
+    def legend_handles(self, cmap: str, name: str | None, most: int = 8) -> list[Any]:
+        """One marker per distinct colour value ("charge -1", "charge 1"), when there are few
+        enough to name; none without a name or with a continuous colour."""
+        values = np.unique(self.colour[np.isfinite(self.colour)])
+        if name is None or not 1 <= len(values) <= most:
+            return []
+        from matplotlib.lines import Line2D
+        from matplotlib.pyplot import get_cmap
+
+        scale = (self.vmax - self.vmin) or 1.0
+        return [Line2D([], [], marker="o", linestyle="", markersize=6,
+                       color=get_cmap(cmap)((value - self.vmin) / scale), label=f"{name} {value:g}")
+                for value in values]
+
     def update(self, artist: Any, pos: np.ndarray, k: int) -> None:
         if self.dim == 3:
             artist._offsets3d = (pos[:, 0], pos[:, 1], pos[:, 2])  # the documented way to move 3-D points
@@ -153,8 +167,9 @@ def animate(pred: torch.Tensor | np.ndarray, true: torch.Tensor | np.ndarray, pa
 def frame_grid(pred: torch.Tensor | np.ndarray, true: torch.Tensor | np.ndarray, path: str | os.PathLike[str],
                steps: Sequence[int], *, colours: torch.Tensor | np.ndarray | None = None, cmap: str = "coolwarm",
                max_particles: int | None = None, title: str = "", model_name: str = "model", dpi: int = 90,
-               seed: int = 0) -> Path:
-    """A PNG grid: truth (top row) and prediction (bottom row) at each of ``steps``.
+               seed: int = 0, colour_name: str | None = None) -> Path:
+    """A PNG grid: truth (top row) and prediction (bottom row) at each of ``steps``. ``colour_name``
+    (e.g. "charge"): what the colours mean; a legend names each of a few distinct values.
 
     Shapes:
         pred, true: [T, n, D] with D = 2 or 3; colours: [n] or [T, n]
@@ -182,6 +197,10 @@ def frame_grid(pred: torch.Tensor | np.ndarray, true: torch.Tensor | np.ndarray,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    legend = frames.legend_handles(cmap, colour_name)
+    if legend:
+        fig.subplots_adjust(bottom=0.12)
+        fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.tmp.png")

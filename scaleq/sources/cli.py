@@ -11,9 +11,9 @@ from typing import Any
 from scaleq.extras import MissingExtra
 
 
-def add_store_arguments(parser: argparse.ArgumentParser, rows: str = "nodes x frames") -> None:
+def add_store_arguments(parser: argparse.ArgumentParser, rows: str = "nodes x frames", out_required: bool = True) -> None:
     """--out, --overwrite and the chunk/shard/compression options of :class:`StoreWriter`."""
-    parser.add_argument("--out", type=Path, required=True, help="directory for train.zarr, valid.zarr, test.zarr")
+    parser.add_argument("--out", type=Path, required=out_required, help="directory for train.zarr, valid.zarr, test.zarr")
     parser.add_argument("--overwrite", action="store_true", help="replace existing stores")
     parser.add_argument("--rows-per-chunk", type=int, default=None,
                         help=f"rows ({rows}) per chunk (default: whole frames, >= 64 KiB)")

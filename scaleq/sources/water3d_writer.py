@@ -1,5 +1,7 @@
-"""Small "Learning to Simulate" datasets in exactly the published format: the tests' sources, and
-the store `make gpu-check` converts with data_prep/water3d.py as a user converts the real download.
+"""Small "Learning to Simulate" datasets in exactly the published format: the tests' sources, the
+store `make gpu-check` converts with data_prep/water3d.py as a user converts the real download, and
+the sample a user can try the Water-3D path on without the download
+(``python data_prep/water3d.py --write-sample DIR``, :func:`write_sample_source`).
 
 The records are encoded by the real ``protobuf`` library from message descriptors equal to
 TensorFlow's ``feature.proto`` / ``example.proto`` (package ``tensorflow``), so the hand-written
@@ -148,3 +150,18 @@ def write_water3d_source(root: Path, splits: dict[str, list[RawTrajectory]], met
     for split, trajs in splits.items():
         write_records(root / f"{split}.tfrecord", (encode_sequence_example(t) for t in trajs))
     return root
+
+
+SAMPLE_SPLITS = {"train": 2, "valid": 1, "test": 1}  # trajectories per split of the sample source
+
+
+def write_sample_source(root: Path, *, particles: int = 300, steps: int = 30, seed: int = 0) -> Path:
+    """A small Water-3D-format source at ``root`` ({train,valid,test}.tfrecord, metadata.json):
+    random-walk particles (not water: a format sample) of Water-3D's three particle types in its
+    unit box, ``steps`` + 1 frames each, so data_prep/water3d.py and configs/water3d.yaml can be
+    tried in a minute."""
+    trajectories = random_raw_trajectories(sum(SAMPLE_SPLITS.values()), steps, particles, seed=seed)
+    splits, first = {}, 0
+    for split, count in SAMPLE_SPLITS.items():
+        splits[split], first = trajectories[first:first + count], first + count
+    return write_water3d_source(root, splits, water3d_metadata(steps=steps))

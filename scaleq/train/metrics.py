@@ -70,6 +70,7 @@ def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(csv_path)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -80,6 +81,8 @@ def plot_loss_curves(csv_path: Path, png_path: Path) -> None:
         if points:
             ax.plot(*zip(*points), label=label, marker="." if key == "val_mse" else None)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 2.5 on the axis
+    ax.set_ylabel("position MSE (log scale)")
     ax.set_yscale("log")
     if ax.lines:
         ax.legend()

@@ -83,3 +83,15 @@ def test_sharded_sampler_splits_and_resumes():
     assert list(sampler) == full[4:]
     sampler.set_epoch(1)
     assert list(sampler) != full
+
+
+def test_loader_workers_are_capped_at_the_usable_cores(tmp_path):
+    """A config written for a bigger node (data.num_workers: 4 on 2 cores) runs as many loader
+    processes as there are cores, not more (torch warns once per loader otherwise)."""
+    from scaleq.data.dataset import make_loader, usable_cores
+
+    store = tiny_store(tmp_path / "s.zarr")
+    dataset = TrajectoryDataset(store.path, SampleSpec(delta=1))
+    sampler = ShardedSampler(len(dataset), shuffle=False, seed=0, rank=0, world_size=1, pad=False)
+    assert make_loader(dataset, 4, sampler, usable_cores() + 3).num_workers == usable_cores()
+    assert make_loader(dataset, 4, sampler, 0).num_workers == 0

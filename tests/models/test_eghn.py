@@ -341,3 +341,20 @@ def test_chunked_emmp_keeps_memory_independent_of_the_number_of_edges():
             kept[e, chunk] = sum(storages.values())
     assert kept[8_000, 256] == kept[2_000, 256]
     assert kept[8_000, 0] - kept[2_000, 0] > 6_000 * hidden * 4  # plain: at least an [E, H] kept
+
+
+def test_update_cap_bounds_each_update_length_and_keeps_equivariance():
+    """The cap scales each node's coordinate update to at most ``update_cap`` in length: it binds
+    here (the heads are scaled up) and the model stays equivariant, unlike a per-component clamp."""
+    from scaleq.models.eghn import cap_length
+
+    update = torch.tensor([[3.0, 4.0, 0.0], [0.1, 0.0, 0.0]], dtype=torch.float64)
+    capped = cap_length(update, 1.0)
+    assert torch.allclose(capped, torch.tensor([[0.6, 0.8, 0.0], [0.1, 0.0, 0.0]], dtype=torch.float64))
+    batch = make_batch(graphs())
+    capped_model, free_model = make_model(update_cap=0.05), make_model()
+    assert not torch.allclose(capped_model(batch)["pos"], free_model(batch)["pos"])  # the cap is active
+    check_equivariance(capped_model, batch, OUTPUTS, dtype=torch.float64)
+    check_equivariance(capped_model, batch, OUTPUTS, dtype=torch.float32)
+    with pytest.raises(ValueError, match="update_cap"):
+        make_model(update_cap=0.0)

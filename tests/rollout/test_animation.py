@@ -32,3 +32,14 @@ def test_animation_has_the_asked_number_of_frames(tmp_path):
     frames = imageio_ffmpeg.read_frames(str(animate(pred, true, tmp_path / "roll.mp4")))
     next(frames)  # the metadata
     assert sum(1 for _ in frames) == 7
+
+
+def test_a_few_named_colour_values_get_a_legend_and_continuous_ones_none():
+    from scaleq.rollout.animation import _Frames
+
+    true = torch.zeros(2, 4, 3)
+    frames = _Frames(true, true, torch.tensor([1.0, -1.0, 1.0, -1.0]), None, 0)
+    assert [h.get_label() for h in frames.legend_handles("coolwarm", "charge")] == ["charge -1", "charge 1"]
+    assert frames.legend_handles("coolwarm", None) == []
+    many = _Frames(torch.zeros(2, 20, 3), torch.zeros(2, 20, 3), torch.linspace(0, 1, 20), None, 0)
+    assert many.legend_handles("viridis", "speed") == []

@@ -185,3 +185,23 @@ def test_cli_keeps_existing_stores_unless_overwrite(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.zarr", "train.zarr", "valid.zarr"]
 
+
+
+def test_the_sample_source_command_writes_a_source_that_converts(tmp_path):
+    """docs/datasets.md's way to try Water-3D without the download: --write-sample, then --src."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scaleq.store.reader import TrajectoryStore
+
+    root = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    for args in (["--write-sample", str(tmp_path / "src")], ["--src", str(tmp_path / "src"), "--out", str(tmp_path / "w")]):
+        done = subprocess.run([sys.executable, "data_prep/water3d.py", *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    stores = {s: TrajectoryStore(tmp_path / "w" / f"{s}.zarr") for s in ("train", "valid", "test")}
+    assert [stores[s].num_trajectories for s in ("train", "valid", "test")] == [2, 1, 1]
+    assert stores["train"].num_nodes(0) == 300 and stores["train"].num_frames(0) == 31
+    assert stores["train"].attrs.default_radius == 0.035

@@ -41,6 +41,9 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path, nbody):
     for name in ("config.yaml", "summary.json", "loss_curves.png", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name
     assert json.loads((run_dir / "summary.json").read_text())["best_epoch"] == summary.best_epoch
+    # one epoch numbering: summary.json's best epoch is the metrics.csv row with the lowest val MSE
+    best_row = min((float(r["val_mse"]), int(r["epoch"])) for r in rows if r["val_mse"])[1]
+    assert summary.best_epoch == best_row
     assert list((run_dir / "tensorboard").iterdir())
 
 
