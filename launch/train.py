@@ -26,6 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scaleq.run_directory import LAST
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="as --resume, but start a new run in <out_dir>/<name> when it has no checkpoint "
                              "(--resume alone then exits with 2)")
     parser.add_argument("--resume-from", default=None, metavar="last|best|PATH",
-                        help="continue <out_dir>/<name> from this checkpoint (e.g. best when last.pt is damaged)")
+                        help=f"continue <out_dir>/<name> from this checkpoint (e.g. best when {LAST} is damaged)")
     parser.add_argument("--regenerate-data", action="store_true",
                         help="replace the stores at data.path with what data.generate says (without it, a "
                              "data.generate override the existing store disagrees with exits with 2)")

@@ -237,10 +237,11 @@ class EngineConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # how Ray places the workers on nodes
     max_failures: int = 0  # worker-group restarts from the last checkpoint (-1: unlimited)
     ray_storage: str | None = None  # RunConfig.storage_path (default: <out_dir>/ray)
-    # Several machines: the interface the ranks talk over (default: the one that routes to MASTER_ADDR;
-    # GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME override both), and how long a rank that stopped answering
-    # is waited for before every rank stops (a rank that fails with an error stops the others in ~2 s)
+    # several machines: the interface the ranks talk over (default: the one that routes to MASTER_ADDR;
+    # GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME override both)
     socket_ifname: str | None = None
+    # seconds a rank that stopped answering is waited for before every rank stops (a rank that fails
+    # with an error stops the others in ~2 s)
     peer_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
