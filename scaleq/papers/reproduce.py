@@ -5,7 +5,7 @@ Layout: ``<runs>/<table>/<profile>[-b<budget>]/<row>-s<seed>/`` is an ordinary r
 (config.yaml, checkpoints/, metrics.csv, summary.json) plus ``reproduce.json`` (this module's
 record: status, wall time of each attempt, the exact command). A run with a summary.json, or one
 that diverged (the training command's NaN failure: a result the tables report as NaN), is not run
-again; any other run is resumed from its last checkpoint (``launch/train.py --resume`` starts afresh
+again; any other run is resumed from its last checkpoint (``launch/train.py --resume-or-start`` starts afresh
 when there is none), so a killed table continues where it stopped.
 """
 
@@ -85,7 +85,7 @@ def train_command(plan: Plan, row: Row, seed: int, python: str = sys.executable)
     epochs = scaled_epochs(base.train.epochs, plan.budget)
     patience = min(base.train.patience, max(base.train.eval_every, scaled_epochs(base.train.patience, plan.budget)))
     data_path = dataset_dir(plan.data_root, plan.table, plan.profile, row.dataset)
-    return [python, str(REPO / "launch" / "train.py"), "--config", str(REPO / row.config), "--resume",
+    return [python, str(REPO / "launch" / "train.py"), "--config", str(REPO / row.config), "--resume-or-start",
             *overrides, f"name={row.key}-s{seed}", f"out_dir={plan.out_dir}", f"seed={seed}",
             f"data.path={data_path}", f"train.epochs={epochs}", f"train.patience={patience}", "train.progress=false"]
 

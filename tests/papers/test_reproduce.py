@@ -58,7 +58,7 @@ def test_train_command_scales_epochs_and_names_the_run(tmp_path):
     table = TABLES["dusego-t2"]
     plan = Plan(table, "cpu", (3,), 0.25, tmp_path / "runs", tmp_path / "data")
     cmd = train_command(plan, table.row("dusego-l12"), 3)
-    assert "--resume" in cmd and "model.layers=12" in cmd and "seed=3" in cmd
+    assert "--resume-or-start" in cmd and "model.layers=12" in cmd and "seed=3" in cmd
     assert "train.epochs=15" in cmd  # 60 * 0.25
     assert f"out_dir={tmp_path / 'runs' / 'dusego-t2' / 'cpu-b0.25'}" in cmd
     assert "name=dusego-l12-s3" in cmd
