@@ -122,7 +122,8 @@ CASES = [
     Case("garbage zarr.json", lambda w: (w.data / "valid.zarr" / "positions" / "zarr.json").write_bytes(b"\xff\xfe\x00"),
          [], 2, r"valid\.zarr: array 'positions' \(positions/zarr\.json\) cannot be read"),
     Case("corrupt shard", lambda w: garble_shard(w.data / "train.zarr"), [], 2,
-         r"train\.zarr: array 'positions', rows \d+\.\.\d+ cannot be read \(RuntimeError: Zstd"),
+         r"train\.zarr: array 'positions', chunk \d+ \(rows \d+\.\.\d+: frames .*\) cannot be read \(its CRC-32C "
+         r"checksum does not match"),
     Case("model argument out of range", None, ["model.hidden=0"], 2,
          r"model 'egnn' \(model\.hidden=0, .*\) cannot be built: EGNN needs hidden >= 1"),
     Case("mutually exclusive data keys", None, ["data.starts_per_trajectory=2"], 2,
@@ -213,6 +214,7 @@ def address_space_limit(margin: int) -> Callable[[], None]:
     probe = subprocess.run(
         [sys.executable, "-c", "import sys; sys.argv = ['x']; import runpy; "
          "runpy.run_path('launch/train.py', run_name='probe'); "
+         "import scaleq.launchers.train_command; "  # what main() imports once the arguments are read
          "print([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1])"],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
         check=True)
