@@ -41,8 +41,13 @@ def deepspeed_safe_globals() -> list[Any]:
 
 
 def tag_files(tag_dir: Path) -> list[Path]:
-    """The checkpoint files of a tag folder (every rank's), sorted."""
-    return sorted(p for p in tag_dir.iterdir() if p.is_file() and not p.name.endswith(SUFFIX)) if tag_dir.is_dir() else []
+    """The checkpoint files of a tag folder (every rank's), sorted. Digests and the hidden
+    temporaries of writes in progress are left out: the ranks list the folder while the others
+    already write their digests there, and must all see the same list to share it out."""
+    if not tag_dir.is_dir():
+        return []
+    return sorted(p for p in tag_dir.iterdir()
+                  if p.is_file() and not p.name.endswith(SUFFIX) and not p.name.startswith("."))
 
 
 def record_tag_digests(tag_dir: Path, rank: int, world_size: int) -> None:
