@@ -75,6 +75,7 @@ def run(
     resume_from: str | None = None,
     on_epoch_end: Sequence[EpochEndCallback] = (),
     regenerate_data: bool = False,
+    resume_or_start: bool = True,
 ) -> RunSummary:
     """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
     if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist);
@@ -113,7 +114,7 @@ def run(
         parts = build_loop_parts(config, engine, model, datasets)  # the loop is handed what it runs with
         callbacks = [*on_epoch_end, *_epoch_end_callbacks(config, datasets, parts.graph, run_dir)]
         trainer = Trainer(config, engine, model, parts, run_dir, on_epoch_end=callbacks)
-        resume_point = _resume(trainer, run_dir, resume_from) if resume else None
+        resume_point = _resume(trainer, run_dir, resume_from, resume_or_start) if resume else None
         if engine.is_main:  # after the resume: a failed one leaves the run directory as it was
             save_config(data_as_used(config), RunDirectory(run_dir).config)  # what the run reads, not what was asked
             print(run_header(config, model, split_sizes(datasets), origin, device=str(engine.device),
@@ -150,13 +151,17 @@ def _build_model(config: Config, train_set: TrajectoryDataset) -> Any:
         raise ConfigError(f"model {config.model.name!r} ({options or 'defaults'}) cannot be built: {err}") from None
 
 
-def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None) -> str | None:
-    """Load the checkpoint asked for; where the run continues (None: nothing to resume, a fresh start)."""
+def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None, or_start: bool = True) -> str | None:
+    """Load the checkpoint asked for; where the run continues (None: nothing to resume, a fresh start,
+    which only ``or_start`` allows: every rank refuses it together, after they agreed on what they see)."""
     if resume_from is None:
         last = RunDirectory(run_dir).last
         _refuse_different(trainer.engine, last)
         _refuse_unreadable(trainer.engine, last)
         if not trainer.resume():
+            if not or_start:
+                raise CheckpointError(f"{run_dir}: nothing to resume (no {last.relative_to(run_dir)}); check name= "
+                                      "and out_dir=, or pass --resume-or-start to start a new run there")
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
             return None
         return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} ({last.relative_to(run_dir)})"

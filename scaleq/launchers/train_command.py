@@ -37,7 +37,9 @@ def train_command(args: argparse.Namespace) -> int:
                                                                  options=model_defaults(config.model)))
             print(config_yaml(full), end="")
             return 0
-        if resume and not or_start and args.resume_from is None:
+        # one process: refused before any data is made; several ranks refuse together inside run(), once
+        # they know whether they see the same checkpoints (a node without the shared out_dir sees none)
+        if resume and not or_start and args.resume_from is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             require_something_to_resume(config)
         regenerate = getattr(args, "regenerate_data", False)
         if not regenerate:  # an asked-for size the existing store does not have is an error, not ignored
@@ -50,7 +52,8 @@ def train_command(args: argparse.Namespace) -> int:
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0
         with preemption.handlers():  # SIGTERM/SIGUSR1: finish the step, checkpoint, exit 75
-            summary = run(config, resume=resume, resume_from=args.resume_from, regenerate_data=regenerate)
+            summary = run(config, resume=resume, resume_from=args.resume_from, regenerate_data=regenerate,
+                          resume_or_start=or_start or args.resume_from is not None)
     except Preempted as err:
         print(err, file=sys.stderr)
         return EXIT_PREEMPTED
