@@ -26,7 +26,7 @@ from scaleq.rollout.hook import RolloutEveryEpochs
 from scaleq.run_directory import CHECKPOINT_NAMES, RunDirectory
 from scaleq.run_header import run_header
 from scaleq.seeding import seed_everything
-from scaleq.train.checkpoint import CheckpointError, checkpoint_problem, fingerprint
+from scaleq.train.checkpoint import CheckpointError, checkpoint_problem, fingerprint, nothing_to_resume
 from scaleq.train.loop_parts import build_loop_parts
 from scaleq.train.run_dir import RunClaim, RunDirError, claim_run_dir
 from scaleq.train.trainer import EpochEndCallback, FitResult, Trainer, evaluate
@@ -160,8 +160,7 @@ def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None, or_start: 
         _refuse_unreadable(trainer.engine, last)
         if not trainer.resume():
             if not or_start:
-                raise CheckpointError(f"{run_dir}: nothing to resume (no {last.relative_to(run_dir)}); check name= "
-                                      "and out_dir=, or pass --resume-or-start to start a new run there")
+                raise nothing_to_resume(run_dir)
             print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
             return None
         return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} ({last.relative_to(run_dir)})"

@@ -18,7 +18,7 @@ from typing import Any
 from scaleq.config import Config, ConfigError, load_config
 from scaleq.data.splits import data_as_used
 from scaleq.run_directory import RunDirectory
-from scaleq.train.checkpoint import CheckpointError
+from scaleq.train.checkpoint import nothing_to_resume
 
 # The one list of keys a resume may change: none of them changes what a checkpoint holds or how
 # its tensors are shaped, and none changes the samples or the steps already taken.
@@ -56,14 +56,8 @@ def require_something_to_resume(config: Config) -> None:
 
     Raises CheckpointError naming the directory looked in."""
     run_dir = Path(config.out_dir) / config.name
-    last = RunDirectory(run_dir).last
-    if last.exists():
-        return
-    found = f"exists but holds no {last.relative_to(run_dir)}" if run_dir.is_dir() else "does not exist"
-    raise CheckpointError(
-        f"{run_dir}: nothing to resume (the run directory {found}); check name= and out_dir=, or pass "
-        "--resume-or-start to start a new run there when there is nothing to continue"
-    )
+    if not RunDirectory(run_dir).last.exists():
+        raise nothing_to_resume(run_dir)
 
 
 def config_for_resume(located: Config, overrides: list[str], *, from_file: bool,

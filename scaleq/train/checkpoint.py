@@ -118,6 +118,17 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
+def nothing_to_resume(run_dir: Path) -> CheckpointError:
+    """The refusal of a ``--resume`` that finds no checkpoint in ``run_dir`` (a typo in ``name``, a
+    forgotten ``out_dir``): starting a full-size run instead is a surprise found hours later."""
+    last = RunDirectory(run_dir).last
+    found = f"exists but holds no {last.relative_to(run_dir)}" if run_dir.is_dir() else "does not exist"
+    return CheckpointError(
+        f"{run_dir}: nothing to resume (the run directory {found}); check name= and out_dir=, or pass "
+        "--resume-or-start to start a new run there when there is nothing to continue"
+    )
+
+
 def warn_no_digest(path: Path) -> None:
     warnings.warn(f"{path}: carries no SHA-256 digest (written before checkpoints had one): damage to it cannot "
                   "be detected", stacklevel=2)
