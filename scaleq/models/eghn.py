@@ -60,6 +60,7 @@ from scaleq.nn.message_passing import EdgeLayout, check_edge_mlps, edge_sums, la
 from scaleq.nn.mlp import cat_features, mlp, small_init_, split_columns
 from scaleq.nn.recompute import sum_over_edges
 from scaleq.nn.scatter import scatter_mean, scatter_sum
+from scaleq.nn.update_cap import cap_length
 
 ClusterEdgeAttr = Literal["raw", "row_normalised"]
 POOL_CHANNELS = 3  # [x - centre, dx from the external block, v]
@@ -130,23 +131,6 @@ class EGHNEGNNLayer(nn.Module):
         pos = pos + cap_length(self.phi_v(h).to(pos.dtype) * vel + force, self.update_cap)
         h = self.phi_h(cat_features([h, sums.message_sum])).to(h.dtype)
         return h, pos
-
-
-def cap_length(update: Tensor, cap: float | None) -> Tensor:
-    """Each row of ``update`` scaled down to length ``cap`` where it is longer (None: unchanged).
-
-    The published code clamps each component to +-100, which depends on the axes (a rotated input
-    is clamped differently). Scaling by min(1, cap / |u|) depends only on the length |u|, an
-    invariant, so the capped update still rotates with the input. Where nothing is near the cap
-    the layer is unchanged (and so are its gradients).
-
-    Shapes:
-        update: [N, D] -> [N, D]
-    """
-    if cap is None:
-        return update
-    length = torch.linalg.vector_norm(update, dim=-1, keepdim=True)  # [N, 1]
-    return update * (cap / length.clamp_min(cap)).to(update.dtype)
 
 
 class EGHNEGNN(nn.Module):

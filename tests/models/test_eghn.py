@@ -346,7 +346,7 @@ def test_chunked_emmp_keeps_memory_independent_of_the_number_of_edges():
 def test_update_cap_bounds_each_update_length_and_keeps_equivariance():
     """The cap scales each node's coordinate update to at most ``update_cap`` in length: it binds
     here (the heads are scaled up) and the model stays equivariant, unlike a per-component clamp."""
-    from scaleq.models.eghn import cap_length
+    from scaleq.nn.update_cap import cap_length
 
     update = torch.tensor([[3.0, 4.0, 0.0], [0.1, 0.0, 0.0]], dtype=torch.float64)
     capped = cap_length(update, 1.0)
