@@ -16,7 +16,7 @@ import torch
 
 from scaleq.config import Config, ConfigError, save_config
 from scaleq.data.dataset import ShardedSampler, TrajectoryDataset, make_loader
-from scaleq.data.splits import data_as_used, open_datasets, prepare_data, split_sizes
+from scaleq.data.splits import DataOrigin, data_as_used, open_datasets, prepare_data, split_sizes
 from scaleq.distributed import Engine, engine_from_config
 from scaleq.graph.builder import GraphBuilder
 from scaleq.io import atomic_write_text
@@ -76,10 +76,12 @@ def run(
     on_epoch_end: Sequence[EpochEndCallback] = (),
     regenerate_data: bool = False,
     resume_or_start: bool = True,
+    data_origin: DataOrigin | None = None,
 ) -> RunSummary:
     """Train ``config``; ``resume`` continues ``<out_dir>/<name>`` from ``last.pt`` (starting afresh
     if there is none), ``resume_from`` from 'last', 'best' or a checkpoint path (which must exist);
-    ``regenerate_data`` replaces the stores at ``data.path`` with what ``data.generate`` says.
+    ``regenerate_data`` replaces the stores at ``data.path`` with what ``data.generate`` says;
+    ``data_origin``: where the data came from when a launcher prepared it before (Ray's driver).
 
     ``on_epoch_end``: callbacks of the caller (a launcher's report, say), called before those the
     config asks for. A run owns its directory while it lives (:mod:`scaleq.train.run_dir`); if it fails before any
@@ -93,8 +95,8 @@ def run(
     claim: RunClaim | None = None
     trainer: Trainer | None = None
     try:
-        origin = "existing store"
-        if engine.is_main:
+        origin: DataOrigin = data_origin or "existing store"
+        if engine.is_main and data_origin is None:
             origin = prepare_data(config.data, progress=config.train.progress, regenerate=regenerate_data)
         engine.barrier()  # the other ranks open the data once rank 0 has made it
         seed_everything(config.seed)

@@ -80,16 +80,19 @@ def absolute_paths(config: Config) -> Config:
     return dataclasses.replace(config, data=data, engine=engine, out_dir=str(Path(config.out_dir).resolve()))
 
 
-def make_trainer(config: Config, *, resume: bool = False, resume_from: str | None = None) -> Any:
+def make_trainer(config: Config, *, resume: bool = False, resume_from: str | None = None,
+                 regenerate_data: bool = False) -> Any:
     """A TorchTrainer for ``config`` (call ``.fit()``); ScalingConfig etc. from ``config.engine``.
-    ``resume_from``: 'last', 'best' or a checkpoint path for the first start of the workers."""
+    ``resume_from``: 'last', 'best' or a checkpoint path for the first start of the workers;
+    ``regenerate_data``: replace the stores at ``data.path`` (as ``--regenerate-data``)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from scaleq.launchers.ray_backend import RoutedTorchConfig
 
     config = absolute_paths(check_buildable(config))  # a wrong model key fails on the driver, not in every worker
-    prepare_data(config.data, progress=config.train.progress)  # once, on the driver
+    # once, on the driver; the workers' run header says where the data came from
+    origin = prepare_data(config.data, progress=config.train.progress, regenerate=regenerate_data)
     resume = resume or resume_from is not None
     run_dir = resolve_run_dir(config, resume)
     if resume_from is not None and resume_from not in CHECKPOINT_NAMES:
@@ -100,7 +103,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
         train_worker,
         torch_config=RoutedTorchConfig(socket_ifname=e.socket_ifname),
         train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir), "resume": resume,
-                           "resume_from": resume_from, "launch": uuid.uuid4().hex},
+                           "resume_from": resume_from, "launch": uuid.uuid4().hex, "data_origin": origin},
         scaling_config=ScalingConfig(
             num_workers=e.workers, use_gpu=e.use_gpu, resources_per_worker=resources,
             placement_strategy=e.placement_strategy,
@@ -114,7 +117,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
 
 
 def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | None = None,
-                 address: str | None = None) -> dict[str, Any]:
+                 address: str | None = None, regenerate_data: bool = False) -> dict[str, Any]:
     """Train ``config`` in ``config.engine.workers`` Ray Train workers; the final metrics. A
     worker's user error or run failure is raised here as the worker raised it."""
     require("ray", "the Ray launcher")
@@ -122,7 +125,7 @@ def run_with_ray(config: Config, *, resume: bool = False, resume_from: str | Non
 
     joined = ray.is_initialized()
     connect(address)
-    trainer = make_trainer(config, resume=resume, resume_from=resume_from)
+    trainer = make_trainer(config, resume=resume, resume_from=resume_from, regenerate_data=regenerate_data)
     try:
         result = trainer.fit()
         error = result.error  # older Ray Train returns the failure instead of raising it
@@ -190,7 +193,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     try:
         summary = run(config, resume=resume, engine=engine, run_dir=run_dir, resume_from=resume_from,
-                      on_epoch_end=[report])
+                      on_epoch_end=[report], data_origin=loop_config.get("data_origin"))
     except Exception as err:
         if exit_code(err) is None:
             raise

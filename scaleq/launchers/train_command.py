@@ -47,7 +47,8 @@ def train_command(args: argparse.Namespace) -> int:
         if args.launcher == "ray" or (args.launcher == "auto" and _inside_ray_job()):
             from scaleq.launchers.ray import run_with_ray
 
-            metrics = run_with_ray(config, resume=resume, resume_from=args.resume_from, address=args.ray_address)
+            metrics = run_with_ray(config, resume=resume, resume_from=args.resume_from, address=args.ray_address,
+                                   regenerate_data=regenerate)
             print(f"Ray Train finished: test MSE {metrics.get('test_mse', float('nan')):.6f} "
                   f"(Linear {metrics.get('linear_test_mse', float('nan')):.6f}), run directory {metrics.get('run_dir')}")
             return 0

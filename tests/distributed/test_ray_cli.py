@@ -37,3 +37,15 @@ def test_a_worker_error_is_the_drivers_one_line_and_resume_from_best_works(tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Ray Train finished" in resumed.stdout
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "done" / "metrics.csv")] == ["1", "2"]
+
+
+def test_regenerate_data_reaches_the_ray_driver_and_the_workers_header_says_so(tmp_path, ray_tmpdir):
+    from scaleq.store.reader import TrajectoryStore
+
+    data = tiny_nbody_dataset(tmp_path / "data", train=12, valid=6, test=6)
+    result = cli(["--config", "configs/default.yaml", f"data.path={data}", f"out_dir={tmp_path / 'runs'}", *BASE,
+                  "train.device=cpu", "engine.workers=1", "data.generate.train=5", "data.generate.valid=3",
+                  "data.generate.test=3", "--regenerate-data", "--launcher", "ray", "--ray-address", "local"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [TrajectoryStore(data / f"{s}.zarr").num_trajectories for s in ("train", "valid", "test")] == [5, 3, 3]
+    assert "(generated now): train 5 trajectories" in result.stdout + result.stderr

@@ -173,3 +173,21 @@ def test_bad_block_options_are_refused():
         EGNN(in_node_features=2, in_edge_features=2, edge_chunk=-3)
     with pytest.raises(ValueError, match="kernel must be one of"):
         EGNN(in_node_features=2, in_edge_features=2, kernel="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mean_messages_and_a_capped_update_stay_equivariant(dtype):
+    """FastEGNN's EGNN baseline takes the mean of the messages; the cap bounds each update's length.
+    Both change the outputs here (the cap binds: the heads are scaled up) and keep equivariance."""
+    batch = make_batch()
+    plain, mean, capped = make_model(), make_model(message_aggregation="mean"), make_model(update_cap=0.05)
+    for model in (mean, capped):
+        assert not torch.allclose(model(batch)["pos"], plain(batch)["pos"])
+        report = check_equivariance(model, batch, {"pos": "node_position"}, dtype=dtype)
+        assert report.errors["pos"] < (1e-9 if dtype == torch.float64 else 1e-4)
+    step = capped(batch)["pos"] - batch.pos
+    assert step.norm(dim=-1).max() <= 3 * 0.05 + 1e-6  # three layers, each at most 0.05 long
+    with pytest.raises(ValueError, match="message_aggregation"):
+        make_model(message_aggregation="max")
+    with pytest.raises(ValueError, match="update_cap"):
+        make_model(update_cap=0.0)
