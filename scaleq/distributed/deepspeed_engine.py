@@ -31,15 +31,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import torch
+
+# DeepSpeed guesses its accelerator on import and warns on every rank that it found no GPU; where
+# torch sees none, say so (an explicit DS_ACCELERATOR is kept).
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+import deepspeed
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from scaleq.digests import atomic_torch_save_with_digest
 from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.deepspeed_checkpoint import POINTER_FORMAT, check_tag_files, record_tag_digests
-from scaleq.distributed.deepspeed_ops import explain_op_build_failures
+from scaleq.distributed.deepspeed_ops import explain_op_build_failures, without_build_notices
 from scaleq.distributed.engine import Engine
 from scaleq.distributed.peer_watch import PEER_TIMEOUT_S
 from scaleq.distributed.process_group import backend_for, join, launched_ranks, leave, single_process_env
@@ -133,7 +138,8 @@ class DeepSpeedEngine(Engine):
         # several launched ranks: our own group (the interface, the peer watch), which DeepSpeed reuses
         join(self.device, socket_ifname, peer_timeout_s)
         # Reuses an existing process group (Ray Train, torchrun + our own join) or makes one.
-        with explain_op_build_failures(self.device.type):  # the CPU accelerator compiles its shm op here
+        # the CPU accelerator compiles (or loads) its shm op here
+        with explain_op_build_failures(self.device.type), without_build_notices():
             deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.join_graph_parallel(graph_parallel)

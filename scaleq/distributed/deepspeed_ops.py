@@ -16,6 +16,8 @@ Two remain:
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -66,3 +68,20 @@ def explain_op_build_failures(device_type: str) -> Iterator[None]:
         if op is None:
             raise
         raise RuntimeError(build_failure_message(op, error, device_type)) from error
+
+
+@contextlib.contextmanager
+def without_build_notices() -> Iterator[None]:
+    """Standard output of the block, less DeepSpeed's "DeepSpeed <op> built successfully" lines.
+
+    DeepSpeed's CPU accelerator loads its shm op in ``init_distributed`` on every rank and prints
+    that line each time, built or loaded from the cache: it tells the user nothing. Everything
+    else the block prints is passed on, also when it raises."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        kept = [line for line in captured.getvalue().splitlines(keepends=True)
+                if not (line.startswith("DeepSpeed ") and line.rstrip().endswith(" built successfully"))]
+        sys.stdout.write("".join(kept))
