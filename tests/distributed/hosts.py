@@ -14,7 +14,8 @@ pick, peers that are only reachable through the bridge.
 
 Everything is torn down on exit, also when the body raises: every process started in a host
 (tracked, plus whatever else still lives in the namespace, which can only be ours), the veths,
-the bridge, the namespaces and their ``/etc/netns`` files. Namespaces of an earlier test process
+the bridge, the namespaces and their ``/etc/netns`` files (the hosts file and any folder of the
+host's own /etc, :meth:`Host.etc`). Namespaces of an earlier test process
 that died without tearing down (SIGKILL) are removed when the next one starts. Needs root and
 ``ip``; :func:`unavailable` says in one line why not, for a skip.
 """
@@ -94,6 +95,14 @@ class Host:
             out, err = process.communicate()
             raise
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    def etc(self, name: str) -> Path:
+        """This host's own ``/etc/<name>``: a folder that everything started on the host from now on
+        sees at ``/etc/<name>`` instead of the machine's (``ip netns exec`` binds it over; the
+        machine's ``/etc/<name>`` must exist to be covered), removed with the host."""
+        folder = NETNS_ETC / self.netns / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def pids(self) -> list[int]:
         """Every process living in this host's network namespace (all started by us: we made it)."""
