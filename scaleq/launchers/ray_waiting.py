@@ -9,9 +9,9 @@ following resources: [{'CPU': 1.0}] * 2``, then, every RAY_TRAIN_WORKER_GROUP_ST
 of Ray Train's controller, prints instead, each time the group is restarted or rescheduled, what
 is missing compared with the nodes alive now::
 
-    scaleq: restarting the worker group from the last reported checkpoint: waiting for 1 more node
-    with CPU 1 to place the worker group (2 workers with CPU 1 each, STRICT_SPREAD: one per node;
-    alive: node1 (10.77.27.11) CPU 2)
+    scaleq: restarting the worker group, to continue from the last checkpoint: waiting for 1 more
+    node with CPU 1 to place the worker group (2 workers with CPU 1 each, STRICT_SPREAD: one per
+    node; alive: node1 (10.77.27.11) CPU 2)
 
 The controller runs it inside Ray's controller actor, whose output Ray forwards to the job's log.
 Imports Ray at module level: import it only where Ray is used (:func:`scaleq.launchers.ray.make_trainer`).
@@ -74,5 +74,5 @@ class SayWhatItWaitsFor(ControllerCallback):
             group += ": one per node"
         what = (f"waiting for {lacking} to place the worker group" if lacking is not None
                 else "the alive nodes can hold the worker group; starting it")
-        print(f"scaleq: restarting the worker group from the last reported checkpoint: {what} ({group}; "
+        print(f"scaleq: restarting the worker group, to continue from the last checkpoint: {what} ({group}; "
               f"alive: {describe(nodes)})", flush=True)
