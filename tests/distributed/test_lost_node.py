@@ -47,14 +47,14 @@ def wait_until(condition, what: str, timeout: float, alive: subprocess.Popen, lo
 
 
 def mid_epoch_after(last: Path):
-    """True once ``last`` has been rewritten since the first call (``train.checkpoint_every_steps: 1``:
-    by a step of the epoch in progress)."""
+    """A condition: ``last`` has been rewritten since this call (with ``train.checkpoint_every_steps:
+    1``, by a step of the epoch in progress)."""
     first = last.stat().st_mtime_ns
     return lambda: last.exists() and last.stat().st_mtime_ns != first
 
 
 def mid_epoch_after_first_report(run_dir: Path, storage: Path):
-    """True once Ray holds a reported (end-of-epoch) checkpoint and ``last.pt`` has been rewritten
+    """A condition: Ray holds a reported (end-of-epoch) checkpoint and ``last.pt`` has been rewritten
     since by a step of the next epoch (``train.checkpoint_every_steps: 1``)."""
     seen: list[float] = []
 
@@ -71,6 +71,9 @@ def mid_epoch_after_first_report(run_dir: Path, storage: Path):
 
 @pytest.mark.ray
 def test_ray_train_waits_for_a_replacement_node_and_ends_as_uninterrupted(tmp_path, nbody_small, namespace_hosts):
+    """docs' two-machine Ray cluster, ``engine.max_failures: 1``, one worker per node: node2 lost
+    mid-epoch; the job says it waits for one more node with a CPU, node3 joins with the token, and
+    the run continues from its last checkpoint to the end of a run on one host, bit for bit."""
     net = namespace_hosts(3)
     node1, node2, node3 = net.hosts
     raw = tiny_raw(tmp_path, nbody_small, name="ray_lost", epochs=4, checkpoint_every_steps=1)
