@@ -7,6 +7,7 @@
     python launch/train.py --config C --resume-from best     # ... from best.pt (or a checkpoint path)
     python launch/train.py --config C --print-config         # the resolved config, every default, and exit
     torchrun --nproc_per_node 2 launch/train.py --config C   # DDP (or engine.kind=deepspeed)
+    torchrun --max-restarts 3 ... launch/train.py --config C # elastic: every start resumes-or-starts <out_dir>/<name>
     deepspeed --num_gpus 2 launch/train.py --config C engine.kind=deepspeed engine.zero_stage=2
     ray job submit -- python launch/train.py                 # Ray Train workers on a running cluster
     python launch/train.py --launcher ray engine.workers=4   # start or join a Ray cluster

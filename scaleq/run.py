@@ -163,7 +163,8 @@ def _resume(trainer: Trainer, run_dir: Path, resume_from: str | None, or_start: 
         if not trainer.resume():
             if not or_start:
                 raise nothing_to_resume(run_dir)
-            print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
+            if trainer.engine.is_main:  # one line, not one per rank
+                print(f"nothing to resume in {run_dir}; starting from scratch", flush=True)
             return None
         return f"epoch {trainer.state.epoch + 1}, batch {trainer.state.batch_in_epoch} ({last.relative_to(run_dir)})"
     named = resume_from in CHECKPOINT_NAMES

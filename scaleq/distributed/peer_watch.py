@@ -43,10 +43,7 @@ class PeerWatch:
     def __init__(self, rank: int, world_size: int, address: str, timeout_s: float = PEER_TIMEOUT_S) -> None:
         self.rank, self.world_size, self.timeout_s = rank, world_size, timeout_s
         self.me = f"rank {rank} on {socket.gethostname()} ({address})"
-        # keys of one launch: torchrun's agent store outlives a restart of the workers
-        run = os.environ.get("TORCHELASTIC_RUN_ID", "")
-        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        self.prefix = f"scaleq-watch/{run}/{restart}/"
+        self.prefix = f"scaleq-watch/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{_start()}/"
         self.store = dist.TCPStore(
             os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
             timeout=timedelta(seconds=max(timeout_s, 10.0)), wait_for_workers=False,
@@ -119,6 +116,18 @@ class PeerWatch:
     def _who(self, rank: int) -> str:
         key = self._key(f"who/{rank}")
         return self.store.get(key).decode() if self.store.check([key]) else f"rank {rank}"
+
+
+def _start() -> str:
+    """Names one start of the workers, the same on every rank: the watch's keys of an earlier start
+    (a ``failed`` report above all) must not reach the next. torchrun's agent store outlives a
+    restart of the workers (TORCHELASTIC_USE_AGENT_STORE=True): then the restart count, the same on
+    every rank as long as the agents stay. With TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 every start
+    gets a fresh store, and the restart count is left out: an agent started again (a lost node that
+    returns) counts from 0 while the others count on (pytorch/pytorch#135712)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return "fresh"
 
 
 _WATCH: PeerWatch | None = None

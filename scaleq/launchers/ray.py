@@ -8,7 +8,9 @@ Each worker runs the same :func:`scaleq.run.run` as a plain process; Ray has alr
 the process group, so the engine (torch DDP or DeepSpeed) joins it. Every end-of-epoch checkpoint
 is reported with ``ray.train.report`` and lands in ``RunConfig(storage_path, name)``. A worker
 that dies makes Ray restart the group (``FailureConfig(max_failures)``); the new workers find the
-last reported checkpoint with ``ray.train.get_checkpoint()`` and continue from it. Rerunning with
+last reported checkpoint with ``ray.train.get_checkpoint()`` and continue from it. A group that
+lost a node waits until the cluster can place it again, and says for what
+(:mod:`scaleq.launchers.ray_waiting`). Rerunning with
 ``--resume`` uses the same RunConfig name and storage path, which is how Ray Train V2 resumes;
 ``--resume-from best`` (or a path) starts the new launch from that checkpoint instead of the one
 Ray reported last, and a restart inside that launch from what the launch itself reported.
@@ -89,6 +91,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
     from ray.train.torch import TorchTrainer
 
     from scaleq.launchers.ray_backend import RoutedTorchConfig
+    from scaleq.launchers.ray_waiting import SayWhatItWaitsFor
 
     config = absolute_paths(check_buildable(config))  # a wrong model key fails on the driver, not in every worker
     # once, on the driver; the workers' run header says where the data came from
@@ -112,6 +115,7 @@ def make_trainer(config: Config, *, resume: bool = False, resume_from: str | Non
             name=run_dir.name,
             storage_path=e.ray_storage or str(Path(config.out_dir) / "ray"),
             failure_config=FailureConfig(max_failures=e.max_failures),
+            callbacks=[SayWhatItWaitsFor(e.workers, resources, e.placement_strategy)],
         ),
     )
 

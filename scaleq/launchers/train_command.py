@@ -23,7 +23,7 @@ from scaleq.train.preemption import EXIT_PREEMPTED, Preempted
 
 def train_command(args: argparse.Namespace) -> int:
     """Run ``launch/train.py``'s parsed arguments; the exit code."""
-    or_start = getattr(args, "resume_or_start", False)
+    or_start = getattr(args, "resume_or_start", False) or elastic()
     resume = args.resume or or_start or args.resume_from is not None
     try:
         # model keys are checked against the model classes here too, so --print-config refuses them
@@ -64,6 +64,16 @@ def train_command(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
         print(summary.describe())
     return 0
+
+
+def elastic() -> bool:
+    """True under torchrun with ``--max-restarts`` > 0: every start of the workers is then
+    ``--resume-or-start`` of ``<out_dir>/<name>``, so a restart continues from the last checkpoint
+    on the shared out_dir by itself. Keyed on TORCHELASTIC_MAX_RESTARTS, the same in every agent of
+    the job, not TORCHELASTIC_RESTART_COUNT: that counts one agent's own restarts, so the ranks of a
+    node whose agent was started again (a lost node that returns) see 0 while their peers see 1, and
+    the ranks would disagree on whether to resume."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0
 
 
 def generate_overrides(overrides: list[str]) -> set[str]:
