@@ -142,7 +142,7 @@ class DeepSpeedEngine(Engine):
         with explain_op_build_failures(self.device.type), without_build_notices():
             deepspeed.init_distributed(dist_backend=backend_for(self.device), verbose=False)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.join_graph_parallel(graph_parallel)
+        self.form_groups(graph_parallel)
         self.precision = precision
         self.window = AccumulationWindow(gradient_accumulation)
         self.config = _merge(

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from scaleq.distributed.accumulation import AccumulationWindow
 from scaleq.distributed.halo import split_batch
-from scaleq.distributed.process_group import Ranks, graph_parallel_group
+from scaleq.distributed.process_group import Ranks, graph_parallel_group, host_group
 from scaleq.graph.builder import GraphBuilder
 
 
@@ -40,6 +41,7 @@ class Engine(ABC):
     precision: str = "fp32"
     graph_parallel: int = 1  # R: ranks that share each graph
     graph_group: Any = None  # this rank's graph-parallel process group (None when R = 1)
+    host_group: Any = None  # gloo over all ranks, for host-side flags, where the default group is NCCL
     window: AccumulationWindow  # set by each engine from its gradient_accumulation
 
     @property
@@ -56,10 +58,22 @@ class Engine(ABC):
         """How many data-parallel groups there are: the number of sampler shards."""
         return self.world_size // self.graph_parallel
 
-    def join_graph_parallel(self, graph_parallel: int) -> None:
-        """Form the graph-parallel groups (collective: every rank calls it once, after joining)."""
+    def form_groups(self, graph_parallel: int) -> None:
+        """Form the graph-parallel groups and the host group (collective: every rank calls it once,
+        after joining)."""
         self.graph_group = graph_parallel_group(Ranks(self.rank, self.world_size), graph_parallel)
         self.graph_parallel = graph_parallel
+        self.host_group = host_group(self.device, self.world_size)
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether any rank passes True. A host-side all-reduce (gloo, CPU tensors): unlike a
+        reduction of a device tensor read back with ``.item()``, it does not wait for the device to
+        finish the work queued so far, so a check every step costs one small message, not a stall."""
+        if self.world_size == 1:
+            return flag
+        votes = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(votes, group=self.host_group)
+        return bool(votes.item())
 
     def prepare_batch(self, batch: Batch, graph: GraphBuilder, *, training: bool = True) -> Batch:
         """Move ``batch`` to the device and build its graph there; under graph parallelism, keep

@@ -149,3 +149,11 @@ def graph_parallel_group(ranks: Ranks, graph_parallel: int) -> Any:
         if first <= ranks.rank < first + graph_parallel:
             mine = group
     return mine
+
+
+def host_group(device: torch.device, world_size: int) -> Any:
+    """A gloo group over all ranks for small host-side collectives, where the default group is NCCL
+    (CUDA ranks); None where the default group already is gloo, or there is one rank."""
+    if world_size == 1 or backend_for(device) == "gloo":
+        return None
+    return dist.new_group(backend="gloo")

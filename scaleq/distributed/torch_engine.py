@@ -69,7 +69,7 @@ class TorchEngine(Engine):
             torch.cuda.set_device(self.device)
         ranks, self._owns_group = join(self.device, socket_ifname, peer_timeout_s)
         self.rank, self.world_size = ranks.rank, ranks.world_size
-        self.join_graph_parallel(graph_parallel)
+        self.form_groups(graph_parallel)
         self.precision = precision
         self.grad_clip = grad_clip
         self.window = AccumulationWindow(gradient_accumulation)

@@ -4,9 +4,9 @@ step, write one checkpoint, exit with :data:`EXIT_PREEMPTED`.
 SLURM, Kubernetes and spot instances send SIGTERM (or a chosen signal) and SIGKILL 30-120 s
 later. While :func:`handlers` is active the signal only sets a flag. The loop asks
 :func:`requested` after every optimizer step (never inside an accumulation window) and after every
-epoch's checkpoint; with several ranks the flag is summed over all ranks (one tiny all-reduce per
-step), so one rank told to stop stops them all at the same step. Then every rank takes part in
-writing ``last.pt`` (the same checkpoint as ``train.checkpoint_every_steps`` writes) and the run
+epoch's checkpoint; with several ranks the flags are combined over all ranks (one tiny host-side
+all-reduce per step, :meth:`Engine.any_rank`, which never waits for the GPU), so one rank told to
+stop stops them all at the same step. Then every rank takes part in writing ``last.pt`` (the same checkpoint as ``train.checkpoint_every_steps`` writes) and the run
 raises :class:`Preempted`, which the CLI turns into exit code 75 (EX_TEMPFAIL: "try again";
 a requeue script can tell it from 1, a failure, and 2, wrong input). ``--resume`` then continues
 bit for bit, as from any mid-epoch checkpoint.
@@ -22,8 +22,6 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-
-import torch
 
 from scaleq.distributed.engine import Engine
 
@@ -63,11 +61,8 @@ def handlers() -> Iterator[None]:
 
 
 def requested(engine: Engine) -> bool:
-    """Whether any rank was told to stop (a collective when there are several ranks)."""
-    mine = torch.tensor([1.0 if _received else 0.0], device=engine.device)
-    if engine.world_size == 1:
-        return bool(_received)
-    return bool(engine.all_reduce_sum(mine).item() > 0)
+    """Whether any rank was told to stop (a host-side collective when there are several ranks)."""
+    return engine.any_rank(bool(_received))
 
 
 def signal_names() -> str:

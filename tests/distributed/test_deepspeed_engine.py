@@ -23,6 +23,7 @@ def test_zero_two_ranks_step_equals_one_process_on_the_whole_batch(tmp_path, sta
     spawn(engine_step, 2, free_port(), "deepspeed", options, str(out))
     result = torch.load(out, weights_only=False)
     assert result["sum_of_ranks"] == 3.0
+    assert result["votes"] == [True, False]
 
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}

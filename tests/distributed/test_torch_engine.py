@@ -14,6 +14,8 @@ def test_ddp_two_ranks_step_equals_one_process_on_the_whole_batch(tmp_path):
     spawn(engine_step, 2, free_port(), "torch", {}, str(out))
     result = torch.load(out, weights_only=False)
     assert result["sum_of_ranks"] == 3.0  # all_reduce_sum over ranks 0 and 1: 1 + 2
+    assert result["votes"] == [True, False]  # any_rank: rank 1's flag reaches rank 0, and no flag is none
+    assert result["host_group"] == (None, 3)  # CPU ranks use the default (gloo) group; CUDA ranks' one sums too
 
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -59,6 +59,7 @@ def engine_step(rank: int, world_size: int, port: int, kind: str, options: dict[
     kind "deepspeed" uses the optimizer of the generated DeepSpeed config.
     """
     from scaleq.distributed import make_engine
+    from scaleq.distributed.process_group import host_group
 
     rank_env(rank, world_size, port)
     engine = make_engine(kind, device="cpu", **options)
@@ -71,8 +72,14 @@ def engine_step(rank: int, world_size: int, port: int, kind: str, options: dict[
     engine.backward(loss)
     engine.step()
     total = engine.all_reduce_sum(torch.tensor([float(rank + 1)]))
+    votes = [engine.any_rank(rank == 1), engine.any_rank(False)]  # one rank says yes, then none does
+    # the host group CUDA ranks get (their default group is NCCL): a gloo group that works here too
+    cuda_host_group = host_group(torch.device("cuda"), world_size)
+    together = torch.tensor([rank + 1])
+    torch.distributed.all_reduce(together, group=cuda_host_group)
     state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     if engine.is_main:
-        torch.save({"params": state, "sum_of_ranks": float(total)}, Path(out))
+        torch.save({"params": state, "sum_of_ranks": float(total), "votes": votes,
+                    "host_group": (engine.host_group, int(together))}, Path(out))
     engine.barrier()
     engine.close()
