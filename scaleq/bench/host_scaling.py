@@ -257,7 +257,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The table of docs/benchmarks.md."""
-    head = ["mode", "hosts", "Mbit/s", "particles", "edges / rank", "step s", "compute s", "comm s",
+    head = ["mode", "hosts", "Mbit/s", "particles", "edges / rank", "step s", "compute s", "step - compute s",
             "grad KB", "ring KB / rank", "wire KB / rank", "halo rows / rank", "halo KB / layer", "eff."]
     keys = ["mode", "hosts", "rate_mbit", "particles", "edges_per_rank", "step_s", "compute_s", "comm_s",
             "grad_kb", "ring_kb_per_rank", "wire_kb_per_rank", "halo_rows_per_rank", "halo_kb_per_layer", "efficiency"]
