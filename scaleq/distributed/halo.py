@@ -10,6 +10,10 @@ rank's share (see :mod:`scaleq.distributed.partition`) and attaches a :class:`Gr
   rows they sent.
 - ``halo.sum_over_ranks(t)``: all-reduce (sum) over the group; backward all-reduces the gradient.
 
+Each halo also counts what its batch's collectives cost (``seconds`` inside them, forward and
+backward; ``received_bytes`` of the exchanges: rows forward, their gradients backward), so a
+benchmark can tell the halo traffic from the arithmetic without timing the collectives itself.
+
 Gradient convention: the group's loss is the SUM of the ranks' losses, each rank's loss holding its
 own nodes' terms and 1/R of every replicated term (see :func:`scaleq.losses.training_loss`). The
 backward of a sum over ranks is then the sum of the ranks' gradients, and the group's parameter
@@ -18,6 +22,7 @@ gradients add up to the single-device gradient; the engine scales for the data-p
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -40,6 +45,8 @@ class GraphHalo:
         num_halo: N_halo, rows received per exchange.
         global_id: global id of each owned node [N_own]; global_batch: graph of every node of the
             whole batch [N] (losses use them to draw the single-device run's random samples).
+        seconds, received_bytes: what this batch's exchanges and group sums cost so far (module
+            docstring); the plan's own two small exchanges (:func:`build_halo`) are not counted.
     """
 
     def __init__(
@@ -50,6 +57,7 @@ class GraphHalo:
         self.send_index, self.send_splits, self.recv_splits = send_index, send_splits, recv_splits
         self.num_halo = sum(recv_splits)
         self.global_id, self.global_batch = global_id, global_batch
+        self.seconds, self.received_bytes = 0.0, 0
 
     def extend(self, t: Tensor) -> Tensor:
         """Owned rows, then the halo rows from their owners.
@@ -61,7 +69,13 @@ class GraphHalo:
 
     def sum_over_ranks(self, t: Tensor) -> Tensor:
         """Sum of ``t`` over the group's ranks (differentiable). Shapes: any -> same."""
-        return _AllReduceSum.apply(t, self.group)
+        return _AllReduceSum.apply(t, self)
+
+    def count(self, started: float, received: Tensor | None = None) -> None:
+        """Add a collective that began at ``started`` (perf_counter) and what it received."""
+        self.seconds += time.perf_counter() - started
+        if received is not None:
+            self.received_bytes += received.numel() * received.element_size()
 
 
 class _HaloExchange(Function):
@@ -72,14 +86,18 @@ class _HaloExchange(Function):
         ctx.halo, ctx.num_rows = halo, t.shape[0]
         send = t.detach()[halo.send_index].contiguous()
         received = t.new_empty((halo.num_halo, *t.shape[1:]))
+        started = time.perf_counter()
         dist.all_to_all_single(received, send, halo.recv_splits, halo.send_splits, group=halo.group)
+        halo.count(started, received)
         return received
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         halo: GraphHalo = ctx.halo
         returned = grad.new_empty((halo.send_index.numel(), *grad.shape[1:]))
+        started = time.perf_counter()
         dist.all_to_all_single(returned, grad.contiguous(), halo.send_splits, halo.recv_splits, group=halo.group)
+        halo.count(started, returned)
         # a row sent to several ranks collects the gradient of every copy
         total = grad.new_zeros((ctx.num_rows, *grad.shape[1:])).index_add_(0, halo.send_index, returned)
         return total, None
@@ -87,16 +105,20 @@ class _HaloExchange(Function):
 
 class _AllReduceSum(Function):
     @staticmethod
-    def forward(ctx: Any, t: Tensor, group: Any) -> Tensor:  # type: ignore[override]
-        ctx.group = group
+    def forward(ctx: Any, t: Tensor, halo: GraphHalo) -> Tensor:  # type: ignore[override]
+        ctx.halo = halo
         out = t.detach().clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        started = time.perf_counter()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=halo.group)
+        halo.count(started)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        started = time.perf_counter()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.halo.group)
+        ctx.halo.count(started)
         return grad, None
 
 
