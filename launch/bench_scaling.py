@@ -36,6 +36,8 @@ def ray_workers(args: argparse.Namespace) -> None:
     storage = tempfile.mkdtemp(prefix="scaling-", dir=os.environ["RAY_TMPDIR"])
     cfg = {"batch": args.batch, "graph_nodes": args.graph_nodes, "steps": args.steps, "use_gpu": args.use_gpu}
     settings = [(w, n) for w in args.workers for n in ([1] if args.address else args.nodes) if n <= w and w % n == 0]
+    if (1, 1) not in settings:  # the efficiency's baseline
+        settings.insert(0, (1, 1))
     scaling.run(settings, lambda w, n: run_in_workers(scaling.time_steps, cfg, workers=w, nodes=n, address=args.address,
                                                       use_gpu=args.use_gpu, storage=storage, name=f"scaling-{w}w{n}n"),
                 args.out)

@@ -267,6 +267,8 @@ def run_in_workers(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from scaleq.launchers.ray_backend import RoutedTorchConfig
+
     cluster = None
     if address:
         ray.init(address=address, runtime_env=runtime_env())
@@ -280,6 +282,7 @@ def run_in_workers(
     try:
         trainer = TorchTrainer(
             _reporting_worker,
+            torch_config=RoutedTorchConfig(),  # on several machines: the interface that routes to the master
             train_loop_config={"fn": fn, "config": loop_config},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                          placement_strategy="STRICT_SPREAD" if nodes > 1 else "PACK"),
