@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -45,7 +46,11 @@ def test_teardown_leaves_nothing_even_when_the_body_fails():
         pytest.skip(reason)
     with pytest.raises(RuntimeError, match="the test failed"), HostNet(2, rate_mbit=100) as net:
         sleeper = net.hosts[1].popen(["sleep", "600"])
-        assert len(net.hosts[1].pids()) == 1
+        # the host's shell runs `hostname` in a child before it execs sleep: wait for that to pass
+        deadline = time.monotonic() + 10
+        while net.hosts[1].pids() != [sleeper.pid] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert net.hosts[1].pids() == [sleeper.pid]
         raise RuntimeError("the test failed")
     assert sleeper.poll() is not None
     assert leftovers(net.tag) == []
