@@ -101,8 +101,8 @@ def routed_interface(master_addr: str, *, spans_nodes: bool) -> tuple[str, str]:
             f"default route says which interface the other nodes reach this one through (candidates: "
             f"{', '.join(sorted(outward)) or 'none'}); set engine.socket_ifname or GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME"
         )
-    return choice, (f"{outward[choice][0]}, {rule} interface: MASTER_ADDR {master_addr} is this machine's "
-                    f"loopback {source} and other nodes cannot reach that")
+    return choice, (f"{outward[choice][0]}, {rule} interface: MASTER_ADDR {master_addr} is this machine, "
+                    f"reached over the loopback (from {source}), which other nodes cannot reach")
 
 
 def choose_interface(backend: str, master_addr: str, *, spans_nodes: bool, configured: str | None,
