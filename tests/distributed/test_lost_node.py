@@ -11,6 +11,7 @@ bit as the same ranks never interrupted on one host.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -182,5 +183,6 @@ def test_torchrun_elastic_resumes_when_the_node_returns_and_ends_as_uninterrupte
         agent.wait(timeout=420)
         assert agent.returncode == 0, f"{name}:\n{logs[name].read_text()[-5000:]}"
     text = logs["node1"].read_text() + logs["node2"].read_text()
-    assert "resume   epoch 2, batch" in text, text[-5000:]  # rank 0's header, on either node
+    # rank 0's header, on either node: a mid-epoch resume (which epoch depends on how fast the loss came)
+    assert re.search(r"^resume   epoch \d+, batch \d+", text, re.MULTILINE), text[-5000:]
     assert_same_run(run_dir, run_on_one_host(raw, tmp_path, 2))
