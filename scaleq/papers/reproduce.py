@@ -279,7 +279,8 @@ def write_section(results_md: Path, key: str, body: str) -> None:
 
 
 def plot_trend(plan: Plan, results: list[dict[str, Any]], png: Path) -> None:
-    """MSE against the row groups (e.g. depth), one line per model; a NaN row is a cross at the top."""
+    """MSE against the row groups (e.g. depth), one line per model through the seeds' means, a dot
+    per finite seed; a row with a diverged seed (NaN) is a cross at the top."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,9 +301,13 @@ def plot_trend(plan: Plan, results: list[dict[str, Any]], png: Path) -> None:
             nan_x = [x for x, y, r in zip(xs, ys, rows) if y is not None and math.isnan(y) and
                      (kind == "paper" or r["values"])]
             ax.plot(nan_x, [top * 1.1] * len(nan_x), "x", color=f"C{i}", markersize=9)
+        # Each finite seed as a dot: a mean that one diverged seed makes NaN hides the others.
+        seed_x = [x for x, r in zip(xs, rows) for v in r["values"] if not math.isnan(v)]
+        seed_y = [v for r in rows for v in r["values"] if not math.isnan(v)]
+        ax.plot(seed_x, seed_y, ".", color=f"C{i}", alpha=0.5, markersize=5)
     ax.set_xlabel(plan.table.extra.get("group_name", "group"))
     ax.set_ylabel(plan.table.unit)
-    ax.set_title(f"{plan.table.name} ({plan.tag}); x: NaN")
+    ax.set_title(f"{plan.table.name} ({plan.tag}); dots: seeds, x: a seed NaN")
     ax.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
