@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(args.rows))
     command = "python launch/reproduce.py " + shlex.join(
         [table.name, "--profile", args.profile, "--seeds", *map(str, args.seeds)]
-        + (["--budget", f"{args.budget:g}"] if args.budget != 1.0 else []))
+        + (["--budget", f"{args.budget:g}"] if args.budget != 1.0 else [])
+        + (["--rows", *args.rows] if args.rows else []))
     if args.report:
         from scaleq.papers.reproduce import collect
 
