@@ -53,6 +53,11 @@ def test_reproduce_end_to_end(tmp_path):
     assert "resumed" in log or "resume" in log
     assert json.loads((runs / "dusego-l8-s1" / "summary.json").read_text())["epochs_run"] == 2
 
+    # a report of some rows: only those rows, and the printed command names them
+    out = _reproduce(tmp_path, "--budget", "0.5", "--rows", "egnn-l4", "dusego-l4", "--report")
+    assert "--seeds 0 1 --budget 0.5 --rows egnn-l4 dusego-l4" in out
+    assert "| 4 | EGNN |" in out and "| 8 |" not in out
+
 
 def test_train_command_scales_epochs_and_names_the_run(tmp_path):
     table = TABLES["dusego-t2"]
